@@ -1,0 +1,12 @@
+"""The OpenAI-compatible API blueprint, mounted at /v1 and /api/v1."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_api(app: Flask) -> None:
+    from app.api.views import bp
+
+    app.register_blueprint(bp, url_prefix="/v1")
+    app.register_blueprint(bp, url_prefix="/api/v1", name="api_alias")

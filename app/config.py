@@ -1,0 +1,318 @@
+"""Every setting in one place: the TOML file schema and the environment variables.
+
+The file is read and validated once at start-up; a bad value stops start-up with a
+message naming the file and the key. The hot path trusts what this module returns.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.version import __version__
+
+DEFAULT_USER_AGENT = f"sluice/{__version__}"
+DEMO_SOURCE = "<built-in demo config>"
+DEMO_MOCK_URL = "http://127.0.0.1:9100/v1"
+DEMO_TOKENS = ("demo-upstream-token-0001", "demo-upstream-token-0002")
+
+# Headers an operator may not set through `headers`: they are built per request by
+# services/headers.py, describe the connection, or have a dedicated key.
+RESERVED_HEADERS = {
+    "authorization": "the token pool sets it",
+    "host": "it is derived from base_url",
+    "content-length": "it is computed from the body",
+    "content-type": "it is always application/json",
+    "accept": "it is chosen per request type (streaming or not)",
+    "accept-encoding": "it is chosen per request type (streaming or not)",
+    "user-agent": "use the `user_agent` key",
+    "connection": "hop-by-hop headers are managed by the HTTP client",
+    "keep-alive": "hop-by-hop headers are managed by the HTTP client",
+    "transfer-encoding": "hop-by-hop headers are managed by the HTTP client",
+    "te": "hop-by-hop headers are managed by the HTTP client",
+    "upgrade": "hop-by-hop headers are managed by the HTTP client",
+    "proxy-authorization": "put proxy credentials in the `proxy` URL",
+}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the file (or variable) and key."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    max_attempts: int = 3
+    max_body_bytes: int = 10 * 1024 * 1024
+    trust_env: bool = False
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    base_url: str
+    tokens: tuple[str, ...] = ()
+    models: tuple[str, ...] = ("*",)
+    user_agent: str = DEFAULT_USER_AGENT
+    headers: Mapping[str, str] = field(default_factory=dict)
+    proxy: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig
+    upstreams: tuple[UpstreamConfig, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings from the environment (SLUICE_*)."""
+
+    config_path: str | None = None
+    master_key: str | None = None
+    log_level: str = "INFO"
+    bind: str = "127.0.0.1:8000"
+    workers: int = 1
+    data_dir: str = "./data"
+    trusted_proxies: int = 0
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read SLUICE_* variables; raise ConfigError naming the variable when one is invalid."""
+    env = os.environ if env is None else env
+    log_level = env.get("SLUICE_LOG_LEVEL", "").upper() or (
+        "DEBUG" if env.get("SLUICE_DEBUG", "") in ("1", "true", "yes") else "INFO"
+    )
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"SLUICE_LOG_LEVEL: {log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    return Settings(
+        config_path=env.get("SLUICE_CONFIG") or None,
+        master_key=_master_key(env),
+        log_level=log_level,
+        bind=env.get("SLUICE_BIND") or "127.0.0.1:8000",
+        workers=_env_int(env, "SLUICE_WORKERS", 1, minimum=1),
+        data_dir=env.get("SLUICE_DATA_DIR") or "./data",
+        trusted_proxies=_env_int(env, "SLUICE_TRUSTED_PROXIES", 0, minimum=0),
+    )
+
+
+def _master_key(env: Mapping[str, str]) -> str | None:
+    key = env.get("SLUICE_MASTER_KEY", "")
+    path = env.get("SLUICE_MASTER_KEY_FILE", "")
+    if not key and path:
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"SLUICE_MASTER_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+    if key and len(key) < 16:
+        raise ConfigError("SLUICE_MASTER_KEY: must be at least 16 characters")
+    return key or None
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}")
+    return value
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the config file at `path`, else ./sluice.toml if present, else the demo config."""
+    env = os.environ if env is None else env
+    if path is None and Path("sluice.toml").is_file():
+        path = "sluice.toml"
+    if path is None:
+        return demo_config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (set by SLUICE_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, source=path, env=env)
+
+
+def demo_config() -> Config:
+    """The built-in config: one upstream, the bundled mock on 127.0.0.1:9100."""
+    mock = UpstreamConfig(name="mock", base_url=DEMO_MOCK_URL, tokens=DEMO_TOKENS)
+    return Config(gateway=GatewayConfig(), upstreams=(mock,), source=DEMO_SOURCE)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming `source` and the key."""
+    reader = _Reader(source)
+    reader.no_unknown(data, "", {"gateway", "upstreams"})
+    gateway = _parse_gateway(reader, data.get("gateway", {}))
+    raw_upstreams = data.get("upstreams")
+    if not isinstance(raw_upstreams, list) or not raw_upstreams:
+        raise reader.error("upstreams", "at least one [[upstreams]] table is required")
+    upstreams = tuple(_parse_upstream(reader, item, f"upstreams[{i}]", env) for i, item in enumerate(raw_upstreams))
+    names = [u.name for u in upstreams]
+    for name in names:
+        if names.count(name) > 1:
+            raise reader.error("upstreams", f"name {name!r} is used more than once")
+    return Config(gateway=gateway, upstreams=upstreams, source=source)
+
+
+def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
+    if not isinstance(raw, dict):
+        raise reader.error("gateway", "must be a table")
+    reader.no_unknown(raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env"})
+    return GatewayConfig(
+        max_attempts=reader.integer(raw, "gateway", "max_attempts", 3, minimum=1, maximum=20),
+        max_body_bytes=reader.integer(raw, "gateway", "max_body_bytes", 10 * 1024 * 1024, minimum=1024),
+        trust_env=reader.boolean(raw, "gateway", "trust_env", False),
+    )
+
+
+_UPSTREAM_KEYS = {
+    "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
+    "headers", "proxy", "connect_timeout", "read_timeout",
+}  # fmt: skip
+
+
+def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str]) -> UpstreamConfig:
+    if not isinstance(raw, dict):
+        raise reader.error(where, "must be a table")
+    reader.no_unknown(raw, where, _UPSTREAM_KEYS)
+    name = reader.string(raw, where, "name", required=True)
+    if not _UPSTREAM_NAME.match(name):
+        raise reader.error(f"{where}.name", "use 1-64 of letters, digits, '_', '.', '-'")
+    base_url = reader.url(raw, where, "base_url", required=True, schemes=("http", "https"))
+    proxy = reader.url(raw, where, "proxy", required=False, schemes=("http", "https", "socks5", "socks5h"))
+    user_agent = reader.string(raw, where, "user_agent") or DEFAULT_USER_AGENT
+    reader.header_value(f"{where}.user_agent", user_agent)
+    return UpstreamConfig(
+        name=name,
+        base_url=base_url.rstrip("/"),
+        tokens=_parse_tokens(reader, raw, where, env),
+        models=tuple(reader.string_list(raw, where, "models", ["*"], non_empty=True)),
+        user_agent=user_agent,
+        headers=_parse_headers(reader, raw.get("headers", {}), f"{where}.headers"),
+        proxy=proxy,
+        connect_timeout=reader.number(raw, where, "connect_timeout", 5.0),
+        read_timeout=reader.number(raw, where, "read_timeout", 300.0),
+    )
+
+
+def _parse_tokens(reader: _Reader, raw: dict, where: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    if "tokens" in raw and "tokens_env" in raw:
+        raise reader.error(f"{where}.tokens_env", "set either tokens or tokens_env, not both")
+    if "tokens_env" in raw:
+        var = reader.string(raw, where, "tokens_env", required=True)
+        if var not in env:
+            raise reader.error(f"{where}.tokens_env", f"environment variable {var} is not set")
+        tokens = [t.strip() for t in env[var].split(",") if t.strip()]
+    else:
+        tokens = reader.string_list(raw, where, "tokens", [])
+    for i, token in enumerate(tokens):
+        if not token or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in token):
+            # The token itself is never echoed: only its position.
+            raise reader.error(f"{where}.tokens[{i}]", "must be non-empty printable ASCII without spaces")
+    if len(set(tokens)) != len(tokens):
+        raise reader.error(f"{where}.tokens", "the same token is listed twice")
+    return tuple(tokens)
+
+
+def _parse_headers(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise reader.error(where, "must be a table of header names to string values")
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        if not _HEADER_NAME.match(name):
+            raise reader.error(f"{where}.{name}", "is not a valid HTTP header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise reader.error(f"{where}.{name}", f"may not be set here: {RESERVED_HEADERS[name.lower()]}")
+        if not isinstance(value, str):
+            raise reader.error(f"{where}.{name}", "must be a string")
+        reader.header_value(f"{where}.{name}", value)
+        headers[name] = value
+    return headers
+
+
+class _Reader:
+    """Typed access to TOML values, raising ConfigError('<file>: <key>: <problem>')."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}")
+
+    def no_unknown(self, raw: Mapping[str, Any], where: str, known: set[str]) -> None:
+        for key in raw:
+            if key not in known:
+                path = f"{where}.{key}" if where else key
+                raise self.error(path, f"unknown key (known: {', '.join(sorted(known))})")
+
+    def string(self, raw: dict, where: str, key: str, *, required: bool = False) -> str:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise self.error(f"{where}.{key}", "is required")
+            return ""
+        if not isinstance(value, str) or (required and not value):
+            raise self.error(f"{where}.{key}", "must be a non-empty string")
+        return value
+
+    def string_list(self, raw: dict, where: str, key: str, default: list[str], *, non_empty: bool = False) -> list[str]:
+        value = raw.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(f"{where}.{key}", "must be a list of non-empty strings")
+        if non_empty and not value:
+            raise self.error(f"{where}.{key}", "must list at least one model id or glob")
+        return value
+
+    def url(self, raw: dict, where: str, key: str, *, required: bool, schemes: tuple[str, ...]) -> str | None:
+        value = self.string(raw, where, key, required=required)
+        if not value:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest or any(c.isspace() for c in value):
+            raise self.error(f"{where}.{key}", f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    def header_value(self, key: str, value: str) -> None:
+        if any(c in value for c in "\r\n\0"):
+            raise self.error(key, "may not contain CR, LF or NUL")
+
+    def integer(
+        self, raw: dict, where: str, key: str, default: int, *, minimum: int, maximum: int | None = None
+    ) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"{where}.{key}", "must be a whole number")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise self.error(f"{where}.{key}", f"must be {bound}")
+        return value
+
+    def number(self, raw: dict, where: str, key: str, default: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.error(f"{where}.{key}", "must be a positive number of seconds")
+        return float(value)
+
+    def boolean(self, raw: dict, where: str, key: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(f"{where}.{key}", "must be true or false")
+        return value

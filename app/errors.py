@@ -1,0 +1,99 @@
+"""The exception type for client-visible errors and the one function that renders them.
+
+Every error Sluice itself produces has OpenAI's shape:
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from flask import Flask, Response, g
+from werkzeug.exceptions import HTTPException
+
+_TYPE_BY_STATUS = {
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ApiError(Exception):
+    """An error answered to the client with `status` and an OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or error_type(status)
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+
+def error_type(status: int) -> str:
+    if status in _TYPE_BY_STATUS:
+        return _TYPE_BY_STATUS[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(error: ApiError) -> Response:
+    """Render an ApiError as a JSON response with its status and extra headers."""
+    response = Response(json.dumps(error.body()), status=error.status, mimetype="application/json")
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Make every error, including Flask's own 404/405/413, OpenAI-shaped."""
+
+    def api_error(error: ApiError) -> Response:
+        line = g.get("line")
+        if line is not None:
+            line.outcome = error.code or error.type
+        return error_response(error)
+
+    app.register_error_handler(ApiError, api_error)
+
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = _HTTP_MESSAGES.get(status, exc.description or exc.name)
+        headers = {}
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        code = _HTTP_CODES.get(status)
+        return api_error(ApiError(status, message, code=code, headers=headers))
+
+    def unexpected(exc: Exception) -> Response:
+        logging.getLogger("sluice.errors").exception("unhandled error: %s", type(exc).__name__)
+        return error_response(ApiError(500, "Internal error in the gateway.", code="internal_error"))
+
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected)
+
+
+_HTTP_MESSAGES = {
+    404: "Unknown path. See /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.",
+    405: "Method not allowed for this path.",
+    413: "Request body too large.",
+}
+_HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}

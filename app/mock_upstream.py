@@ -1,0 +1,257 @@
+"""The bundled OpenAI-compatible fake upstream, used by `make run`, the tests and bench/.
+
+    python -m app.mock_upstream --port 9100 [--chunks 8] [--delay 0.05] [--strict-edge]
+
+Behaviour per token prefix: `revoked-` -> 403, `expired-` -> 401, `limited-` -> 429
+with `Retry-After: <seconds>`, `limiteddate-` -> 429 with an HTTP-date Retry-After,
+`broken-` -> 500 HTML page. A request body may carry `"mock": {...}` to override the
+flags for that request (`chunks`, `delay`, `drop_after`, `status`). Every stream chunk
+carries `mock_seq` and `mock_ts` (the time it was produced) so tests can measure
+forwarding. `GET /_mock/stats` reports what the mock saw; `POST /_mock/reset` clears it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from email.utils import formatdate
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
+REPLY = "Hello from the Sluice mock upstream! Streaming works end to end through the gateway."
+STRICT_EDGE_PAGE = b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1><p>Request blocked by edge.</p></body></html>"  # noqa: E501
+NAIVE_AGENTS = ("python-requests/", "python-urllib3/", "python-urllib/")
+
+
+@dataclass(frozen=True)
+class Options:
+    chunks: int = 8
+    delay: float = 0.05
+    drop_after: int | None = None  # close the connection after N chunks
+    status: int | None = None  # answer every request with this status
+    strict_edge: bool = False
+    retry_after: int = 7
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_aborted: int = 0  # the client (the gateway) went away mid-stream
+    streams_dropped: int = 0  # dropped on purpose (drop_after)
+    recent: list[dict] = field(default_factory=list)
+
+    def record(self, environ: dict, body: dict | None) -> None:
+        self.requests += 1
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        self.recent.append({"path": environ["PATH_INFO"], "headers": headers, "body": body})
+        del self.recent[:-50]
+
+
+class MockUpstream:
+    """A small WSGI app; one instance per process."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.stats = Stats()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
+        path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
+        if path == "/_mock/stats":
+            return _json(start_response, 200, _stats_view(self.stats))
+        if path == "/_mock/reset" and method == "POST":
+            self.stats = Stats()
+            return _json(start_response, 200, {"reset": True})
+        body = _read_json(environ)
+        self.stats.record(environ, body)
+        opts = self.options
+        if isinstance(body, dict) and isinstance(body.get("mock"), dict):
+            known = {k: v for k, v in body["mock"].items() if k in Options.__dataclass_fields__}
+            opts = replace(opts, **known)
+        streaming = bool(isinstance(body, dict) and body.get("stream"))
+        refusal = self._refuse(environ, opts, streaming)
+        if refusal is not None:
+            status, headers, payload = refusal
+            start_response(status, headers)
+            return [payload]
+        return self._route(environ, start_response, path, method, body, opts, streaming)
+
+    def _refuse(self, environ: dict, opts: Options, streaming: bool) -> tuple[str, list, bytes] | None:
+        agent = environ.get("HTTP_USER_AGENT", "")
+        accept = environ.get("HTTP_ACCEPT", "")
+        if (
+            opts.strict_edge
+            and streaming
+            and (not agent or agent.startswith(NAIVE_AGENTS) or "text/event-stream" not in accept)
+        ):
+            return "403 Forbidden", [("Content-Type", "text/html")], STRICT_EDGE_PAGE
+        token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        if not token:
+            return _error(401, "Missing bearer token.", "invalid_api_key")
+        if token.startswith("revoked-"):
+            return _error(403, "This token has been revoked.", "token_revoked")
+        if token.startswith("expired-"):
+            return _error(401, "This token has expired.", "invalid_api_key")
+        if token.startswith("limited-"):
+            return _error(429, "Rate limit reached.", "rate_limit_exceeded", [("Retry-After", str(opts.retry_after))])
+        if token.startswith("limiteddate-"):
+            when = formatdate(time.time() + opts.retry_after, usegmt=True)
+            return _error(429, "Rate limit reached.", "rate_limit_exceeded", [("Retry-After", when)])
+        if token.startswith("broken-") or opts.status == 500:
+            return "500 Internal Server Error", [("Content-Type", "text/html")], b"<html><body>500</body></html>"
+        if opts.status is not None:
+            return _error(opts.status, f"Mock status {opts.status}.", "mock_status")
+        return None
+
+    def _route(self, environ, start_response, path, method, body, opts: Options, streaming: bool):
+        if path == "/v1/models" and method == "GET":
+            data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in MODELS]
+            return _json(start_response, 200, {"object": "list", "data": data})
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            return _json(start_response, 404, _error_body(f"Unknown path {path}", "unknown_url"))
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _json(start_response, 400, _error_body("Body must be a JSON object with a model.", "invalid_body"))
+        if path == "/v1/embeddings":
+            return _json(start_response, 200, _embeddings(body))
+        chat = path == "/v1/chat/completions"
+        if not streaming:
+            return _json(start_response, 200, _completion(body, chat, opts))
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        return self._stream(environ, body, chat, opts)
+
+    def _stream(self, environ: dict, body: dict, chat: bool, opts: Options) -> Iterator[bytes]:
+        self.stats.streams_started += 1
+        finished = False
+        try:
+            for seq, chunk in enumerate(_chunks(body, chat, opts)):
+                if opts.drop_after is not None and seq >= opts.drop_after:
+                    self.stats.streams_dropped += 1
+                    finished = True
+                    environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no terminating chunk
+                    return
+                if seq and opts.delay:
+                    gevent.sleep(opts.delay)
+                chunk["mock_seq"], chunk["mock_ts"] = seq, time.time()
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            finished = True
+            self.stats.streams_completed += 1
+        finally:
+            if not finished:
+                self.stats.streams_aborted += 1
+
+
+def _chunks(body: dict, chat: bool, opts: Options) -> Iterator[dict]:
+    words = _reply_words(opts.chunks)
+    base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": body["model"]}
+    base["object"] = "chat.completion.chunk" if chat else "text_completion"
+    for i, word in enumerate(words):
+        last = i == len(words) - 1
+        if chat:
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+            choice = {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
+        else:
+            choice = {"index": 0, "text": word, "finish_reason": "stop" if last else None}
+        yield {**base, "choices": [choice]}
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        yield {**base, "choices": [], "usage": _usage(body, len(words))}
+
+
+def _reply_words(count: int) -> list[str]:
+    words = REPLY.split(" ")
+    return [(words[i % len(words)] + " ") for i in range(max(1, count))]
+
+
+def _completion(body: dict, chat: bool, opts: Options) -> dict:
+    text = "".join(_reply_words(opts.chunks))
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        kind = "chat.completion"
+    else:
+        choice, kind = {"index": 0, "text": text, "finish_reason": "stop"}, "text_completion"
+    return {"id": "chatcmpl-mock", "object": kind, "created": int(time.time()), "model": body["model"],
+            "choices": [choice], "usage": _usage(body, max(1, opts.chunks))}  # fmt: skip
+
+
+def _usage(body: dict, completion_tokens: int) -> dict:
+    prompt_tokens = max(1, len(json.dumps(body.get("messages", body.get("prompt", "")))) // 4)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+
+
+def _embeddings(body: dict) -> dict:
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    data = []
+    for i, item in enumerate(items):
+        digest = hashlib.sha256(json.dumps(item).encode()).digest()
+        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return {"object": "list", "data": data, "model": body["model"], "usage": usage}
+
+
+def _read_json(environ: dict) -> Any:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _error_body(message: str, code: str) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
+def _error(status: int, message: str, code: str, extra: list | None = None) -> tuple[str, list, bytes]:
+    headers = [("Content-Type", "application/json"), *(extra or [])]
+    return f"{status} Mock", headers, json.dumps(_error_body(message, code)).encode()
+
+
+def _json(start_response: Callable, status: int, payload: dict) -> list[bytes]:
+    start_response(f"{status} Mock", [("Content-Type", "application/json")])
+    return [json.dumps(payload).encode()]
+
+
+def _stats_view(stats: Stats) -> dict:
+    return {k: v for k, v in stats.__dict__.items()}
+
+
+class _Handler(WSGIHandler):
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["mock.socket"] = self.socket  # lets drop_after cut the connection
+        return environ
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.mock_upstream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--chunks", type=int, default=8, help="content chunks per reply (default 8)")
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds between stream chunks (default 0.05)")
+    parser.add_argument("--drop-after", type=int, default=None, help="cut every stream after N chunks")
+    parser.add_argument("--status", type=int, default=None, help="answer every request with this HTTP status")
+    parser.add_argument("--strict-edge", action="store_true",
+                        help="403 HTML page to streaming requests without a real User-Agent and Accept: text/event-stream")  # fmt: skip
+    args = parser.parse_args(argv)
+    options = Options(args.chunks, args.delay, args.drop_after, args.status, args.strict_edge)
+    server = WSGIServer((args.host, args.port), MockUpstream(options), handler_class=_Handler, log=None)
+    print(f"mock upstream listening on http://{args.host}:{args.port}/v1", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Routing: which upstreams serve a model, and the model catalogue for /v1/models."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from app.config import UpstreamConfig
+from app.services.upstream import UpstreamCall, UpstreamClient
+
+log = logging.getLogger("sluice.router")
+
+_GLOB_CHARS = set("*?[")
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in _GLOB_CHARS for c in pattern)
+
+
+def matches(upstream: UpstreamConfig, model: str) -> bool:
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in upstream.models)
+
+
+def route(upstreams: Sequence[UpstreamConfig], model: str) -> list[UpstreamConfig]:
+    """The upstreams whose `models` match `model`, in config order."""
+    return [u for u in upstreams if matches(u, model)]
+
+
+class ModelCatalog:
+    """Model ids: literal ids from the config, plus upstream /models ids matching the globs.
+
+    An upstream's own list is fetched only when it has glob patterns, and cached for
+    `ttl` seconds (`failure_ttl` after a failed fetch, so a dead upstream is not hammered).
+    """
+
+    def __init__(
+        self,
+        upstreams: Sequence[UpstreamConfig],
+        client: UpstreamClient,
+        *,
+        ttl: float = 300.0,
+        failure_ttl: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstreams = upstreams
+        self.client = client
+        self.ttl = ttl
+        self.failure_ttl = failure_ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[float, list[dict]]] = {}
+
+    def models(self, request_id: str) -> list[dict]:
+        """Every model object, first upstream wins on duplicate ids."""
+        seen: dict[str, dict] = {}
+        for upstream in self.upstreams:
+            for model in self._for_upstream(upstream, request_id):
+                seen.setdefault(model["id"], model)
+        return list(seen.values())
+
+    def find(self, model_id: str, request_id: str) -> dict | None:
+        return next((m for m in self.models(request_id) if m["id"] == model_id), None)
+
+    def _for_upstream(self, upstream: UpstreamConfig, request_id: str) -> list[dict]:
+        literal = [_model(m, upstream.name) for m in upstream.models if not is_glob(m)]
+        if not any(is_glob(m) for m in upstream.models):
+            return literal
+        cached = self._cache.get(upstream.name)
+        if cached is None or cached[0] <= self.clock():
+            fetched = self._fetch(upstream, request_id)
+            ttl = self.ttl if fetched is not None else self.failure_ttl
+            cached = (self.clock() + ttl, fetched or [])
+            self._cache[upstream.name] = cached
+        remote = [m for m in cached[1] if matches(upstream, m["id"])]
+        return literal + remote
+
+    def _fetch(self, upstream: UpstreamConfig, request_id: str) -> list[dict] | None:
+        call = UpstreamCall("GET", "/models", None, False, [upstream], request_id)
+        result = self.client.send(call)
+        if result.response is None:
+            log.warning("models fetch failed upstream=%s request_id=%s", upstream.name, request_id)
+            return None
+        try:
+            data = json.loads(result.response.content)["data"]
+            return [_model(str(m["id"]), upstream.name, m) for m in data if isinstance(m, dict) and "id" in m]
+        except (ValueError, KeyError, TypeError):
+            log.warning("models fetch returned an unexpected body upstream=%s", upstream.name)
+            return None
+        finally:
+            result.response.close()
+
+
+def _model(model_id: str, owner: str, upstream_object: dict | None = None) -> dict:
+    base = {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+    if upstream_object:
+        base["created"] = upstream_object.get("created", 0)
+        base["owned_by"] = upstream_object.get("owned_by", owner)
+    return base

@@ -1,0 +1,102 @@
+"""SSE pass-through: frame the upstream's bytes into events, one client write per event.
+
+Runs inside the response generator, after the headers are sent: it takes plain
+arguments, never `flask.request`. The upstream response is closed in `finally`,
+whether the stream ended, broke, or the client went away (GeneratorExit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import requests
+import urllib3
+
+from app.errors import error_body
+
+READ_SIZE = 64 * 1024
+DONE = b"data: [DONE]\n\n"
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+class StreamBroken(Exception):
+    """The upstream stream failed after the commit; `code` names how."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class StreamStats:
+    """What the log line and usage record need to know about a finished stream."""
+
+    events: int = 0
+    bytes_sent: int = 0
+    outcome: str = "ok"
+
+
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Cut complete events (terminator included) off the front of `buffer`."""
+    events = []
+    while True:
+        cut = -1
+        size = 0
+        for sep in _SEPARATORS:
+            index = buffer.find(sep)
+            if index != -1 and (cut == -1 or index < cut):
+                cut, size = index, len(sep)
+        if cut == -1:
+            return events, buffer
+        events.append(buffer[: cut + size])
+        buffer = buffer[cut + size :]
+
+
+def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """Yield each SSE event as soon as its terminator arrives; raise StreamBroken on transport errors."""
+    buffer = b""
+    while True:
+        try:
+            chunk = raw_read(READ_SIZE)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).") from exc
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.") from exc
+        if not chunk:
+            break
+        events, buffer = split_events(buffer + chunk)
+        yield from events
+    if buffer.strip():
+        yield buffer + b"\n\n"  # a final event without its blank line: complete it
+
+
+def error_event(code: str, message: str) -> bytes:
+    body = error_body(message, type="server_error", code=code)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def relay(
+    response: requests.Response,
+    on_finish: Callable[[StreamStats], None],
+) -> Iterator[bytes]:
+    """The client's event stream: upstream events as they arrive, an error event on breakage."""
+    stats = StreamStats()
+    try:
+        for event in iter_events(lambda size: response.raw.read1(size)):
+            stats.events += 1
+            stats.bytes_sent += len(event)
+            yield event
+    except StreamBroken as exc:
+        stats.outcome = exc.code
+        for tail in (error_event(exc.code, exc.message), DONE):
+            stats.bytes_sent += len(tail)
+            yield tail
+    except GeneratorExit:
+        stats.outcome = "client_disconnect"
+        raise
+    finally:
+        response.close()
+        on_finish(stats)
