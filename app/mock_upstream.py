@@ -244,8 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.05, help="seconds between stream chunks (default 0.05)")
     parser.add_argument("--drop-after", type=int, default=None, help="cut every stream after N chunks")
     parser.add_argument("--status", type=int, default=None, help="answer every request with this HTTP status")
-    parser.add_argument("--strict-edge", action="store_true",
-                        help="403 HTML page to streaming requests without a real User-Agent and Accept: text/event-stream")  # fmt: skip
+    parser.add_argument(
+        "--strict-edge",
+        action="store_true",
+        help="403 HTML page to streaming requests without a real User-Agent and Accept: text/event-stream",
+    )
     args = parser.parse_args(argv)
     options = Options(args.chunks, args.delay, args.drop_after, args.status, args.strict_edge)
     server = WSGIServer((args.host, args.port), MockUpstream(options), handler_class=_Handler, log=None)

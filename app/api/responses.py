@@ -15,7 +15,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def write_response(result: UpstreamResult, line: RequestLine) -> Response:
     """Stream an accepted event stream, return a read body, or raise the result's error."""
     line.attempts = result.attempts
-    line.upstream = result.upstream.name if result.upstream else "-"
+    line.upstream = ",".join(dict.fromkeys(a.upstream for a in result.attempts)) or "-"
     if result.error is not None:
         raise result.error
     response = result.response

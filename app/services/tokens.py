@@ -11,7 +11,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 
 from app.config import UpstreamConfig
@@ -144,6 +144,14 @@ class TokenPool:
                 state.failures += 1
             if cooldown > 0:
                 state.cooldown_until = max(state.cooldown_until, now + cooldown)
+
+    def state(self, token_id: str) -> TokenState:
+        """A copy of one token's state (for probes, the CLI and tests)."""
+        with self._lock:
+            return replace(self._state[token_id])
+
+    def tokens(self, upstream: str) -> list[Token]:
+        return list(self._tokens[upstream])
 
     def usable_count(self, upstream: str, now: float) -> int:
         return sum(1 for t in self._tokens[upstream] if self._state[t.id].cooldown_until <= now)

@@ -1,0 +1,100 @@
+"""SSE framing and the relay generator: one write per event, error event on breakage, always closed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import urllib3
+
+from app.services.streaming import DONE, StreamStats, iter_events, relay, split_events
+
+
+@pytest.mark.parametrize(
+    ("buffer", "events", "rest"),
+    [
+        (b"data: a\n\ndata: b\n\n", [b"data: a\n\n", b"data: b\n\n"], b""),
+        (b"data: a\r\n\r\ndata: b", [b"data: a\r\n\r\n"], b"data: b"),
+        (b"event: x\ndata: a\n\n: comment\n\n", [b"event: x\ndata: a\n\n", b": comment\n\n"], b""),
+        (b"data: partial", [], b"data: partial"),
+        (b"data: a\r\rdata: b\n\n", [b"data: a\r\r", b"data: b\n\n"], b""),
+    ],
+)
+def test_split_events(buffer, events, rest):
+    assert split_events(buffer) == (events, rest)
+
+
+def reader(chunks):
+    """A raw read() that returns the given chunks (raising the exceptions), then EOF."""
+    items = iter(chunks)
+
+    def read(_size):
+        item = next(items, b"")
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return read
+
+
+def test_events_split_across_reads_are_reassembled_and_coalesced_reads_are_split():
+    chunks = [b"data: o", b"ne\n", b"\ndata: two\n\ndata: three\n\n"]
+    assert list(iter_events(reader(chunks))) == [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+
+
+def test_a_trailing_event_without_blank_line_is_completed():
+    assert list(iter_events(reader([b"data: last"]))) == [b"data: last\n\n"]
+
+
+class FakeRaw:
+    def __init__(self, chunks):
+        self.read1 = reader(chunks)
+
+
+class FakeResponse:
+    def __init__(self, chunks):
+        self.raw = FakeRaw(chunks)
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_relay_passes_each_event_as_one_write_and_closes():
+    finished: list[StreamStats] = []
+    response = FakeResponse([b"data: 1\n\ndata: 2\n\n", b"data: [DONE]\n\n"])
+    writes = list(relay(response, finished.append))
+    assert writes == [b"data: 1\n\n", b"data: 2\n\n", DONE]
+    assert response.closed
+    assert finished[0].outcome == "ok" and finished[0].events == 3
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (urllib3.exceptions.ProtocolError("Response ended prematurely"), "upstream_stream_error"),
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out."), "upstream_timeout"),
+        (ConnectionResetError(104, "reset"), "upstream_stream_error"),
+    ],
+)
+def test_breakage_after_commit_ends_with_error_event_and_done(exc, code):
+    finished: list[StreamStats] = []
+    response = FakeResponse([b"data: 1\n\n", exc])
+    writes = list(relay(response, finished.append))
+    assert writes[0] == b"data: 1\n\n"
+    error = json.loads(writes[1].removeprefix(b"data: "))
+    assert error["error"]["code"] == code
+    assert set(error["error"]) == {"message", "type", "param", "code"}
+    assert writes[2] == DONE
+    assert response.closed
+    assert finished[0].outcome == code
+
+
+def test_client_going_away_closes_the_upstream():
+    finished: list[StreamStats] = []
+    response = FakeResponse([b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+    stream = relay(response, finished.append)
+    assert next(stream) == b"data: 1\n\n"
+    stream.close()  # what the WSGI server does when the client socket is gone
+    assert response.closed
+    assert finished[0].outcome == "client_disconnect"
