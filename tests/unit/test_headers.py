@@ -10,7 +10,7 @@ from app.services.headers import build_upstream_headers, client_response_headers
 UP = UpstreamConfig(name="u", base_url="http://x/v1", tokens=("t",))
 
 
-def build(upstream=UP, token="secret-token-1234", *, streaming, client=None, request_id="rid-1"):
+def build(upstream=UP, token="secret-token-1234", *, streaming, client=None, request_id="rid-1"):  # noqa: S107
     return build_upstream_headers(
         upstream, token, streaming=streaming, client_headers=client or {}, request_id=request_id
     )
