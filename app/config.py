@@ -18,7 +18,7 @@ from app.version import __version__
 
 DEFAULT_USER_AGENT = f"sluice/{__version__}"
 DEMO_SOURCE = "<built-in demo config>"
-DEMO_MOCK_URL = "http://127.0.0.1:9100/v1"
+DEMO_MOCK_PORT = 9100
 DEMO_TOKENS = ("demo-upstream-token-0001", "demo-upstream-token-0002")
 
 # Headers an operator may not set through `headers`: they are built per request by
@@ -137,7 +137,7 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     if path is None and Path("sluice.toml").is_file():
         path = "sluice.toml"
     if path is None:
-        return demo_config()
+        return demo_config(_env_int(env, "SLUICE_DEMO_MOCK_PORT", DEMO_MOCK_PORT, minimum=1))
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -150,9 +150,9 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     return parse_config(data, source=path, env=env)
 
 
-def demo_config() -> Config:
-    """The built-in config: one upstream, the bundled mock on 127.0.0.1:9100."""
-    mock = UpstreamConfig(name="mock", base_url=DEMO_MOCK_URL, tokens=DEMO_TOKENS)
+def demo_config(port: int = DEMO_MOCK_PORT) -> Config:
+    """The built-in config: one upstream, the bundled mock on 127.0.0.1:<port> (9100)."""
+    mock = UpstreamConfig(name="mock", base_url=f"http://127.0.0.1:{port}/v1", tokens=DEMO_TOKENS)
     return Config(gateway=GatewayConfig(), upstreams=(mock,), source=DEMO_SOURCE)
 
 

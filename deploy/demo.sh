@@ -21,7 +21,7 @@ mock_pid=""
 cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 if [ -z "${SLUICE_CONFIG:-}" ] && [ ! -f sluice.toml ]; then
-    python -m app.mock_upstream --port 9100 &
+    python -m app.mock_upstream --port "${SLUICE_DEMO_MOCK_PORT:-9100}" &
     mock_pid=$!
 fi
 

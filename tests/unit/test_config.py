@@ -65,6 +65,7 @@ def test_no_file_means_demo_config(tmp_path, monkeypatch):
     config = load_config(None, env={})
     assert config.source == DEMO_SOURCE
     assert config.upstreams[0].base_url == "http://127.0.0.1:9100/v1"
+    assert load_config(None, env={"SLUICE_DEMO_MOCK_PORT": "9200"}).upstreams[0].base_url.endswith(":9200/v1")
 
 
 def test_sluice_toml_in_working_directory_is_used(tmp_path, monkeypatch):

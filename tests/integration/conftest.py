@@ -1,0 +1,149 @@
+"""The live stack: the bundled mock upstream and gunicorn serving Sluice, as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+MASTER_KEY = "sk-integration-master-0123456789"
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM; after `grace` seconds (idle keep-alive clients hold gunicorn's graceful stop), SIGKILL all."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start(cmd: list[str], ready_url: str, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server process and wait (bounded) until `ready_url` answers."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log, start_new_session=True
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{cmd} exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            requests.get(ready_url, timeout=1)
+            return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{cmd} did not become ready:\n{log_path.read_text()}")
+
+
+def start_mock(tmp_path: Path, *args: str) -> Server:
+    port = free_port()
+    log_path = tmp_path / f"mock-{port}.log"
+    cmd = [sys.executable, "-m", "app.mock_upstream", "--port", str(port), *args]
+    process = start(cmd, f"http://127.0.0.1:{port}/_mock/stats", log_path)
+    return Server(f"http://127.0.0.1:{port}", process, log_path)
+
+
+def start_gateway(tmp_path: Path, config_toml: str, workers: int = 1, **env: str) -> Server:
+    port = free_port()
+    config_path = tmp_path / f"sluice-{port}.toml"
+    config_path.write_text(config_toml)
+    log_path = tmp_path / f"gateway-{port}.log"
+    env = {
+        "SLUICE_BIND": f"127.0.0.1:{port}",
+        "SLUICE_CONFIG": str(config_path),
+        "SLUICE_MASTER_KEY": MASTER_KEY,
+        "SLUICE_WORKERS": str(workers),
+        "SLUICE_LOG_LEVEL": "DEBUG",
+        "SLUICE_DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    process = start(cmd, f"http://127.0.0.1:{port}/healthz", log_path, env)
+    return Server(f"http://127.0.0.1:{port}", process, log_path)
+
+
+def upstream_toml(name: str, url: str, tokens: list[str], models: list[str], **extra: object) -> str:
+    lines = [
+        "[[upstreams]]",
+        f'name = "{name}"',
+        f'base_url = "{url}/v1"',
+        "tokens = [" + ", ".join(f'"{t}"' for t in tokens) + "]",
+        "models = [" + ", ".join(f'"{m}"' for m in models) + "]",
+    ]
+    lines += [f"{key} = {value!r}".replace("'", '"') for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def mock(stack_dir):
+    server = start_mock(stack_dir, "--delay", "0.02")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def edge(stack_dir):
+    server = start_mock(stack_dir, "--strict-edge", "--delay", "0.02")
+    yield server
+    server.stop()
+
+
+MAIN_TOKENS = ["main-token-000000000001", "main-token-000000000002"]
+EDGE_TOKENS = ["edge-token-000000000001"]
+
+
+@pytest.fixture(scope="session")
+def gateway(stack_dir, mock, edge):
+    config = (
+        "[gateway]\nmax_body_bytes = 65536\n\n"
+        + upstream_toml("edge", edge.url, EDGE_TOKENS, ["edge-*"])
+        + upstream_toml("main", mock.url, MAIN_TOKENS, ["*"])
+    )
+    server = start_gateway(stack_dir, config, workers=2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reset(mock, edge):
+    for server in (mock, edge):
+        requests.post(f"{server.url}/_mock/reset", timeout=5)
+
+
+def mock_stats(server: Server) -> dict:
+    return requests.get(f"{server.url}/_mock/stats", timeout=5).json()
