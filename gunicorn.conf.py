@@ -29,7 +29,9 @@ loglevel = "info"
 # gunicorn 27 opens a control socket in ~/.gunicorn by default; parallel instances
 # (tests, several gateways on one host) would fight over it.
 control_socket_disable = True
-forwarded_allow_ips = "*" if _settings.trusted_proxies > 0 else "127.0.0.1"
+# X-Forwarded-* is trusted by the app itself, per SLUICE_TRUSTED_PROXIES hops (werkzeug's
+# ProxyFix); gunicorn trusts it from nobody, so the two cannot disagree.
+forwarded_allow_ips = ""
 
 
 def on_starting(server):

@@ -21,6 +21,7 @@ def create_app(
 ) -> Flask:
     """Build the app from the environment, or from `config`/`settings`/`session` (tests)."""
     from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from app.config import load_config, load_settings
     from app.errors import register_error_handlers
@@ -34,6 +35,10 @@ def create_app(
     settings = settings or load_settings()
     config = config or load_config(settings.config_path)
     app = Flask(__name__, static_folder=None)
+    if settings.trusted_proxies:
+        # Trust X-Forwarded-For/-Proto only as far as the configured number of hops.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     pool = TokenPool(config.upstreams)
     setup_logging(settings.log_level, [*pool.secrets(), settings.master_key or ""])
     client = UpstreamClient(config, pool, session=session)

@@ -23,6 +23,7 @@ class RequestLine:
     request_id: str
     method: str
     path: str
+    client: str = "-"
     started: float = field(default_factory=time.monotonic)
     key: str = "-"
     model: str = "-"
@@ -38,9 +39,9 @@ class RequestLine:
             return
         self.emitted = True
         log.info(
-            "request request_id=%s method=%s path=%s key=%s model=%s stream=%s upstream=%s "
+            "request request_id=%s client=%s method=%s path=%s key=%s model=%s stream=%s upstream=%s "
             "status=%s outcome=%s attempts=%d latency_ms=%d%s",
-            self.request_id, self.method, _clean(self.path), self.key, _clean(self.model),
+            self.request_id, _clean(self.client), self.method, _clean(self.path), self.key, _clean(self.model),
             str(self.streaming).lower(), self.upstream, status, outcome, len(self.attempts),
             (time.monotonic() - self.started) * 1000,
             "" if bytes_sent is None else f" bytes={bytes_sent}",
@@ -59,7 +60,7 @@ def register_request_line(app: Flask) -> None:
     @app.before_request
     def start_line() -> None:
         request_id = resolve_request_id(request.headers.get("X-Request-ID"), lambda: f"req_{uuid.uuid4().hex}")
-        g.line = RequestLine(request_id, request.method, request.path, time.monotonic())
+        g.line = RequestLine(request_id, request.method, request.path, request.remote_addr or "-")
 
     @app.after_request
     def finish_line(response: Response) -> Response:

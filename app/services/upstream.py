@@ -28,11 +28,13 @@ log = logging.getLogger("sluice.upstream")
 ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
 
 
-def build_session(trust_env: bool, pool_size: int = 256) -> requests.Session:
+def build_session(trust_env: bool, pool_size: int = 1000) -> requests.Session:
     """The per-worker session: no environment proxies/.netrc unless asked, no default headers."""
     session = requests.Session()
     session.trust_env = trust_env
     session.headers.clear()  # build_upstream_headers decides every header
+    # pool_size idle connections kept per upstream host: as many as concurrent streams,
+    # so a busy worker neither reconnects for every request nor logs "pool is full".
     adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

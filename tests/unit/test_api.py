@@ -242,3 +242,15 @@ def test_strict_edge_needs_the_header_function(client, auth, upstream, monkeypat
     monkeypatch.setattr(upstream_module, "build_upstream_headers", naive)
     resp = client.post("/v1/chat/completions", json=chat(stream=True), headers=auth)
     assert_openai_error(resp, 502, "upstream_auth_failed")
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [(0, "127.0.0.1"), (1, "203.0.113.9")])
+def test_forwarded_for_is_used_only_within_trusted_proxies(upstream, logs, trusted, expected):
+    from app import create_app
+    from app.config import Settings
+    from tests.conftest import make_config
+
+    settings = Settings(master_key=MASTER_KEY, trusted_proxies=trusted)
+    client = create_app(config=make_config(), settings=settings).test_client()
+    client.get("/v1/nope", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"})
+    assert f"client={expected} " in logs.getvalue()
