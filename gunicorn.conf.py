@@ -4,6 +4,7 @@ Every value comes from a SLUICE_* variable (see app/config.py and the README).
 """
 
 import os
+import subprocess
 import sys
 
 from app.config import ConfigError, load_config, load_settings
@@ -35,8 +36,21 @@ forwarded_allow_ips = ""
 
 
 def on_starting(server):
-    """Validate the config file in the master, so a bad file stops start-up with one clear line."""
+    """In the master, before any worker: validate the config file, then migrate the schema once."""
     try:
         load_config(_settings.config_path)
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
+    # In a child process, so the master never imports the database drivers (or ssl)
+    # before the gevent workers monkey-patch them.
+    done = subprocess.run([sys.executable, "-m", "app.storage.migrate"], check=False)
+    if done.returncode != 0:
+        sys.exit("sluice: database migration failed (see above)")
+    os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check
+
+
+def worker_exit(server, worker):
+    """Write the worker's pending usage records before it exits (graceful stop, max_requests)."""
+    gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sluice")
+    if gateway is not None:
+        gateway.close()

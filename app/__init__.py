@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from app.config import Config, Settings
+    from app.state import Gateway
 
 
 def create_app(
@@ -25,12 +26,8 @@ def create_app(
 
     from app.config import load_config, load_settings
     from app.errors import register_error_handlers
-    from app.logs import setup_logging
     from app.requestlog import register_request_line
-    from app.services.router import ModelCatalog
-    from app.services.tokens import TokenPool
-    from app.services.upstream import UpstreamClient
-    from app.state import Gateway, announce
+    from app.state import announce
 
     settings = settings or load_settings()
     config = config or load_config(settings.config_path)
@@ -39,20 +36,72 @@ def create_app(
         # Trust X-Forwarded-For/-Proto only as far as the configured number of hops.
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
-    pool = TokenPool(config.upstreams)
-    setup_logging(settings.log_level, [*pool.secrets(), settings.master_key or ""])
-    client = UpstreamClient(config, pool, session=session)
-    app.extensions["sluice"] = Gateway(config, settings, pool, client, ModelCatalog(config.upstreams, client))
+    gw = build_gateway(config, settings, session)
+    app.extensions["sluice"] = gw
     register_error_handlers(app)
-    register_request_line(app)
+    register_request_line(app, on_end=gw.accounting.finish)
     register_blueprints(app)
+    register_cli(app)
     announce(config, settings)
     return app
 
 
+def build_gateway(config: Config, settings: Settings, session: requests.Session | None) -> Gateway:
+    """Storage, token pool, limiter, upstream client and accounting, wired once per process."""
+    import atexit
+    import os
+    import time
+
+    from app.logs import setup_logging
+    from app.services.accounting import Accounting
+    from app.services.router import ModelCatalog
+    from app.services.secrets import SecretBox
+    from app.services.tokens import TokenPool
+    from app.services.upstream import UpstreamClient
+    from app.state import Gateway
+    from app.storage.db import Database
+    from app.storage.keys import KeyRepo
+    from app.storage.limits import SqlLimiter
+    from app.storage.migrate import upgrade
+    from app.storage.tokens import TokenRepo
+    from app.storage.usage import UsageRepo, UsageWriter
+
+    redactor = setup_logging(settings.log_level, [settings.master_key or "", settings.secret_key or ""])
+    db = Database(settings.database_url)
+    if os.environ.get("SLUICE_MIGRATED") != settings.database_url:  # gunicorn's master migrated already
+        upgrade(db)
+    box = SecretBox(settings.secret_key, settings.secret_key_previous)
+    pool = TokenPool(config.upstreams, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]))
+    redactor.add(pool.secrets())
+    client = UpstreamClient(config, pool, session=session)
+    if settings.redis_url:
+        from app.storage.redis_limits import RedisLimiter
+
+        limiter = RedisLimiter(settings.redis_url, db)
+    else:
+        limiter = SqlLimiter(db)
+    usage = UsageRepo(db)
+    usage.prune(time.time() - config.gateway.usage_retention_days * 86400)
+    writer = UsageWriter(usage)
+    gw = Gateway(
+        config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
+        limiter, usage, writer, Accounting(limiter, writer),
+    )  # fmt: skip
+    atexit.register(gw.close)
+    return gw
+
+
 def register_blueprints(app: Flask) -> None:
+    from app.admin.api import bp as admin_api
     from app.api import register_api
     from app.health import bp as health_bp
 
     register_api(app)
     app.register_blueprint(health_bp)
+    app.register_blueprint(admin_api, url_prefix="/admin/api")
+
+
+def register_cli(app: Flask) -> None:
+    from app.cli import register_commands
+
+    register_commands(app)

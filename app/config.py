@@ -51,6 +51,7 @@ class GatewayConfig:
     max_attempts: int = 3
     max_body_bytes: int = 10 * 1024 * 1024
     trust_env: bool = False
+    usage_retention_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class UpstreamConfig:
     proxy: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
+    inject_usage: bool = True  # ask streams for a usage chunk (stream_options.include_usage)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class Settings:
     workers: int = 1
     data_dir: str = "./data"
     trusted_proxies: int = 0
+    database_url: str = "sqlite:///./data/sluice.db"
+    redis_url: str | None = None
+    secret_key: str | None = None
+    secret_key_previous: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -94,15 +100,43 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"SLUICE_LOG_LEVEL: {log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    data_dir = env.get("SLUICE_DATA_DIR") or "./data"
     return Settings(
         config_path=env.get("SLUICE_CONFIG") or None,
         master_key=_master_key(env),
         log_level=log_level,
         bind=env.get("SLUICE_BIND") or "127.0.0.1:8000",
         workers=_env_int(env, "SLUICE_WORKERS", 1, minimum=1),
-        data_dir=env.get("SLUICE_DATA_DIR") or "./data",
+        data_dir=data_dir,
         trusted_proxies=_env_int(env, "SLUICE_TRUSTED_PROXIES", 0, minimum=0),
+        database_url=_database_url(env, data_dir),
+        redis_url=_redis_url(env),
+        secret_key=_secret(env, "SLUICE_SECRET_KEY"),
+        secret_key_previous=_secret(env, "SLUICE_SECRET_KEY_PREVIOUS"),
     )
+
+
+def _database_url(env: Mapping[str, str], data_dir: str) -> str:
+    url = env.get("SLUICE_DATABASE_URL") or f"sqlite:///{data_dir}/sluice.db"
+    if not url.startswith(("sqlite://", "postgresql+psycopg://", "postgresql://")):
+        raise ConfigError("SLUICE_DATABASE_URL: use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("SLUICE_REDIS_URL") or None
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("SLUICE_REDIS_URL: use redis://HOST:PORT/DB, rediss://... or unix://PATH")
+    return url
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name) or None
+    if value is not None and len(value) < 32:
+        raise ConfigError(f"{name}: must be at least 32 characters")
+    return value
 
 
 def _master_key(env: Mapping[str, str]) -> str | None:
@@ -175,17 +209,18 @@ def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
 def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise reader.error("gateway", "must be a table")
-    reader.no_unknown(raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env"})
+    reader.no_unknown(raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env", "usage_retention_days"})
     return GatewayConfig(
         max_attempts=reader.integer(raw, "gateway", "max_attempts", 3, minimum=1, maximum=20),
         max_body_bytes=reader.integer(raw, "gateway", "max_body_bytes", 10 * 1024 * 1024, minimum=1024),
         trust_env=reader.boolean(raw, "gateway", "trust_env", False),
+        usage_retention_days=reader.integer(raw, "gateway", "usage_retention_days", 90, minimum=1),
     )
 
 
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
-    "headers", "proxy", "connect_timeout", "read_timeout",
+    "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage",
 }  # fmt: skip
 
 
@@ -210,6 +245,7 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         proxy=proxy,
         connect_timeout=reader.number(raw, where, "connect_timeout", 5.0),
         read_timeout=reader.number(raw, where, "read_timeout", 300.0),
+        inject_usage=reader.boolean(raw, where, "inject_usage", True),
     )
 
 
@@ -230,6 +266,16 @@ def _parse_tokens(reader: _Reader, raw: dict, where: str, env: Mapping[str, str]
     if len(set(tokens)) != len(tokens):
         raise reader.error(f"{where}.tokens", "the same token is listed twice")
     return tuple(tokens)
+
+
+def validate_overrides(upstream: str, user_agent: Any, headers: Any) -> tuple[str | None, dict[str, str] | None]:
+    """Check run-time overrides of an upstream with the config file's rules (ConfigError if bad)."""
+    reader = _Reader(f"upstream {upstream}")
+    if user_agent is not None:
+        if not isinstance(user_agent, str) or not user_agent:
+            raise reader.error("user_agent", "must be a non-empty string")
+        reader.header_value("user_agent", user_agent)
+    return user_agent, None if headers is None else _parse_headers(reader, headers, "headers")
 
 
 def _parse_headers(reader: _Reader, raw: Any, where: str) -> dict[str, str]:

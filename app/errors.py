@@ -87,6 +87,20 @@ def register_error_handlers(app: Flask) -> None:
         logging.getLogger("sluice.errors").exception("unhandled error: %s", type(exc).__name__)
         return error_response(ApiError(500, "Internal error in the gateway.", code="internal_error"))
 
+    def storage_error(exc: Exception) -> Response:
+        logging.getLogger("sluice.errors").error("storage unavailable: %s", exc)
+        return api_error(
+            ApiError(
+                503,
+                "The gateway's storage is unavailable; retry shortly.",
+                code="storage_unavailable",
+                headers={"Retry-After": "5"},
+            )
+        )
+
+    from app.storage.db import StorageError
+
+    app.register_error_handler(StorageError, storage_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected)
 

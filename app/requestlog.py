@@ -1,16 +1,24 @@
-"""The one log line per client request (request id, key, model, upstream, status, attempts, latency)."""
+"""One record per client request: the log line, the limiter release and the usage record.
+
+A `RequestLine` is filled in as the request goes (key, model, attempts, usage, first
+byte) and finished exactly once: by `after_request` for plain responses, by the stream's
+end for streams. Finishing logs one line and hands the record to `on_end` (accounting).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask, Response, g, request
 
 from app.services.headers import resolve_request_id
 from app.services.upstream import Attempt
+from app.storage.limits import format_reset
 
 log = logging.getLogger("sluice.request")
 QUIET_PATHS = ("/healthz", "/readyz")  # probes would drown the log
@@ -18,34 +26,54 @@ QUIET_PATHS = ("/healthz", "/readyz")  # probes would drown the log
 
 @dataclass
 class RequestLine:
-    """What is known about a client request; filled in as it goes, emitted once at the end."""
+    """What is known about a client request; filled in as it goes, finished once at the end."""
 
     request_id: str
     method: str
     path: str
     client: str = "-"
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
     key: str = "-"
+    key_id: str | None = None
+    endpoint: str | None = None  # set for proxied API calls: they get a usage record
     model: str = "-"
     streaming: bool = False
     upstream: str = "-"
     attempts: list[Attempt] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    first_byte: float | None = None  # monotonic time of the first byte to the client
+    admission: Any = None  # limits.Admission for managed keys
+    window: Any = None  # limits.Window for the x-ratelimit-* headers
     outcome: str | None = None  # an error code, when the request failed
-    deferred: bool = False  # a stream emits its own line when it ends
-    emitted: bool = False
+    deferred: bool = False  # a stream finishes its own line when it ends
+    on_end: Callable[[RequestLine], None] | None = None
+    status: int = 0
+    bytes_sent: int = 0
+    finished: bool = False
 
-    def emit(self, status: int, outcome: str, bytes_sent: int | None = None) -> None:
-        if self.emitted:
+    def finish(self, status: int, outcome: str, bytes_sent: int | None = None) -> None:
+        if self.finished:
             return
-        self.emitted = True
+        self.finished = True
+        self.status, self.outcome = status, outcome
+        if bytes_sent is not None:
+            self.bytes_sent = bytes_sent
         log.info(
             "request request_id=%s client=%s method=%s path=%s key=%s model=%s stream=%s upstream=%s "
-            "status=%s outcome=%s attempts=%d latency_ms=%d%s",
-            self.request_id, _clean(self.client), self.method, _clean(self.path), self.key, _clean(self.model),
-            str(self.streaming).lower(), self.upstream, status, outcome, len(self.attempts),
-            (time.monotonic() - self.started) * 1000,
-            "" if bytes_sent is None else f" bytes={bytes_sent}",
+            "status=%s outcome=%s attempts=%d latency_ms=%d bytes=%d",
+            self.request_id, _clean(self.client), self.method, _clean(self.path), _clean(self.key),
+            _clean(self.model), str(self.streaming).lower(), self.upstream, status, outcome,
+            len(self.attempts), self.elapsed_ms(), self.bytes_sent,
         )  # fmt: skip
+        if self.on_end is not None:
+            self.on_end(self)
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+    def ttfb_ms(self) -> float | None:
+        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
 
 
 def _clean(value: str, limit: int = 120) -> str:
@@ -54,19 +82,38 @@ def _clean(value: str, limit: int = 120) -> str:
     return cleaned + ("..." if len(value) > limit else "")
 
 
-def register_request_line(app: Flask) -> None:
-    """Give every request an id (echoed as X-Request-ID) and one log line at its end."""
+def register_request_line(app: Flask, on_end: Callable[[RequestLine], None] | None = None) -> None:
+    """Give every request an id (echoed as X-Request-ID) and one record at its end."""
 
     @app.before_request
     def start_line() -> None:
         request_id = resolve_request_id(request.headers.get("X-Request-ID"), lambda: f"req_{uuid.uuid4().hex}")
-        g.line = RequestLine(request_id, request.method, request.path, request.remote_addr or "-")
+        g.line = RequestLine(request_id, request.method, request.path, request.remote_addr or "-", on_end=on_end)
 
     @app.after_request
     def finish_line(response: Response) -> Response:
         line: RequestLine | None = g.get("line")
         if line is not None:
             response.headers["X-Request-ID"] = line.request_id
+            if line.window is not None:
+                response.headers.update(ratelimit_headers(line.window))
             if not line.deferred and request.path not in QUIET_PATHS:
-                line.emit(response.status_code, line.outcome or ("ok" if response.status_code < 400 else "error"))
+                if line.first_byte is None:
+                    line.first_byte = time.monotonic()
+                outcome = line.outcome or ("ok" if response.status_code < 400 else "error")
+                line.finish(response.status_code, outcome, response.calculate_content_length() or 0)
         return response
+
+
+def ratelimit_headers(window: Any) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for a managed key's window."""
+    headers = {}
+    if window.limit_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(window.limit_requests)
+        headers["x-ratelimit-remaining-requests"] = str(window.remaining_requests)
+        headers["x-ratelimit-reset-requests"] = format_reset(window.reset_requests)
+    if window.limit_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(window.limit_tokens)
+        headers["x-ratelimit-remaining-tokens"] = str(window.remaining_tokens)
+        headers["x-ratelimit-reset-tokens"] = format_reset(window.reset_tokens)
+    return headers

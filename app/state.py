@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from flask import current_app
 
 from app.config import Config, Settings
+from app.services.accounting import Accounting
 from app.services.router import ModelCatalog
+from app.services.secrets import SecretBox
 from app.services.tokens import TokenPool
 from app.services.upstream import UpstreamClient
+from app.storage.db import Database
+from app.storage.keys import KeyRepo
+from app.storage.limits import Limiter
+from app.storage.usage import UsageRepo, UsageWriter
 from app.version import __version__
 
 log = logging.getLogger("sluice")
@@ -20,9 +26,20 @@ log = logging.getLogger("sluice")
 class Gateway:
     config: Config
     settings: Settings
+    db: Database
+    keys: KeyRepo
     pool: TokenPool
+    box: SecretBox
     client: UpstreamClient
     catalog: ModelCatalog
+    limiter: Limiter
+    usage: UsageRepo
+    writer: UsageWriter
+    accounting: Accounting
+
+    def close(self) -> None:
+        """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""
+        self.writer.close()
 
 
 def gateway() -> Gateway:
@@ -32,9 +49,10 @@ def gateway() -> Gateway:
 def announce(config: Config, settings: Settings) -> None:
     """Log the start-up summary (never a secret) and how to fix a missing client key."""
     names = ", ".join(f"{u.name} ({len(u.tokens)} tokens)" for u in config.upstreams)
-    log.info("sluice %s config=%s upstreams: %s", __version__, config.source, names)
+    backend = "redis" if settings.redis_url else "database"
+    log.info("sluice %s config=%s limits=%s upstreams: %s", __version__, config.source, backend, names)
     if not settings.master_key:
         log.warning(
-            "no client key is configured: every API request will get 401. "
+            "no master key is configured: only managed keys (flask --app wsgi keys create) can call the API. "
             "Set SLUICE_MASTER_KEY (16+ characters) or SLUICE_MASTER_KEY_FILE."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 
 import pytest
@@ -28,8 +29,23 @@ def config() -> Config:
 
 
 @pytest.fixture
-def app(config):
-    return create_app(config=config, settings=Settings(master_key=MASTER_KEY, log_level="DEBUG"))
+def make_app(tmp_path):
+    """Build an app on its own SQLite file; keyword arguments override Settings fields."""
+    count = itertools.count()
+
+    def make(config: Config | None = None, **settings):
+        settings.setdefault("master_key", MASTER_KEY)
+        settings.setdefault("log_level", "DEBUG")
+        settings.setdefault("database_url", f"sqlite:///{tmp_path}/sluice-{next(count)}.db")
+        settings.setdefault("data_dir", str(tmp_path))
+        return create_app(config=config or make_config(), settings=Settings(**settings))
+
+    return make
+
+
+@pytest.fixture
+def app(make_app, config):
+    return make_app(config)
 
 
 @pytest.fixture

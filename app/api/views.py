@@ -1,23 +1,33 @@
-"""Thin views: authenticate, validate, route, hand over to the upstream client and writer."""
+"""Thin views: authenticate, validate, route, admit, hand over to the upstream client and writer."""
 
 from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.api.responses import write_response
 from app.api.validation import ENDPOINTS, parse_payload, read_body
-from app.auth import authenticate
+from app.auth import Identity, authenticate
 from app.errors import ApiError
+from app.requestlog import RequestLine
 from app.services.router import route
 from app.services.upstream import UpstreamCall
 from app.state import gateway
+from app.storage.limits import LimitExceeded
 
 bp = Blueprint("api", __name__)
 
 
 @bp.before_request
 def _authenticate() -> None:
-    g.line.key = authenticate(request.headers.get("Authorization"), gateway().settings.master_key).name
+    gw = gateway()
+    identity = authenticate(request.headers.get("Authorization"), gw.settings.master_key, gw.keys, time.time())
+    g.identity = identity
+    g.line.key, g.line.key_id = identity.name, identity.key.id if identity.key else None
 
 
 @bp.post("/chat/completions")
@@ -40,35 +50,61 @@ def embeddings() -> Response:
 
 @bp.get("/models")
 def list_models() -> Response:
-    """List the models this gateway routes."""
-    return jsonify({"object": "list", "data": gateway().catalog.models(g.line.request_id)})
+    """List the models this gateway routes (those the caller's key may use)."""
+    models = [m for m in gateway().catalog.models(g.line.request_id) if g.identity.allows(m["id"])]
+    return jsonify({"object": "list", "data": models})
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
     """Describe one routed model."""
     model = gateway().catalog.find(model_id, g.line.request_id)
-    if model is None:
+    if model is None or not g.identity.allows(model_id):
         raise _model_not_found(model_id)
     return jsonify(model)
 
 
 def _proxy(kind: str) -> Response:
     gw = gateway()
-    endpoint = ENDPOINTS[kind]
+    line: RequestLine = g.line
+    line.endpoint = kind
     body = read_body(
         request.stream, request.content_length, request.headers.get("Content-Type"), gw.config.gateway.max_body_bytes
     )
     payload = parse_payload(body, kind)
-    line = g.line
     line.model, line.streaming = payload["model"], bool(payload.get("stream"))
     upstreams = route(gw.config.upstreams, line.model)
-    if not upstreams:
+    if not upstreams or not g.identity.allows(line.model):
         raise _model_not_found(line.model)
+    _admit(line, g.identity)
+    usage_body = _usage_body(payload) if line.streaming else None
     call = UpstreamCall(
-        "POST", endpoint.path, body, line.streaming, upstreams, line.request_id, client_headers=dict(request.headers)
-    )
-    return write_response(gw.client.send(call), line)
+        "POST", ENDPOINTS[kind].path, body, line.streaming, upstreams, line.request_id,
+        client_headers=dict(request.headers), usage_body=usage_body,
+    )  # fmt: skip
+    return write_response(gw.client.send(call), line, injected_usage=usage_body is not None)
+
+
+def _admit(line: RequestLine, identity: Identity) -> None:
+    """Count the request against the key's limits (managed keys only; the master key has none)."""
+    if identity.key is None:
+        return
+    try:
+        line.admission = gateway().limiter.admit(identity.key, time.time())
+    except LimitExceeded as exc:
+        line.window = exc.window
+        raise ApiError(
+            429, exc.message, code=exc.code, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        ) from None
+    line.window = line.admission.window
+
+
+def _usage_body(payload: dict[str, Any]) -> bytes | None:
+    """The body that also asks for a usage chunk, or None when the client asked for one itself."""
+    options = payload.get("stream_options") or {}
+    if options.get("include_usage") is True:
+        return None
+    return json.dumps({**payload, "stream_options": {**options, "include_usage": True}}).encode()
 
 
 def _model_not_found(model: str) -> ApiError:

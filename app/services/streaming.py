@@ -8,6 +8,7 @@ whether the stream ended, broke, or the client went away (GeneratorExit).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import requests
 import urllib3
 
 from app.errors import error_body
+from app.services.accounting import usage_from
 
 READ_SIZE = 64 * 1024
 DONE = b"data: [DONE]\n\n"
@@ -37,6 +39,9 @@ class StreamStats:
     events: int = 0
     bytes_sent: int = 0
     outcome: str = "ok"
+    usage: dict[str, int] | None = None
+    first_event_at: float | None = None  # time.monotonic() of the first write
+    started: bool = False
 
 
 def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -78,14 +83,57 @@ def error_event(code: str, message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def relay(
-    response: requests.Response,
-    on_finish: Callable[[StreamStats], None],
+def usage_event(event: bytes) -> tuple[dict[str, int] | None, bool]:
+    """(usage counts, is a usage-only chunk) for one SSE event; cheap for events without usage."""
+    if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
+        return None, False
+    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None, False
+    usage = usage_from(data)
+    return usage, usage is not None and not data.get("choices")
+
+
+class StreamBody:
+    """The WSGI body of a relayed stream. Finishes the request exactly once: at the end of the
+    stream, on breakage, or when the server closes it (client gone), even if never iterated."""
+
+    def __init__(self, response: requests.Response, on_finish: Callable[[StreamStats], None], hide_usage: bool):
+        self.response, self.on_finish, self.stats = response, on_finish, StreamStats()
+        self._events = _relay(response, self.stats, on_finish, hide_usage)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        if not self.stats.started:  # closed before the first read: the generator's finally never ran
+            self.response.close()
+            self.stats.outcome = "client_disconnect"
+            self.on_finish(self.stats)
+
+
+def relay(response: requests.Response, on_finish: Callable[[StreamStats], None]) -> Iterator[bytes]:
+    """A plain generator over the stream (used by tests); the app uses StreamBody."""
+    return iter(StreamBody(response, on_finish, hide_usage=False))
+
+
+def _relay(
+    response: requests.Response, stats: StreamStats, on_finish: Callable[[StreamStats], None], hide_usage: bool
 ) -> Iterator[bytes]:
     """The client's event stream: upstream events as they arrive, an error event on breakage."""
-    stats = StreamStats()
+    stats.started = True
     try:
         for event in iter_events(lambda size: response.raw.read1(size)):
+            usage, usage_only = usage_event(event)
+            if usage is not None:
+                stats.usage = usage
+                if usage_only and hide_usage:
+                    continue
+            if stats.first_event_at is None:
+                stats.first_event_at = time.monotonic()
             stats.events += 1
             stats.bytes_sent += len(event)
             yield event

@@ -1,20 +1,25 @@
 """The upstream token pool: stable ids, rotation, cooldowns, and the retry table.
 
 The retry/cooldown policy is data (`RETRY_TABLE`) read by one pure function,
-`classify`; the pool only keeps state. State is per process for now: the
-persistent-state work moves `TokenState` into the shared store.
+`classify`; the pool applies it to state kept in the shared store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 
 from app.config import UpstreamConfig
+from app.services.secrets import SecretBox, SecretsUnavailable
+from app.storage.tokens import TokenRepo, TokenRow
+
+log = logging.getLogger("sluice.tokens")
 
 MAX_RETRY_AFTER = 3600.0
 
@@ -97,66 +102,96 @@ class Token:
         return mask(self.value) if self.value is not None else "(none)"
 
 
-@dataclass
-class TokenState:
-    cooldown_until: float = 0.0
-    last_status: int | None = None
-    successes: int = 0
-    failures: int = 0
-
-
 class TokenPool:
-    """Rotation over each upstream's tokens, skipping those cooling down."""
+    """Rotation over each upstream's usable tokens; state lives in the shared store.
 
-    def __init__(self, upstreams: Iterable[UpstreamConfig]) -> None:
-        self._tokens: dict[str, list[Token]] = {}
-        for up in upstreams:
-            values: Sequence[str | None] = up.tokens or (None,)
-            self._tokens[up.name] = [Token(token_id(up.name, v), up.name, v) for v in values]
-        self._state = {t.id: TokenState() for ts in self._tokens.values() for t in ts}
-        self._cursor = {name: 0 for name in self._tokens}
+    Config tokens' values come from the config file, run-time tokens' from their
+    ciphertext (decrypted once per process). Cooldowns, disabled/removed flags and
+    counts are read from and written to the database, so every worker sees them.
+    """
+
+    def __init__(
+        self,
+        upstreams: Iterable[UpstreamConfig],
+        repo: TokenRepo,
+        box: SecretBox,
+        on_secret: Callable[[str], None] = lambda _: None,
+        now: float | None = None,
+    ) -> None:
+        self.repo, self.box, self.on_secret = repo, box, on_secret
+        self.upstreams = {u.name: u for u in upstreams}
+        self._values: dict[str, str | None] = {}
+        for up in self.upstreams.values():
+            for value in up.tokens or (None,):
+                self._values[token_id(up.name, value)] = value
+        self._order = {tid: i for i, tid in enumerate(self._values)}  # config order first, then run-time ones
+        seeds = [(tid, tid.split(":", 1)[0], mask(v) if v else "(none)") for tid, v in self._values.items()]
+        repo.seed(seeds, time.time() if now is None else now)
+        self._cursor: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def secrets(self) -> list[str]:
-        return [t.value for ts in self._tokens.values() for t in ts if t.value]
+        return [v for v in self._values.values() if v]
+
+    def candidates(self, upstream: str) -> list[tuple[Token, TokenRow]]:
+        """Enabled tokens of `upstream` whose value is known, in a stable order."""
+        result = []
+        rows = sorted(self.repo.rows(upstream), key=lambda r: (self._order.get(r.id, len(self._order)), r.created_at))
+        for row in rows:
+            if row.enabled and not row.removed:
+                value = self._value(row)
+                if value is not False:
+                    result.append((Token(row.id, upstream, value), row))  # type: ignore[arg-type]
+        return result
+
+    def _value(self, row: TokenRow) -> str | None | bool:
+        """The token's value; False when unknown (a config token no longer in the file, or undecryptable)."""
+        if row.id in self._values:
+            return self._values[row.id]
+        if row.source != "runtime" or row.secret is None:
+            return False
+        try:
+            value = self.box.decrypt(row.secret)
+        except SecretsUnavailable as exc:
+            log.warning("token %s skipped: %s", row.id, exc)
+            return False
+        self.on_secret(value)
+        with self._lock:
+            self._values[row.id] = value
+        return value
 
     def pick(self, upstream: str, exclude: set[str], now: float) -> Token | None:
-        """Next token of `upstream` in rotation that is not cooling down nor in `exclude`."""
+        """Next usable token of `upstream` in rotation, skipping cooling and `exclude`d ones."""
+        candidates = self.candidates(upstream)
         with self._lock:
-            tokens = self._tokens[upstream]
-            start = self._cursor[upstream]
-            for offset in range(len(tokens)):
-                index = (start + offset) % len(tokens)
-                token = tokens[index]
-                if token.id not in exclude and self._state[token.id].cooldown_until <= now:
+            start = self._cursor.get(upstream, 0)
+            for offset in range(len(candidates)):
+                index = (start + offset) % len(candidates)
+                token, row = candidates[index]
+                if row.cooldown_until <= now and token.id not in exclude:
                     self._cursor[upstream] = index + 1
                     return token
         return None
 
     def report(self, token: Token, *, status: int | None, ok: bool, cooldown: float, now: float) -> None:
-        """Record an attempt's outcome; a positive cooldown benches the token until now+cooldown."""
-        with self._lock:
-            state = self._state[token.id]
-            state.last_status = status
-            if ok:
-                state.successes += 1
-            else:
-                state.failures += 1
-            if cooldown > 0:
-                state.cooldown_until = max(state.cooldown_until, now + cooldown)
-
-    def state(self, token_id: str) -> TokenState:
-        """A copy of one token's state (for probes, the CLI and tests)."""
-        with self._lock:
-            return replace(self._state[token_id])
-
-    def tokens(self, upstream: str) -> list[Token]:
-        return list(self._tokens[upstream])
+        """Record an attempt's outcome; a positive cooldown benches the token for every worker."""
+        self.repo.report(token.id, status=status, ok=ok, cooldown=cooldown, now=now)
 
     def usable_count(self, upstream: str, now: float) -> int:
-        return sum(1 for t in self._tokens[upstream] if self._state[t.id].cooldown_until <= now)
+        return sum(1 for _, row in self.candidates(upstream) if row.cooldown_until <= now)
 
     def retry_after(self, upstreams: Iterable[str], now: float) -> int:
         """Whole seconds until the earliest cooldown among `upstreams` ends (at least 1)."""
-        ends = [self._state[t.id].cooldown_until for name in upstreams for t in self._tokens[name]]
+        ends = [row.cooldown_until for name in upstreams for _, row in self.candidates(name)]
         return max(1, math.ceil(min(ends, default=now) - now))
+
+    def effective(self, upstream: UpstreamConfig, overrides: Mapping[str, tuple]) -> UpstreamConfig:
+        """The upstream with its run-time overrides (user agent, extra headers) applied."""
+        user_agent, headers = overrides.get(upstream.name, (None, None))
+        if user_agent is None and headers is None:
+            return upstream
+        return replace(
+            upstream,
+            user_agent=user_agent or upstream.user_agent,
+            headers=upstream.headers if headers is None else headers,
+        )

@@ -52,6 +52,10 @@ class UpstreamCall:
     upstreams: Sequence[UpstreamConfig]  # routed, in order of preference
     request_id: str
     client_headers: Mapping[str, str] = field(default_factory=dict)
+    usage_body: bytes | None = None  # the body asking for a usage chunk, for upstreams with inject_usage
+
+    def body_for(self, upstream: UpstreamConfig) -> bytes | None:
+        return self.usage_body if self.usage_body is not None and upstream.inject_usage else self.body
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,9 @@ class UpstreamClient:
         attempts: list[Attempt] = []
         tried: set[str] = set()
         failure: _Failure | None = None
+        overrides = self.pool.repo.overrides()
         for _ in range(self.max_attempts):
-            choice = self._pick(call.upstreams, tried)
+            choice = self._pick(call.upstreams, tried, overrides)
             if choice is None:
                 break
             upstream, token = choice
@@ -123,12 +128,14 @@ class UpstreamClient:
             return UpstreamResult(attempts, error=error)
         return UpstreamResult(attempts, error=final_error(failure, self.pool.secrets()))
 
-    def _pick(self, upstreams: Sequence[UpstreamConfig], tried: set[str]) -> tuple[UpstreamConfig, Token] | None:
+    def _pick(
+        self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple]
+    ) -> tuple[UpstreamConfig, Token] | None:
         now = self.clock()
         for upstream in upstreams:
             token = self.pool.pick(upstream.name, tried, now)
             if token is not None:
-                return upstream, token
+                return self.pool.effective(upstream, overrides), token
         return None
 
     def _attempt(
@@ -165,7 +172,7 @@ class UpstreamClient:
         proxies = {"http": upstream.proxy, "https": upstream.proxy} if upstream.proxy else None
         try:
             response = self.session.request(
-                call.method, upstream.base_url + call.path, data=call.body, headers=headers,
+                call.method, upstream.base_url + call.path, data=call.body_for(upstream), headers=headers,
                 stream=True, timeout=(upstream.connect_timeout, upstream.read_timeout),
                 proxies=proxies, allow_redirects=False,
             )  # fmt: skip

@@ -37,12 +37,8 @@ def test_missing_or_wrong_key_is_401(client, headers):
     assert_openai_error(resp, 401)
 
 
-def test_no_master_key_configured_means_every_request_is_401(upstream):
-    from app import create_app
-    from app.config import Settings
-    from tests.conftest import make_config
-
-    app = create_app(config=make_config(), settings=Settings(master_key=None))
+def test_no_master_key_configured_means_every_request_is_401(upstream, make_app):
+    app = make_app(master_key=None)
     resp = app.test_client().post("/v1/chat/completions", json=chat(), headers={"Authorization": "Bearer anything"})
     assert_openai_error(resp, 401, "invalid_api_key")
 
@@ -132,13 +128,12 @@ def test_unknown_path_and_wrong_method(client, auth):
     assert "POST" in resp.headers["Allow"]
 
 
-def test_unknown_model_is_404(upstream, auth):
-    from app import create_app
-    from app.config import Settings, UpstreamConfig
+def test_unknown_model_is_404(upstream, auth, make_app):
+    from app.config import UpstreamConfig
     from tests.conftest import make_config
 
     config = make_config(UpstreamConfig(name="p", base_url=BASE, tokens=TOKENS, models=("gpt-*",)))
-    client = create_app(config=config, settings=Settings(master_key=MASTER_KEY)).test_client()
+    client = make_app(config).test_client()
     resp = client.post("/v1/chat/completions", json=chat() | {"model": "claude-9"}, headers=auth)
     assert_openai_error(resp, 404, "model_not_found", param="model")
 
@@ -192,9 +187,8 @@ def test_client_credentials_never_reach_the_upstream(client, auth, upstream):
     assert sent["OpenAI-Beta"] == "v2"
 
 
-def test_models_lists_literals_and_matching_upstream_ids(upstream, auth):
-    from app import create_app
-    from app.config import Settings, UpstreamConfig
+def test_models_lists_literals_and_matching_upstream_ids(upstream, auth, make_app):
+    from app.config import UpstreamConfig
     from tests.conftest import make_config
 
     config = make_config(
@@ -203,7 +197,7 @@ def test_models_lists_literals_and_matching_upstream_ids(upstream, auth):
     )
     remote = {"data": [{"id": "gpt-4o", "owned_by": "oa"}, {"id": "dall-e"}, {"id": "gpt-mini"}]}
     upstream.add(responses.GET, f"{BASE}/models", json=remote)
-    client = create_app(config=config, settings=Settings(master_key=MASTER_KEY)).test_client()
+    client = make_app(config).test_client()
     for prefix in ("/v1", "/api/v1"):
         data = client.get(f"{prefix}/models", headers=auth).get_json()
         assert data["object"] == "list"
@@ -218,7 +212,7 @@ def test_health_and_readiness(client, app):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     pool = app.extensions["sluice"].pool
-    for token in pool.tokens("primary"):
+    for token, _ in pool.candidates("primary"):
         pool.report(token, status=401, ok=False, cooldown=600, now=__import__("time").time())
     resp = client.get("/readyz")
     assert resp.status_code == 503
@@ -245,12 +239,7 @@ def test_strict_edge_needs_the_header_function(client, auth, upstream, monkeypat
 
 
 @pytest.mark.parametrize(("trusted", "expected"), [(0, "127.0.0.1"), (1, "203.0.113.9")])
-def test_forwarded_for_is_used_only_within_trusted_proxies(upstream, logs, trusted, expected):
-    from app import create_app
-    from app.config import Settings
-    from tests.conftest import make_config
-
-    settings = Settings(master_key=MASTER_KEY, trusted_proxies=trusted)
-    client = create_app(config=make_config(), settings=settings).test_client()
+def test_forwarded_for_is_used_only_within_trusted_proxies(upstream, logs, trusted, expected, make_app):
+    client = make_app(trusted_proxies=trusted).test_client()
     client.get("/v1/nope", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"})
     assert f"client={expected} " in logs.getvalue()

@@ -44,7 +44,7 @@ def err(status, headers=None, code="x"):
 
 
 def cooldown_left(app, token):
-    state = app.extensions["sluice"].pool.state(token_id("primary", token))
+    state = app.extensions["sluice"].pool.repo.get(token_id("primary", token))
     return state.cooldown_until - time.time()
 
 
@@ -137,12 +137,8 @@ def test_last_failure_429_is_passed_on_with_retry_after(client, auth, upstream):
     assert resp.get_json()["error"]["code"] == "rate_limit_exceeded"
 
 
-def test_attempts_are_bounded_by_max_attempts(upstream, auth):
-    from app import create_app
-    from app.config import Settings
-    from tests.conftest import MASTER_KEY
-
-    app = create_app(config=make_config(max_attempts=2), settings=Settings(master_key=MASTER_KEY))
+def test_attempts_are_bounded_by_max_attempts(upstream, auth, make_app):
+    app = make_app(make_config(max_attempts=2))
     calls = by_token(upstream, dict.fromkeys(TOKENS, err(503)))
     resp = app.test_client().post("/v1/chat/completions", json=chat(), headers=auth)
     assert resp.status_code == 502
@@ -172,7 +168,7 @@ def test_client_fault_4xx_is_not_retried_and_passed_on(app, client, auth, upstre
     assert resp.get_json()["error"]["code"] == "context_length_exceeded"
     assert calls == [A]
     assert cooldown_left(app, A) <= 0
-    assert app.extensions["sluice"].pool.state(token_id("primary", A)).failures == 0
+    assert app.extensions["sluice"].pool.repo.get(token_id("primary", A)).failures == 0
 
 
 def test_html_error_page_becomes_json(client, auth, upstream):

@@ -1,0 +1,98 @@
+"""The end of every request: release the key's admission, queue the usage record.
+
+Usage numbers come from the upstream's answer: the `usage` object of a JSON reply, or
+the usage chunk of a stream (requested with `stream_options.include_usage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.requestlog import RequestLine
+from app.storage.db import StorageError
+from app.storage.limits import Limiter
+from app.storage.usage import UsageWriter
+
+log = logging.getLogger("sluice.accounting")
+
+# Error codes -> usage outcomes (anything else: "ok" below 400, "client_error", "error").
+OUTCOMES = {
+    "rate_limit_exceeded": "rate_limited",
+    "too_many_parallel_requests": "rate_limited",
+    "insufficient_quota": "quota_exceeded",
+    "upstream_timeout": "timeout_upstream",
+    "upstream_error": "upstream_error",
+    "upstream_stream_error": "upstream_error",
+    "upstream_auth_failed": "upstream_auth_failed",
+    "no_upstream_available": "no_upstream_available",
+    "client_disconnect": "client_disconnect",
+    "storage_unavailable": "storage_unavailable",
+}
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def outcome_of(status: int, code: str | None) -> str:
+    if code in OUTCOMES:
+        return OUTCOMES[code]
+    if status < 400 and code in (None, "ok"):
+        return "ok"
+    return "client_error" if status < 500 else "error"
+
+
+def usage_from(data: Any) -> dict[str, int] | None:
+    """The token counts of an OpenAI `usage` object, when `data` carries one."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {f: int(usage[f]) for f in USAGE_FIELDS if isinstance(usage.get(f), int)}
+    if "total_tokens" not in counts:
+        counts["total_tokens"] = counts.get("prompt_tokens", 0) + counts.get("completion_tokens", 0)
+    return counts
+
+
+def usage_from_body(content: bytes) -> dict[str, int] | None:
+    try:
+        return usage_from(json.loads(content))
+    except ValueError:
+        return None
+
+
+class Accounting:
+    def __init__(self, limiter: Limiter, writer: UsageWriter, clock: Callable[[], float] = time.time) -> None:
+        self.limiter, self.writer, self.clock = limiter, writer, clock
+
+    def finish(self, line: RequestLine) -> None:
+        """Called once per request when its response (or stream) is over."""
+        total = line.usage.get("total_tokens", 0)
+        if line.admission is not None:
+            try:
+                self.limiter.release(line.admission, total, self.clock())
+            except StorageError as exc:
+                log.error("could not release admission request_id=%s: %s", line.request_id, exc)
+        if line.endpoint is not None:
+            self.writer.add(self.record(line))
+
+    def record(self, line: RequestLine) -> dict[str, Any]:
+        return {
+            "at": line.started_at,
+            "request_id": line.request_id,
+            "key_id": line.key_id,
+            "key_name": line.key,
+            "model": line.model[:200],
+            "endpoint": line.endpoint,
+            "upstream": line.attempts[-1].upstream if line.attempts else None,
+            "upstreams": ",".join(dict.fromkeys(a.upstream for a in line.attempts)),
+            "token_ids": ",".join(a.token_id for a in line.attempts),
+            "status": line.status,
+            "outcome": outcome_of(line.status, line.outcome),
+            "streamed": line.streaming,
+            "attempts": len(line.attempts),
+            **{f: line.usage.get(f, 0) for f in USAGE_FIELDS},
+            "ttfb_ms": line.ttfb_ms(),
+            "duration_ms": line.elapsed_ms(),
+            "bytes_sent": line.bytes_sent,
+        }

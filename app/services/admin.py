@@ -1,0 +1,235 @@
+"""Admin operations shared by the CLI, the admin JSON API and the dashboard; each is audited.
+
+Inputs are validated here once; problems raise AdminError(status, message, param).
+Token values are never returned, logged or audited: only ids and masked forms.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from app.config import ConfigError, validate_overrides
+from app.services.secrets import SecretsUnavailable
+from app.services.tokens import mask, token_id
+from app.state import Gateway
+from app.storage.keys import ApiKey, KeyConflict, KeyNotFound
+from app.storage.usage import GROUPS, audit_log
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "monthly_tokens")
+_SINCE = re.compile(r"^(\d+)([mhd])$")
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+class Admin:
+    def __init__(self, gw: Gateway, actor: str) -> None:
+        self.gw, self.actor = gw, actor
+
+    def _audit(self, action: str, target: str) -> None:
+        audit_log(self.gw.db, at=time.time(), actor=self.actor, action=action, target=target)
+
+    # keys
+    def create_key(self, name: Any, **options: Any) -> tuple[ApiKey, str]:
+        values = key_options(options)
+        try:
+            key, secret = self.gw.keys.create(_key_name(name), now=time.time(), **values)
+        except KeyConflict as exc:
+            raise AdminError(409, str(exc), "name") from None
+        self._audit("key.create", key.name)
+        return key, secret
+
+    def update_key(self, ref: str, **changes: Any) -> ApiKey:
+        key = self.find_key(ref)
+        values = key_options(changes)
+        if "enabled" in changes:
+            if not isinstance(changes["enabled"], bool):
+                raise AdminError(400, "'enabled' must be true or false.", "enabled")
+            if key.revoked_at is not None and changes["enabled"]:
+                raise AdminError(409, "A revoked key cannot be enabled again; create a new one.", "enabled")
+            values["enabled"] = changes["enabled"]
+        if "name" in changes:
+            values["name"] = _key_name(changes["name"])
+        try:
+            updated = self.gw.keys.update(key.id, **values)
+        except KeyConflict as exc:
+            raise AdminError(409, str(exc), "name") from None
+        action = {True: "key.enable", False: "key.disable"}.get(values.get("enabled"), "key.update")  # type: ignore[arg-type]
+        self._audit(action, updated.name)
+        return updated
+
+    def revoke_key(self, ref: str) -> ApiKey:
+        key = self.find_key(ref)
+        updated = self.gw.keys.update(key.id, revoked_at=key.revoked_at or time.time(), enabled=False)
+        self._audit("key.revoke", key.name)
+        return updated
+
+    def find_key(self, ref: str) -> ApiKey:
+        try:
+            return self.gw.keys.find(ref)
+        except KeyNotFound:
+            raise AdminError(404, f"No key matches {ref!r}.") from None
+        except KeyConflict as exc:
+            raise AdminError(409, str(exc)) from None
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [k.public(now) for k in self.gw.keys.list()]
+
+    # upstream tokens
+    def add_token(self, upstream: Any, value: Any) -> dict[str, Any]:
+        config = self._upstream(upstream)
+        if not config.tokens:
+            raise AdminError(400, f"Upstream {upstream!r} is configured without tokens (no Authorization).", "upstream")
+        if not isinstance(value, str) or not value or any(c.isspace() or not c.isprintable() for c in value):
+            raise AdminError(400, "The token must be non-empty printable text without spaces.", "token")
+        tid = token_id(config.name, value)
+        if self.gw.pool.repo.get(tid) is not None:
+            raise AdminError(409, f"This token is already known as {tid} (enable it if it was removed).", "token")
+        try:
+            cipher = self.gw.box.encrypt(value)
+        except SecretsUnavailable as exc:
+            raise AdminError(400, f"Cannot store tokens: {exc}.", "token") from None
+        self.gw.pool.repo.add_runtime(tid, config.name, cipher, mask(value), time.time())
+        self._audit("token.add", tid)
+        return self._token(tid)
+
+    def set_token_enabled(self, tid: str, enabled: Any) -> dict[str, Any]:
+        if not isinstance(enabled, bool):
+            raise AdminError(400, "'enabled' must be true or false.", "enabled")
+        flags = {"enabled": True, "removed": False} if enabled else {"enabled": False}
+        if not self.gw.pool.repo.set_flags(tid, **flags):
+            raise AdminError(404, f"No token with id {tid!r}.")
+        self._audit("token.enable" if enabled else "token.disable", tid)
+        return self._token(tid)
+
+    def remove_token(self, tid: str) -> None:
+        row = self.gw.pool.repo.get(tid)
+        if row is None:
+            raise AdminError(404, f"No token with id {tid!r}.")
+        if row.source == "runtime":
+            self.gw.pool.repo.delete(tid)
+        else:  # a config token stays removed across restarts until re-enabled
+            self.gw.pool.repo.set_flags(tid, removed=True, enabled=False)
+        self._audit("token.remove", tid)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [row.public(now) for row in self.gw.pool.repo.rows()]
+
+    def _token(self, tid: str) -> dict[str, Any]:
+        row = self.gw.pool.repo.get(tid)
+        assert row is not None
+        return row.public(time.time())
+
+    def _upstream(self, name: Any):  # type: ignore[no-untyped-def]
+        for upstream in self.gw.config.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise AdminError(404, f"No upstream named {name!r}.", "upstream")
+
+    # upstream overrides
+    def list_upstreams(self) -> list[dict[str, Any]]:
+        overrides = self.gw.pool.repo.overrides()
+        result = []
+        for upstream in self.gw.config.upstreams:
+            effective = self.gw.pool.effective(upstream, overrides)
+            result.append({
+                "name": upstream.name, "base_url": upstream.base_url, "models": list(upstream.models),
+                "user_agent": effective.user_agent, "headers": dict(effective.headers),
+                "overridden": upstream.name in overrides,
+            })  # fmt: skip
+        return result
+
+    def set_overrides(self, name: Any, *, user_agent: Any = None, headers: Any = None) -> dict[str, Any]:
+        upstream = self._upstream(name)
+        try:
+            user_agent, headers = validate_overrides(upstream.name, user_agent, headers)
+        except ConfigError as exc:
+            raise AdminError(400, str(exc)) from None
+        current = self.gw.pool.repo.overrides().get(upstream.name, (None, None))
+        user_agent = user_agent if user_agent is not None else current[0]
+        headers = headers if headers is not None else current[1]
+        self.gw.pool.repo.set_override(upstream.name, user_agent, headers, time.time())
+        self._audit("upstream.override", upstream.name)
+        return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
+
+    # usage and secrets
+    def usage(self, since: Any = "24h", by: Any = "key") -> list[dict[str, Any]]:
+        if by not in GROUPS:
+            raise AdminError(400, f"'by' must be one of {', '.join(GROUPS)}.", "by")
+        return self.gw.usage.summary(parse_since(since, time.time()), by)
+
+    def rotate_secrets(self) -> int:
+        """Re-encrypt every run-time token under the current SLUICE_SECRET_KEY."""
+        count = 0
+        for row in self.gw.pool.repo.rows():
+            if row.source == "runtime" and row.secret:
+                try:
+                    self.gw.pool.repo.set_cipher(row.id, self.gw.box.rotate(row.secret))
+                except SecretsUnavailable as exc:
+                    raise AdminError(400, f"Cannot rotate {row.id}: {exc}.") from None
+                count += 1
+        self._audit("secrets.rotate", f"{count} tokens")
+        return count
+
+
+def key_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Validated key settings from CLI/API input (only the fields present)."""
+    values: dict[str, Any] = {}
+    for field in LIMIT_FIELDS:
+        if field in options:
+            value = options[field]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AdminError(400, f"'{field}' must be a positive whole number or null.", field)
+            values[field] = value
+    if "models" in options and options["models"] is not None:
+        models = options["models"]
+        if isinstance(models, str):
+            models = [m.strip() for m in models.split(",")]
+        if (
+            not isinstance(models, list)
+            or not models
+            or not all(isinstance(m, str) and m and "," not in m for m in models)
+        ):
+            raise AdminError(400, "'models' must be a non-empty list of model ids or globs.", "models")
+        values["models"] = tuple(models)
+    if "expires_at" in options:
+        values["expires_at"] = parse_time(options["expires_at"], "expires_at")
+    return values
+
+
+def parse_time(value: Any, param: str) -> float | None:
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value is None else float(value)
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise AdminError(400, f"'{param}' must be an ISO 8601 time, e.g. 2027-01-31T00:00:00Z.", param) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_since(value: Any, now: float) -> float:
+    """'30m', '24h', '7d' or an ISO 8601 time -> a UNIX time."""
+    match = _SINCE.match(str(value))
+    if match:
+        return now - int(match.group(1)) * _UNITS[match.group(2)]
+    parsed = parse_time(value, "since")
+    return parsed if parsed is not None else now - 86400
+
+
+def _key_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise AdminError(400, "'name' must be 1-64 characters.", "name")
+    if any(not c.isprintable() for c in name):
+        raise AdminError(400, "'name' may not contain control characters.", "name")
+    return name.strip()

@@ -1,0 +1,173 @@
+"""Per-key admission limits in the shared store: rpm, tpm, max_parallel, monthly budget.
+
+Counters are written at admission time inside one transaction (BEGIN IMMEDIATE on
+SQLite, a row lock on the key in PostgreSQL), so N workers admit exactly `rpm`
+requests per sliding 60 s window. Token counts are only known when a response ends:
+`release` records them, and `tpm` admits while the window's recorded tokens are under
+the limit (overshoot is bounded by the requests already in flight).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from app.storage import schema
+from app.storage.db import Database
+from app.storage.keys import ApiKey
+
+WINDOW = 60.0
+STALE_INFLIGHT = 3600.0  # an in-flight row older than this is from a crashed worker
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the x-ratelimit-* headers say after an admission (or a refusal)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int = 0
+    reset_requests: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int = 0
+    reset_tokens: float = 0.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    key: ApiKey
+    admission_id: str
+    window: Window
+
+
+class LimitExceeded(Exception):
+    def __init__(self, code: str, message: str, retry_after: float, window: Window | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after, self.window = code, message, retry_after, window
+
+
+class Limiter(Protocol):
+    def admit(self, key: ApiKey, now: float) -> Admission: ...
+
+    def release(self, admission: Admission, tokens: int, now: float) -> None: ...
+
+
+def month_of(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+
+
+def seconds_to_next_month(now: float) -> float:
+    moment = datetime.fromtimestamp(now, UTC)
+    first = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+    return first.timestamp() - now
+
+
+class SqlLimiter:
+    """The limiter on the database itself (the default: no Redis needed)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def admit(self, key: ApiKey, now: float) -> Admission:
+        admission_id = uuid.uuid4().hex
+        with self.db.write() as conn:
+            if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
+                conn.execute(select(schema.api_keys.c.id).where(schema.api_keys.c.id == key.id).with_for_update())
+            check_budget(conn, key, now)
+            window = self._check_windows(conn, key, now)
+            if key.rpm is not None:
+                conn.execute(insert(schema.request_events).values(key_id=key.id, at=now))
+            if key.max_parallel is not None:
+                conn.execute(insert(schema.inflight).values(request_id=admission_id, key_id=key.id, started_at=now))
+        return Admission(key, admission_id, window)
+
+    def _check_windows(self, conn: Connection, key: ApiKey, now: float) -> Window:
+        t_req, t_tok, t_inf = schema.request_events.c, schema.token_events.c, schema.inflight.c
+        if key.max_parallel is not None:
+            running = conn.execute(
+                select(func.count()).where(t_inf.key_id == key.id, t_inf.started_at > now - STALE_INFLIGHT)
+            ).scalar_one()
+            if running >= key.max_parallel:
+                raise LimitExceeded(
+                    "too_many_parallel_requests",
+                    f"This key allows {key.max_parallel} requests in flight; wait for one to finish.",
+                    1.0,
+                )
+        conn.execute(delete(schema.request_events).where(t_req.key_id == key.id, t_req.at <= now - WINDOW))
+        conn.execute(delete(schema.token_events).where(t_tok.key_id == key.id, t_tok.at <= now - WINDOW))
+        count, oldest_req = conn.execute(select(func.count(), func.min(t_req.at)).where(t_req.key_id == key.id)).one()
+        used, oldest_tok = conn.execute(
+            select(func.coalesce(func.sum(t_tok.tokens), 0), func.min(t_tok.at)).where(t_tok.key_id == key.id)
+        ).one()
+        return decide(key, now, int(count), oldest_req, int(used), oldest_tok)
+
+    def release(self, admission: Admission, tokens: int, now: float) -> None:
+        key = admission.key
+        with self.db.write() as conn:
+            if not self.db.is_sqlite and key.monthly_tokens is not None:
+                conn.execute(select(schema.api_keys.c.id).where(schema.api_keys.c.id == key.id).with_for_update())
+            if key.max_parallel is not None:
+                conn.execute(delete(schema.inflight).where(schema.inflight.c.request_id == admission.admission_id))
+            if tokens > 0 and key.tpm is not None:
+                conn.execute(insert(schema.token_events).values(key_id=key.id, at=now, tokens=tokens))
+            if tokens > 0 and key.monthly_tokens is not None:
+                add_monthly(conn, key.id, month_of(now), tokens)
+
+
+def decide(
+    key: ApiKey, now: float, count: int, oldest_req: float | None, used: int, oldest_tok: float | None
+) -> Window:
+    """Refuse (LimitExceeded) or describe the window after admitting one more request."""
+    reset_req = (oldest_req + WINDOW - now) if oldest_req is not None else 0.0
+    reset_tok = (oldest_tok + WINDOW - now) if oldest_tok is not None else 0.0
+    window = Window(
+        limit_requests=key.rpm,
+        remaining_requests=max(0, (key.rpm or 0) - count - 1),
+        reset_requests=max(0.0, reset_req),
+        limit_tokens=key.tpm,
+        remaining_tokens=max(0, (key.tpm or 0) - used),
+        reset_tokens=max(0.0, reset_tok),
+    )
+    if key.rpm is not None and count >= key.rpm:
+        refused = Window(key.rpm, 0, window.reset_requests, key.tpm, window.remaining_tokens, window.reset_tokens)
+        message = f"Rate limit reached: {key.rpm} requests per minute for this key."
+        raise LimitExceeded("rate_limit_exceeded", message, max(reset_req, 0.001), refused)
+    if key.tpm is not None and used >= key.tpm:
+        message = f"Rate limit reached: {key.tpm} tokens per minute for this key."
+        raise LimitExceeded("rate_limit_exceeded", message, max(reset_tok, 0.001), window)
+    return window
+
+
+def check_budget(conn: Connection, key: ApiKey, now: float) -> None:
+    if key.monthly_tokens is None:
+        return
+    t = schema.monthly_usage.c
+    used = conn.execute(select(t.tokens).where(t.key_id == key.id, t.month == month_of(now))).scalar() or 0
+    if used >= key.monthly_tokens:
+        message = f"This key has used its monthly budget of {key.monthly_tokens} tokens."
+        raise LimitExceeded("insufficient_quota", message, seconds_to_next_month(now))
+
+
+def add_monthly(conn: Connection, key_id: str, month: str, tokens: int) -> None:
+    t = schema.monthly_usage.c
+    changed = conn.execute(
+        update(schema.monthly_usage).where(t.key_id == key_id, t.month == month).values(tokens=t.tokens + tokens)
+    ).rowcount
+    if not changed:
+        conn.execute(insert(schema.monthly_usage).values(key_id=key_id, month=month, tokens=tokens))
+
+
+def format_reset(seconds: float) -> str:
+    """OpenAI's duration format for x-ratelimit-reset-*: "20ms", "6s", "1m30s", "1h0m5s"."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

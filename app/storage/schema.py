@@ -1,0 +1,124 @@
+"""The database schema (SQLAlchemy Core). Changes go through a new Alembic revision.
+
+Times are UNIX seconds as floats: portable across SQLite and PostgreSQL, cheap to compare.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),  # display only: "sk-sluice-AbCd"
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the key
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("revoked_at", Float),
+    Column("models", Text, nullable=False, default="*"),  # comma-separated globs
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("max_parallel", Integer),
+    Column("monthly_tokens", Integer),
+)
+
+# Sliding-window counters, written at admission time (requests) and at the end of a
+# request (tokens); rows older than the window are deleted as they are read.
+request_events = Table(
+    "request_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(40), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_request_events_key_at", "key_id", "at"),
+)
+token_events = Table(
+    "token_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(40), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Index("ix_token_events_key_at", "key_id", "at"),
+)
+inflight = Table(
+    "inflight",
+    metadata,
+    Column("request_id", String(160), primary_key=True),
+    Column("key_id", String(40), nullable=False, index=True),
+    Column("started_at", Float, nullable=False),
+)
+monthly_usage = Table(
+    "monthly_usage",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("month", String(7), primary_key=True),  # "2026-11"
+    Column("tokens", Integer, nullable=False, default=0),
+)
+
+upstream_tokens = Table(
+    "upstream_tokens",
+    metadata,
+    Column("id", String(100), primary_key=True),  # "<upstream>:<sha256[:12]>", stable
+    Column("upstream", String(64), nullable=False, index=True),
+    Column("source", String(8), nullable=False),  # "config" | "runtime"
+    Column("secret", Text),  # runtime tokens only: Fernet ciphertext, never the plain value
+    Column("masked", String(16), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("removed", Boolean, nullable=False, default=False),
+    Column("cooldown_until", Float, nullable=False, default=0.0),
+    Column("last_status", Integer),
+    Column("last_at", Float),
+    Column("successes", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+)
+upstream_overrides = Table(
+    "upstream_overrides",
+    metadata,
+    Column("upstream", String(64), primary_key=True),
+    Column("user_agent", Text),
+    Column("headers", Text),  # JSON object
+    Column("updated_at", Float, nullable=False),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("request_id", String(160), nullable=False),
+    Column("key_id", String(40)),
+    Column("key_name", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("endpoint", String(40), nullable=False),
+    Column("upstream", String(64)),  # the upstream that gave the final answer
+    Column("upstreams", Text, nullable=False),  # comma-separated names tried, in order
+    Column("token_ids", Text, nullable=False),  # comma-separated token ids tried (never values)
+    Column("status", Integer, nullable=False),
+    Column("outcome", String(40), nullable=False),
+    Column("streamed", Boolean, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("total_tokens", Integer, nullable=False, default=0),
+    Column("ttfb_ms", Float),
+    Column("duration_ms", Float, nullable=False),
+    Column("bytes_sent", Integer, nullable=False, default=0),
+    Index("ix_usage_key_at", "key_id", "at"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("actor", String(64), nullable=False),  # "cli", "admin-api", "dashboard:<user>"
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+)

@@ -1,0 +1,139 @@
+"""Upstream token state and run-time overrides, shared by every worker through the database."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from app.storage import schema
+from app.storage.db import Database
+
+t = schema.upstream_tokens.c
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: str
+    upstream: str
+    source: str
+    secret: str | None
+    masked: str
+    enabled: bool
+    removed: bool
+    cooldown_until: float
+    last_status: int | None
+    last_at: float | None
+    successes: int
+    failures: int
+    created_at: float
+
+    def public(self, now: float) -> dict[str, Any]:
+        """The JSON view: masked, never the value or its ciphertext."""
+        state = "removed" if self.removed else "disabled" if not self.enabled else "healthy"
+        if state == "healthy" and self.cooldown_until > now:
+            state = "cooling"
+        return {
+            "id": self.id, "upstream": self.upstream, "source": self.source, "masked": self.masked,
+            "state": state, "cooldown_until": self.cooldown_until if self.cooldown_until > now else None,
+            "last_status": self.last_status, "last_at": self.last_at,
+            "successes": self.successes, "failures": self.failures, "created_at": self.created_at,
+        }  # fmt: skip
+
+
+class TokenRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def seed(self, tokens: list[tuple[str, str, str]], now: float) -> None:
+        """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state."""
+        with self.db.write() as conn:
+            known = set(conn.execute(select(t.id)).scalars())
+            for token_id, upstream, masked in tokens:
+                if token_id not in known:
+                    conn.execute(
+                        insert(schema.upstream_tokens).values(
+                            id=token_id,
+                            upstream=upstream,
+                            source="config",
+                            masked=masked,
+                            enabled=True,
+                            removed=False,
+                            cooldown_until=0.0,
+                            successes=0,
+                            failures=0,
+                            created_at=now,
+                        )  # fmt: skip
+                    )
+
+    def rows(self, upstream: str | None = None) -> list[TokenRow]:
+        query = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
+        if upstream is not None:
+            query = query.where(t.upstream == upstream)
+        with self.db.read() as conn:
+            return [TokenRow(**row._mapping) for row in conn.execute(query)]
+
+    def get(self, token_id: str) -> TokenRow | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(schema.upstream_tokens).where(t.id == token_id)).first()
+        return TokenRow(**row._mapping) if row else None
+
+    def report(self, token_id: str, *, status: int | None, ok: bool, cooldown: float, now: float) -> None:
+        values: dict[str, Any] = {"last_status": status, "last_at": now}
+        if ok:
+            values["successes"] = t.successes + 1
+        else:
+            values["failures"] = t.failures + 1
+        if cooldown > 0:
+            values["cooldown_until"] = (
+                func.max(t.cooldown_until, now + cooldown)
+                if self.db.is_sqlite
+                else func.greatest(t.cooldown_until, now + cooldown)
+            )
+        with self.db.write() as conn:
+            conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**values))
+
+    def add_runtime(self, token_id: str, upstream: str, cipher: str, masked: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                insert(schema.upstream_tokens).values(
+                    id=token_id,
+                    upstream=upstream,
+                    source="runtime",
+                    secret=cipher,
+                    masked=masked,
+                    enabled=True,
+                    removed=False,
+                    cooldown_until=0.0,
+                    successes=0,
+                    failures=0,
+                    created_at=now,
+                )  # fmt: skip
+            )
+
+    def set_flags(self, token_id: str, **flags: bool | float) -> bool:
+        with self.db.write() as conn:
+            return conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**flags)).rowcount > 0
+
+    def delete(self, token_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(schema.upstream_tokens).where(t.id == token_id))
+
+    def set_cipher(self, token_id: str, cipher: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(secret=cipher))
+
+    def overrides(self) -> dict[str, tuple[str | None, dict[str, str] | None]]:
+        o = schema.upstream_overrides.c
+        with self.db.read() as conn:
+            rows = conn.execute(select(o.upstream, o.user_agent, o.headers)).fetchall()
+        return {r.upstream: (r.user_agent, json.loads(r.headers) if r.headers else None) for r in rows}
+
+    def set_override(self, upstream: str, user_agent: str | None, headers: dict[str, str] | None, now: float) -> None:
+        o = schema.upstream_overrides
+        values = {"user_agent": user_agent, "headers": None if headers is None else json.dumps(headers)}
+        with self.db.write() as conn:
+            if conn.execute(update(o).where(o.c.upstream == upstream).values(**values, updated_at=now)).rowcount == 0:
+                conn.execute(insert(o).values(upstream=upstream, **values, updated_at=now))

@@ -1,0 +1,119 @@
+"""Usage records: written in batches off the request path, summarised, pruned, and the audit log."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+
+from app.storage import schema
+from app.storage.db import Database, StorageError
+
+log = logging.getLogger("sluice.usage")
+u = schema.usage.c
+GROUPS = ("key", "model", "upstream", "day")
+MAX_PENDING = 100_000  # records kept in memory while the database is unreachable
+
+
+class UsageRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert_many(self, records: Sequence[dict[str, Any]]) -> None:
+        if records:
+            with self.db.write() as conn:
+                conn.execute(insert(schema.usage), list(records))
+
+    def summary(self, since: float, by: str) -> list[dict[str, Any]]:
+        """Requests and prompt/completion/total tokens since `since`, grouped `by` key|model|upstream|day."""
+        column = self._group_column(by)
+        query = (
+            select(
+                column.label("group"),
+                func.count().label("requests"),
+                func.coalesce(func.sum(u.prompt_tokens), 0).label("prompt_tokens"),
+                func.coalesce(func.sum(u.completion_tokens), 0).label("completion_tokens"),
+                func.coalesce(func.sum(u.total_tokens), 0).label("total_tokens"),
+            )
+            .where(u.at >= since)
+            .group_by(column)
+            .order_by(column)
+        )
+        with self.db.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def _group_column(self, by: str) -> Any:
+        if by == "key":
+            return u.key_name
+        if by == "model":
+            return u.model
+        if by == "upstream":
+            return func.coalesce(u.upstream, "-")
+        if self.db.is_sqlite:
+            return func.strftime("%Y-%m-%d", u.at, "unixepoch")
+        return func.to_char(func.to_timestamp(u.at).op("AT TIME ZONE")("UTC"), "YYYY-MM-DD")
+
+    def recent(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(schema.usage).order_by(u.at.desc()).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    def prune(self, before: float) -> int:
+        with self.db.write() as conn:
+            return conn.execute(delete(schema.usage).where(u.at < before)).rowcount
+
+
+class UsageWriter:
+    """Queues usage records and writes them in batches from a background thread (a greenlet under gevent).
+
+    `close()` writes what is pending: gunicorn's worker_exit hook and atexit call it, so
+    a graceful stop loses nothing. A hard kill loses at most the last `interval` seconds.
+    """
+
+    def __init__(self, repo: UsageRepo, interval: float = 1.0) -> None:
+        self.repo, self.interval = repo, interval
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._pending) < MAX_PENDING:
+                self._pending.append(record)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="sluice-usage", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            self.repo.insert_many(batch)
+        except StorageError as exc:
+            log.error("could not write %d usage records (will retry): %s", len(batch), exc)
+            with self._lock:
+                self._pending[:0] = batch[: MAX_PENDING - len(self._pending)]
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self.flush()
+
+
+def record_audit(conn: Connection, *, at: float, actor: str, action: str, target: str) -> None:
+    conn.execute(insert(schema.audit).values(at=at, actor=actor, action=action, target=target[:200]))
+
+
+def audit_log(db: Database, *, at: float, actor: str, action: str, target: str) -> None:
+    with db.write() as conn:
+        record_audit(conn, at=at, actor=actor, action=action, target=target)
