@@ -48,6 +48,7 @@ class Stats:
     streams_completed: int = 0
     streams_aborted: int = 0  # the client (the gateway) went away mid-stream
     streams_dropped: int = 0  # dropped on purpose (drop_after)
+    usage_total: int = 0  # total_tokens of every usage object the mock sent
     recent: list[dict] = field(default_factory=list)
 
     def record(self, environ: dict, body: dict | None) -> None:
@@ -123,10 +124,14 @@ class MockUpstream:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _json(start_response, 400, _error_body("Body must be a JSON object with a model.", "invalid_body"))
         if path == "/v1/embeddings":
-            return _json(start_response, 200, _embeddings(body))
+            reply = _embeddings(body)
+            self.stats.usage_total += reply["usage"]["total_tokens"]
+            return _json(start_response, 200, reply)
         chat = path == "/v1/chat/completions"
         if not streaming:
-            return _json(start_response, 200, _completion(body, chat, opts))
+            reply = _completion(body, chat, opts)
+            self.stats.usage_total += reply["usage"]["total_tokens"]
+            return _json(start_response, 200, reply)
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
         return self._stream(environ, body, chat, opts)
 
@@ -143,6 +148,8 @@ class MockUpstream:
                 if seq and opts.delay:
                     gevent.sleep(opts.delay)
                 chunk["mock_seq"], chunk["mock_ts"] = seq, time.time()
+                if chunk.get("usage"):
+                    self.stats.usage_total += chunk["usage"]["total_tokens"]
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
             finished = True

@@ -31,6 +31,21 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    env: dict[str, str] | None = None
+    cmd: list[str] | None = None
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run `flask --app wsgi ARGS` against this server's configuration and database."""
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+            cwd=ROOT, env={**os.environ, **(self.env or {})}, input=stdin, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def restart(self) -> Server:
+        self.stop()
+        assert self.cmd is not None and self.env is not None
+        self.process = start(self.cmd, f"{self.url}/healthz", self.log_path, self.env)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -57,9 +72,9 @@ def start(cmd: list[str], ready_url: str, log_path: Path, env: dict[str, str] | 
         if process.poll() is not None:
             raise RuntimeError(f"{cmd} exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            requests.get(ready_url, timeout=1)
+            requests.get(ready_url, timeout=2, headers={"Connection": "close"})
             return process
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or workers still booting
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"{cmd} did not become ready:\n{log_path.read_text()}")
@@ -74,6 +89,7 @@ def start_mock(tmp_path: Path, *args: str) -> Server:
 
 
 def start_gateway(tmp_path: Path, config_toml: str, workers: int = 1, **env: str) -> Server:
+    """gunicorn serving Sluice on a free port, with its data (SQLite) under tmp_path."""
     port = free_port()
     config_path = tmp_path / f"sluice-{port}.toml"
     config_path.write_text(config_toml)
@@ -85,11 +101,13 @@ def start_gateway(tmp_path: Path, config_toml: str, workers: int = 1, **env: str
         "SLUICE_WORKERS": str(workers),
         "SLUICE_LOG_LEVEL": "DEBUG",
         "SLUICE_DATA_DIR": str(tmp_path / "data"),
+        "SLUICE_DATABASE_URL": f"sqlite:///{tmp_path}/data/sluice.db",
+        "SLUICE_REDIS_URL": "",
         **env,
     }
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     process = start(cmd, f"http://127.0.0.1:{port}/healthz", log_path, env)
-    return Server(f"http://127.0.0.1:{port}", process, log_path)
+    return Server(f"http://127.0.0.1:{port}", process, log_path, env, cmd)
 
 
 def upstream_toml(name: str, url: str, tokens: list[str], models: list[str], **extra: object) -> str:

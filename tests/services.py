@@ -1,0 +1,46 @@
+"""Access to the real PostgreSQL and Redis the tests use (started by deploy/ci-services.sh).
+
+Locally a missing service skips its tests; in CI (CI=true) it fails them instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def require(variable: str, what: str) -> str:
+    value = os.environ.get(variable)
+    if value:
+        return value
+    message = f'{what} is not available: set {variable} (`eval "$(deploy/ci-services.sh)"`)'
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def postgres_url() -> str:
+    return require("SLUICE_TEST_DATABASE_URL", "PostgreSQL")
+
+
+def redis_url() -> str:
+    return require("SLUICE_TEST_REDIS_URL", "Redis")
+
+
+def reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def reset_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()

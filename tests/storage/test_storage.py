@@ -1,0 +1,185 @@
+"""Storage behaviour, identical on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from app.storage import schema
+from app.storage.keys import KeyConflict, KeyNotFound, KeyRepo, hash_key
+from app.storage.limits import LimitExceeded, SqlLimiter, format_reset, seconds_to_next_month
+from app.storage.migrate import upgrade
+from app.storage.tokens import TokenRepo
+from app.storage.usage import UsageRepo, UsageWriter
+
+
+def test_migrations_are_idempotent(db):
+    upgrade(db)
+    with db.read() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+
+
+def test_keys_are_stored_hashed_and_found_by_value(db):
+    keys = KeyRepo(db)
+    key, secret = keys.create("team-a", now=1000.0, models=("gpt-*",), rpm=5)
+    assert secret.startswith("sk-sluice-") and len(secret) >= len("sk-sluice-") + 43
+    with db.read() as conn:
+        row = conn.execute(select(schema.api_keys)).one()
+    assert secret not in str(tuple(row))
+    assert row.key_hash == hash_key(secret)
+    assert key.prefix == secret[:14]
+    assert keys.by_secret(secret).id == key.id
+    assert keys.by_secret(secret + "x") is None
+    assert keys.find("team-a").id == keys.find(key.prefix).id == keys.find(key.id).id == key.id
+    with pytest.raises(KeyNotFound):
+        keys.find("nobody")
+    with pytest.raises(KeyConflict):
+        keys.create("team-a", now=1.0)
+
+
+def test_key_state(db):
+    keys = KeyRepo(db)
+    key, _ = keys.create("k", now=0.0, expires_at=100.0)
+    assert key.state(50.0) == "active" and key.state(100.0) == "expired"
+    assert keys.update(key.id, enabled=False).state(0) == "disabled"
+    assert keys.update(key.id, revoked_at=1.0).state(0) == "revoked"
+
+
+def test_rpm_window_slides(db):
+    key, _ = KeyRepo(db).create("k", now=0.0, rpm=2)
+    limiter = SqlLimiter(db)
+    first = limiter.admit(key, 1000.0)
+    assert (first.window.limit_requests, first.window.remaining_requests) == (2, 1)
+    second = limiter.admit(key, 1010.0)
+    assert second.window.remaining_requests == 0
+    with pytest.raises(LimitExceeded) as info:
+        limiter.admit(key, 1020.0)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.retry_after == pytest.approx(40.0)  # the 1000.0 request leaves the window at 1060
+    assert limiter.admit(key, 1060.5).window.remaining_requests == 0  # one slot freed
+
+
+def test_tpm_admits_while_under_and_refuses_once_full(db):
+    key, _ = KeyRepo(db).create("k", now=0.0, tpm=100)
+    limiter = SqlLimiter(db)
+    a = limiter.admit(key, 1000.0)
+    b = limiter.admit(key, 1000.1)  # in flight together: overshoot bounded by these
+    limiter.release(a, 80, 1001.0)
+    limiter.release(b, 80, 1001.0)
+    with pytest.raises(LimitExceeded) as info:
+        limiter.admit(key, 1002.0)
+    assert info.value.window.remaining_tokens == 0
+    assert info.value.retry_after == pytest.approx(59.0)
+    assert limiter.admit(key, 1061.5).window.remaining_tokens == 100
+
+
+def test_max_parallel_and_release(db):
+    key, _ = KeyRepo(db).create("k", now=0.0, max_parallel=1)
+    limiter = SqlLimiter(db)
+    first = limiter.admit(key, 1000.0)
+    with pytest.raises(LimitExceeded) as info:
+        limiter.admit(key, 1000.5)
+    assert info.value.code == "too_many_parallel_requests"
+    limiter.release(first, 0, 1001.0)
+    limiter.admit(key, 1001.5)
+
+
+def test_monthly_budget(db):
+    key, _ = KeyRepo(db).create("k", now=0.0, monthly_tokens=100)
+    limiter = SqlLimiter(db)
+    now = time.time()
+    limiter.release(limiter.admit(key, now), 120, now)
+    with pytest.raises(LimitExceeded) as info:
+        limiter.admit(key, now + 1)
+    assert info.value.code == "insufficient_quota"
+    assert 0 < info.value.retry_after <= seconds_to_next_month(now)
+
+
+def test_rpm_is_exact_under_concurrency(db):
+    """50 threads, each with its own connection, race for 10 slots: exactly 10 win."""
+    key, _ = KeyRepo(db).create("k", now=0.0, rpm=10)
+    limiter = SqlLimiter(db)
+    admitted, refused = [], []
+    barrier = threading.Barrier(50)
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            admitted.append(limiter.admit(key, time.time()))
+        except LimitExceeded:
+            refused.append(1)
+
+    threads = [threading.Thread(target=attempt) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert (len(admitted), len(refused)) == (10, 40)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.02, "20ms"), (0.0, "0ms"), (6, "6s"), (5.2, "6s"), (90, "1m30s"), (3605, "1h0m5s")]
+)
+def test_format_reset(seconds, text):
+    assert format_reset(seconds) == text
+
+
+def test_token_state_and_overrides(db):
+    repo = TokenRepo(db)
+    repo.seed([("up:aaa", "up", "...aaaa"), ("up:bbb", "up", "...bbbb")], now=1.0)
+    repo.seed([("up:aaa", "up", "...aaaa")], now=2.0)  # idempotent
+    repo.report("up:aaa", status=429, ok=False, cooldown=30, now=100.0)
+    repo.report("up:aaa", status=429, ok=False, cooldown=5, now=101.0)  # never shortens a cooldown
+    repo.report("up:bbb", status=200, ok=True, cooldown=0, now=100.0)
+    a, b = repo.rows("up")
+    assert (a.cooldown_until, a.failures, a.last_status) == (130.0, 2, 429)
+    assert (b.successes, b.cooldown_until) == (1, 0.0)
+    assert a.public(120.0)["state"] == "cooling" and b.public(120.0)["state"] == "healthy"
+    repo.set_flags("up:bbb", removed=True, enabled=False)
+    assert repo.get("up:bbb").public(0)["state"] == "removed"
+    repo.add_runtime("up:ccc", "up", "ciphertext", "...cccc", now=3.0)
+    assert repo.get("up:ccc").source == "runtime"
+    repo.set_override("up", "agent/1", {"X-A": "1"}, now=1.0)
+    repo.set_override("up", "agent/2", None, now=2.0)
+    assert repo.overrides() == {"up": ("agent/2", None)}
+
+
+def test_usage_summary_and_prune(db):
+    usage = UsageRepo(db)
+    base = {"request_id": "r", "endpoint": "chat", "upstreams": "u", "token_ids": "u:1", "status": 200,
+            "outcome": "ok", "streamed": False, "attempts": 1, "duration_ms": 5.0, "bytes_sent": 10}  # fmt: skip
+    day = 86400 * 20000  # 2024-10-04 UTC
+    usage.insert_many([
+        {**base, "at": day + 10, "key_id": "k1", "key_name": "alpha", "model": "m1", "upstream": "u",
+         "prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        {**base, "at": day + 20, "key_id": "k1", "key_name": "alpha", "model": "m2", "upstream": "v",
+         "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        {**base, "at": day + 86400, "key_id": None, "key_name": "master", "model": "m1", "upstream": "u",
+         "prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10},
+    ])  # fmt: skip
+    by_key = usage.summary(day, "key")
+    assert by_key == [
+        {"group": "alpha", "requests": 2, "prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
+        {"group": "master", "requests": 1, "prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10},
+    ]
+    assert [r["group"] for r in usage.summary(day, "day")] == ["2024-10-04", "2024-10-05"]
+    assert [(r["group"], r["requests"]) for r in usage.summary(day, "upstream")] == [("u", 2), ("v", 1)]
+    assert [r["total_tokens"] for r in usage.summary(day, "model")] == [17, 2]
+    assert usage.prune(day + 100) == 2
+    assert len(usage.recent()) == 1
+
+
+def test_usage_writer_batches_and_flushes_on_close(db):
+    usage = UsageRepo(db)
+    writer = UsageWriter(usage, interval=60)
+    record = {"at": 1.0, "request_id": "r", "key_id": None, "key_name": "m", "model": "x", "endpoint": "chat",
+              "upstream": None, "upstreams": "", "token_ids": "", "status": 200, "outcome": "ok", "streamed": True,
+              "attempts": 1, "duration_ms": 1.0, "bytes_sent": 0}  # fmt: skip
+    for _ in range(5):
+        writer.add(dict(record))
+    assert usage.recent() == []  # not on the request path
+    writer.close()
+    assert len(usage.recent()) == 5
