@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean mock
+.PHONY: run test lint format clean mock services bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Start local PostgreSQL and Redis (needs root and the Debian packages; .ci/run does this),
+# then e.g.: eval "$$(bash deploy/ci-services.sh)" && make test
+services:
+	bash deploy/ci-services.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/limits_overhead.py
 
 mock: $(STAMP)
 	$(BIN)/python -m app.mock_upstream --port 9100

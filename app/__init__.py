@@ -83,9 +83,12 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     usage = UsageRepo(db)
     usage.prune(time.time() - config.gateway.usage_retention_days * 86400)
     writer = UsageWriter(usage)
+    writer.every(1.0, pool.flush)  # token success counts
+    if isinstance(limiter, SqlLimiter):
+        writer.every(30.0, lambda: limiter.prune(time.time()))
     gw = Gateway(
         config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
-        limiter, usage, writer, Accounting(limiter, writer),
+        limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
     )  # fmt: skip
     atexit.register(gw.close)
     return gw

@@ -52,6 +52,7 @@ class GatewayConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     trust_env: bool = False
     usage_retention_days: int = 90
+    usage_records: bool = True  # false: no per-request usage records (limits and budgets still apply)
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,15 @@ def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
 def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise reader.error("gateway", "must be a table")
-    reader.no_unknown(raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env", "usage_retention_days"})
+    reader.no_unknown(
+        raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env", "usage_retention_days", "usage_records"}
+    )
     return GatewayConfig(
         max_attempts=reader.integer(raw, "gateway", "max_attempts", 3, minimum=1, maximum=20),
         max_body_bytes=reader.integer(raw, "gateway", "max_body_bytes", 10 * 1024 * 1024, minimum=1024),
         trust_env=reader.boolean(raw, "gateway", "trust_env", False),
         usage_retention_days=reader.integer(raw, "gateway", "usage_retention_days", 90, minimum=1),
+        usage_records=reader.boolean(raw, "gateway", "usage_records", True),
     )
 
 

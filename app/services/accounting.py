@@ -62,8 +62,10 @@ def usage_from_body(content: bytes) -> dict[str, int] | None:
 
 
 class Accounting:
-    def __init__(self, limiter: Limiter, writer: UsageWriter, clock: Callable[[], float] = time.time) -> None:
-        self.limiter, self.writer, self.clock = limiter, writer, clock
+    def __init__(
+        self, limiter: Limiter, writer: UsageWriter, records: bool = True, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.limiter, self.writer, self.records, self.clock = limiter, writer, records, clock
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""
@@ -73,7 +75,7 @@ class Accounting:
                 self.limiter.release(line.admission, total, self.clock())
             except StorageError as exc:
                 log.error("could not release admission request_id=%s: %s", line.request_id, exc)
-        if line.endpoint is not None:
+        if line.endpoint is not None and self.records:
             self.writer.add(self.record(line))
 
     def record(self, line: RequestLine) -> dict[str, Any]:

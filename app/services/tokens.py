@@ -129,6 +129,8 @@ class TokenPool:
         repo.seed(seeds, time.time() if now is None else now)
         self._cursor: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._successes: dict[str, tuple[int, int | None, float]] = {}
+        self._overrides: tuple[float, Mapping[str, tuple]] = (float("-inf"), {})
 
     def secrets(self) -> list[str]:
         return [v for v in self._values.values() if v]
@@ -174,8 +176,27 @@ class TokenPool:
         return None
 
     def report(self, token: Token, *, status: int | None, ok: bool, cooldown: float, now: float) -> None:
-        """Record an attempt's outcome; a positive cooldown benches the token for every worker."""
+        """Record an attempt's outcome. A failure is written at once (a cooldown benches the token
+        for every worker); successes are counted here and written by `flush` about once a second."""
+        if ok and cooldown <= 0:
+            with self._lock:
+                count, _, _ = self._successes.get(token.id, (0, None, 0.0))
+                self._successes[token.id] = (count + 1, status, now)
+            return
         self.repo.report(token.id, status=status, ok=ok, cooldown=cooldown, now=now)
+
+    def flush(self) -> None:
+        """Write the success counts gathered since the last flush."""
+        with self._lock:
+            pending, self._successes = self._successes, {}
+        for tid, (count, status, at) in pending.items():
+            self.repo.add_successes(tid, count, status, at)
+
+    def overrides(self, now: float) -> Mapping[str, tuple]:
+        """Run-time upstream overrides, re-read at most once a second."""
+        if now - self._overrides[0] >= 1.0:
+            self._overrides = (now, self.repo.overrides())
+        return self._overrides[1]
 
     def usable_count(self, upstream: str, now: float) -> int:
         return sum(1 for _, row in self.candidates(upstream) if row.cooldown_until <= now)

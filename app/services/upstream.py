@@ -107,7 +107,7 @@ class UpstreamClient:
         attempts: list[Attempt] = []
         tried: set[str] = set()
         failure: _Failure | None = None
-        overrides = self.pool.repo.overrides()
+        overrides = self.pool.overrides(self.clock())
         for _ in range(self.max_attempts):
             choice = self._pick(call.upstreams, tried, overrides)
             if choice is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from app.storage import schema
 from app.storage.db import Database
@@ -66,6 +66,23 @@ def seconds_to_next_month(now: float) -> float:
     return first.timestamp() - now
 
 
+_REQ, _TOK, _INF = schema.request_events.c, schema.token_events.c, schema.inflight.c
+_KEY, _SINCE, _STALE = bindparam("key_id"), bindparam("since"), bindparam("stale")
+# One round trip for the whole window, built once (SQLAlchemy caches its compiled form).
+_WINDOW_QUERY = select(
+    select(func.count()).where(_INF.key_id == _KEY, _INF.started_at > _STALE).scalar_subquery(),
+    select(func.count()).where(_REQ.key_id == _KEY, _REQ.at > _SINCE).scalar_subquery(),
+    select(func.min(_REQ.at)).where(_REQ.key_id == _KEY, _REQ.at > _SINCE).scalar_subquery(),
+    select(func.coalesce(func.sum(_TOK.tokens), 0)).where(_TOK.key_id == _KEY, _TOK.at > _SINCE).scalar_subquery(),
+    select(func.min(_TOK.at)).where(_TOK.key_id == _KEY, _TOK.at > _SINCE).scalar_subquery(),
+)
+_LOCK_KEY = select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update()
+_ADD_REQUEST = insert(schema.request_events)
+_ADD_TOKENS = insert(schema.token_events)
+_ADD_INFLIGHT = insert(schema.inflight)
+_END_INFLIGHT = delete(schema.inflight).where(_INF.request_id == bindparam("admission_id"))
+
+
 class SqlLimiter:
     """The limiter on the database itself (the default: no Redis needed)."""
 
@@ -76,46 +93,40 @@ class SqlLimiter:
         admission_id = uuid.uuid4().hex
         with self.db.write() as conn:
             if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
-                conn.execute(select(schema.api_keys.c.id).where(schema.api_keys.c.id == key.id).with_for_update())
+                conn.execute(_LOCK_KEY, {"key_id": key.id})
             check_budget(conn, key, now)
-            window = self._check_windows(conn, key, now)
+            params = {"key_id": key.id, "since": now - WINDOW, "stale": now - STALE_INFLIGHT}
+            running, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
+            if key.max_parallel is not None and running >= key.max_parallel:
+                message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
+                raise LimitExceeded("too_many_parallel_requests", message, 1.0)
+            window = decide(key, now, int(count), oldest_req, int(used), oldest_tok)
             if key.rpm is not None:
-                conn.execute(insert(schema.request_events).values(key_id=key.id, at=now))
+                conn.execute(_ADD_REQUEST, {"key_id": key.id, "at": now})
             if key.max_parallel is not None:
-                conn.execute(insert(schema.inflight).values(request_id=admission_id, key_id=key.id, started_at=now))
+                conn.execute(_ADD_INFLIGHT, {"request_id": admission_id, "key_id": key.id, "started_at": now})
         return Admission(key, admission_id, window)
-
-    def _check_windows(self, conn: Connection, key: ApiKey, now: float) -> Window:
-        t_req, t_tok, t_inf = schema.request_events.c, schema.token_events.c, schema.inflight.c
-        if key.max_parallel is not None:
-            running = conn.execute(
-                select(func.count()).where(t_inf.key_id == key.id, t_inf.started_at > now - STALE_INFLIGHT)
-            ).scalar_one()
-            if running >= key.max_parallel:
-                raise LimitExceeded(
-                    "too_many_parallel_requests",
-                    f"This key allows {key.max_parallel} requests in flight; wait for one to finish.",
-                    1.0,
-                )
-        conn.execute(delete(schema.request_events).where(t_req.key_id == key.id, t_req.at <= now - WINDOW))
-        conn.execute(delete(schema.token_events).where(t_tok.key_id == key.id, t_tok.at <= now - WINDOW))
-        count, oldest_req = conn.execute(select(func.count(), func.min(t_req.at)).where(t_req.key_id == key.id)).one()
-        used, oldest_tok = conn.execute(
-            select(func.coalesce(func.sum(t_tok.tokens), 0), func.min(t_tok.at)).where(t_tok.key_id == key.id)
-        ).one()
-        return decide(key, now, int(count), oldest_req, int(used), oldest_tok)
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
         key = admission.key
+        if key.max_parallel is None and (tokens <= 0 or (key.tpm is None and key.monthly_tokens is None)):
+            return  # nothing to record: no write transaction at all
         with self.db.write() as conn:
             if not self.db.is_sqlite and key.monthly_tokens is not None:
-                conn.execute(select(schema.api_keys.c.id).where(schema.api_keys.c.id == key.id).with_for_update())
+                conn.execute(_LOCK_KEY, {"key_id": key.id})
             if key.max_parallel is not None:
-                conn.execute(delete(schema.inflight).where(schema.inflight.c.request_id == admission.admission_id))
+                conn.execute(_END_INFLIGHT, {"admission_id": admission.admission_id})
             if tokens > 0 and key.tpm is not None:
-                conn.execute(insert(schema.token_events).values(key_id=key.id, at=now, tokens=tokens))
+                conn.execute(_ADD_TOKENS, {"key_id": key.id, "at": now, "tokens": tokens})
             if tokens > 0 and key.monthly_tokens is not None:
                 add_monthly(conn, key.id, month_of(now), tokens)
+
+    def prune(self, now: float) -> None:
+        """Drop window rows that can no longer count (the queries ignore them anyway)."""
+        with self.db.write() as conn:
+            conn.execute(delete(schema.request_events).where(_REQ.at <= now - WINDOW))
+            conn.execute(delete(schema.token_events).where(_TOK.at <= now - WINDOW))
+            conn.execute(delete(schema.inflight).where(_INF.started_at <= now - STALE_INFLIGHT))
 
 
 def decide(

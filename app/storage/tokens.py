@@ -95,6 +95,20 @@ class TokenRepo:
         with self.db.write() as conn:
             conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**values))
 
+    def add_successes(self, token_id: str, count: int, status: int | None, at: float) -> None:
+        values = {"successes": t.successes + count, "last_status": status, "last_at": at}
+        with self.db.write() as conn:
+            conn.execute(
+                update(schema.upstream_tokens)
+                .where(t.id == token_id, t.last_at.is_(None) | (t.last_at <= at))
+                .values(**values)
+            )
+            conn.execute(
+                update(schema.upstream_tokens)
+                .where(t.id == token_id, t.last_at > at)
+                .values(successes=t.successes + count)
+            )
+
     def add_runtime(self, token_id: str, upstream: str, cipher: str, masked: str, now: float) -> None:
         with self.db.write() as conn:
             conn.execute(

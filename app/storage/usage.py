@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select
@@ -75,6 +76,7 @@ class UsageWriter:
 
     def __init__(self, repo: UsageRepo, interval: float = 1.0) -> None:
         self.repo, self.interval = repo, interval
+        self._chores: list[tuple[float, Callable[[], None]]] = []  # (every seconds, function)
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -85,9 +87,18 @@ class UsageWriter:
         with self._lock:
             if len(self._pending) < MAX_PENDING:
                 self._pending.append(record)
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="sluice-usage", daemon=True)
                 self._thread.start()
+
+    def every(self, seconds: float, chore: Callable[[], None]) -> None:
+        """Also run `chore` from the writer's thread every `seconds` (and once at close)."""
+        self._chores.append((seconds, chore))
+        self._ensure_thread()
 
     def flush(self) -> None:
         with self._lock:
@@ -103,11 +114,25 @@ class UsageWriter:
         self._closed = True
         self._wake.set()
         self.flush()
+        for _, chore in self._chores:
+            self._run_chore(chore)
 
     def _run(self) -> None:
+        last_run = {id(chore): time.monotonic() for _, chore in self._chores}
         while not self._closed:
             self._wake.wait(self.interval)
             self.flush()
+            for every, chore in self._chores:
+                if time.monotonic() - last_run.get(id(chore), 0.0) >= every:
+                    last_run[id(chore)] = time.monotonic()
+                    self._run_chore(chore)
+
+    @staticmethod
+    def _run_chore(chore: Callable[[], None]) -> None:
+        try:
+            chore()
+        except StorageError as exc:
+            log.error("background write failed (will retry): %s", exc)
 
 
 def record_audit(conn: Connection, *, at: float, actor: str, action: str, target: str) -> None:
