@@ -84,6 +84,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     usage.prune(time.time() - config.gateway.usage_retention_days * 86400)
     writer = UsageWriter(usage)
     writer.every(1.0, pool.flush)  # token success counts
+    writer.every(3600.0, lambda: usage.prune(time.time() - config.gateway.usage_retention_days * 86400))
     if isinstance(limiter, SqlLimiter):
         writer.every(30.0, lambda: limiter.prune(time.time()))
     gw = Gateway(

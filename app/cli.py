@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app.services.admin import Admin, AdminError
 
@@ -167,6 +167,7 @@ def tokens_remove(token_id: str) -> None:
 
 
 @click.command("usage")
+@with_appcontext
 @click.option("--since", default="24h", show_default=True, help="30m, 24h, 7d or an ISO 8601 time")
 @click.option("--by", default="key", show_default=True, type=click.Choice(["key", "model", "upstream", "day"]))
 @click.option("--json", "as_json", is_flag=True)

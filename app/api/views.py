@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -17,9 +18,11 @@ from app.requestlog import RequestLine
 from app.services.router import route
 from app.services.upstream import UpstreamCall
 from app.state import gateway
+from app.storage.db import StorageError
 from app.storage.limits import LimitExceeded
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger("sluice.api")
 
 
 @bp.before_request
@@ -28,6 +31,19 @@ def _authenticate() -> None:
     identity = authenticate(request.headers.get("Authorization"), gw.settings.master_key, gw.keys, time.time())
     g.identity = identity
     g.line.key, g.line.key_id = identity.name, identity.key.id if identity.key else None
+
+
+@bp.after_request
+def _ratelimit_window(response: Response) -> Response:
+    """Managed keys get x-ratelimit-* headers on every response, admitted or not."""
+    identity: Identity | None = g.get("identity")
+    line: RequestLine = g.line
+    if identity is not None and identity.key is not None and line.window is None:
+        try:
+            line.window = gateway().limiter.peek(identity.key, time.time())
+        except StorageError as exc:
+            log.warning("no rate-limit headers for request_id=%s: %s", line.request_id, exc)
+    return response
 
 
 @bp.post("/chat/completions")

@@ -122,7 +122,7 @@ class Admin:
 
     def list_tokens(self) -> list[dict[str, Any]]:
         now = time.time()
-        return [row.public(now) for row in self.gw.pool.repo.rows()]
+        return [row.public(now) for row in self.gw.pool.rows()]
 
     def _token(self, tid: str) -> dict[str, Any]:
         row = self.gw.pool.repo.get(tid)

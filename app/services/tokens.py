@@ -138,13 +138,17 @@ class TokenPool:
     def candidates(self, upstream: str) -> list[tuple[Token, TokenRow]]:
         """Enabled tokens of `upstream` whose value is known, in a stable order."""
         result = []
-        rows = sorted(self.repo.rows(upstream), key=lambda r: (self._order.get(r.id, len(self._order)), r.created_at))
-        for row in rows:
+        for row in self.rows(upstream):
             if row.enabled and not row.removed:
                 value = self._value(row)
                 if value is not False:
                     result.append((Token(row.id, upstream, value), row))  # type: ignore[arg-type]
         return result
+
+    def rows(self, upstream: str | None = None) -> list[TokenRow]:
+        """Stored token rows in config order (config tokens first, then run-time ones by age)."""
+        rows = self.repo.rows(upstream)
+        return sorted(rows, key=lambda r: (r.upstream, self._order.get(r.id, len(self._order)), r.created_at))
 
     def _value(self, row: TokenRow) -> str | None | bool:
         """The token's value; False when unknown (a config token no longer in the file, or undecryptable)."""

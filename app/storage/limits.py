@@ -53,6 +53,8 @@ class LimitExceeded(Exception):
 class Limiter(Protocol):
     def admit(self, key: ApiKey, now: float) -> Admission: ...
 
+    def peek(self, key: ApiKey, now: float) -> Window: ...
+
     def release(self, admission: Admission, tokens: int, now: float) -> None: ...
 
 
@@ -107,6 +109,13 @@ class SqlLimiter:
                 conn.execute(_ADD_INFLIGHT, {"request_id": admission_id, "key_id": key.id, "started_at": now})
         return Admission(key, admission_id, window)
 
+    def peek(self, key: ApiKey, now: float) -> Window:
+        """The window as it stands, without counting anything (for responses that were not admitted)."""
+        params = {"key_id": key.id, "since": now - WINDOW, "stale": now - STALE_INFLIGHT}
+        with self.db.read() as conn:
+            _, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
+        return describe(key, now, int(count), oldest_req, int(used), oldest_tok)
+
     def release(self, admission: Admission, tokens: int, now: float) -> None:
         key = admission.key
         if key.max_parallel is None and (tokens <= 0 or (key.tpm is None and key.monthly_tokens is None)):
@@ -129,20 +138,28 @@ class SqlLimiter:
             conn.execute(delete(schema.inflight).where(_INF.started_at <= now - STALE_INFLIGHT))
 
 
-def decide(
+def describe(
     key: ApiKey, now: float, count: int, oldest_req: float | None, used: int, oldest_tok: float | None
 ) -> Window:
-    """Refuse (LimitExceeded) or describe the window after admitting one more request."""
+    """The window holding `count` requests and `used` tokens."""
     reset_req = (oldest_req + WINDOW - now) if oldest_req is not None else 0.0
     reset_tok = (oldest_tok + WINDOW - now) if oldest_tok is not None else 0.0
-    window = Window(
+    return Window(
         limit_requests=key.rpm,
-        remaining_requests=max(0, (key.rpm or 0) - count - 1),
+        remaining_requests=max(0, (key.rpm or 0) - count),
         reset_requests=max(0.0, reset_req),
         limit_tokens=key.tpm,
         remaining_tokens=max(0, (key.tpm or 0) - used),
         reset_tokens=max(0.0, reset_tok),
     )
+
+
+def decide(
+    key: ApiKey, now: float, count: int, oldest_req: float | None, used: int, oldest_tok: float | None
+) -> Window:
+    """Refuse (LimitExceeded) or describe the window after admitting one more request."""
+    window = describe(key, now, count + 1, oldest_req, used, oldest_tok)
+    reset_req, reset_tok = window.reset_requests, window.reset_tokens
     if key.rpm is not None and count >= key.rpm:
         refused = Window(key.rpm, 0, window.reset_requests, key.tpm, window.remaining_tokens, window.reset_tokens)
         message = f"Rate limit reached: {key.rpm} requests per minute for this key."

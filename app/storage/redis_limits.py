@@ -17,9 +17,11 @@ from app.storage.limits import (
     WINDOW,
     Admission,
     LimitExceeded,
+    Window,
     add_monthly,
     check_budget,
     decide,
+    describe,
     month_of,
 )
 
@@ -77,6 +79,24 @@ class RedisLimiter:
         before = int(count)
         window = decide(key, now, before, _float(oldest_req, None), int(used), _float(oldest_tok, None))
         return Admission(key, admission_id, window)
+
+    def peek(self, key: ApiKey, now: float) -> Window:
+        """The window as it stands, without counting anything."""
+        req, tok, _ = _keys(key.id)
+        try:
+            seconds, micros = self.redis.time()
+            now = seconds + micros / 1_000_000
+            since = f"({now - WINDOW}"
+            pipe = self.redis.pipeline()
+            pipe.zrangebyscore(req, since, "+inf", start=0, num=1, withscores=True)
+            pipe.zcount(req, since, "+inf")
+            pipe.zrangebyscore(tok, since, "+inf", withscores=True)
+            first, count, tokens = pipe.execute()
+        except self._errors as exc:
+            raise StorageError(f"redis read failed: {type(exc).__name__}") from exc
+        used = sum(int(member.rsplit(b":", 1)[1]) for member, _ in tokens)
+        oldest_req = first[0][1] if first else None
+        return describe(key, now, int(count), oldest_req, used, tokens[0][1] if tokens else None)
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
         key = admission.key

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import MASTER_KEY, mock_stats, start_gateway, upstream_toml
-from tests.services import redis_url, reset_redis
+from tests.services import postgres_url, redis_url, reset_postgres, reset_redis
 
 pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -80,12 +80,15 @@ def _race(gateway, key: str, count: int) -> list[requests.Response]:
         return list(pool.map(one, range(count)))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "redis"])
 def test_rpm_is_exact_across_workers(tmp_path, mock, backend):
     env = {}
     if backend == "redis":
         env["SLUICE_REDIS_URL"] = redis_url()
         reset_redis(env["SLUICE_REDIS_URL"])
+    if backend == "postgresql":
+        env["SLUICE_DATABASE_URL"] = postgres_url()
+        reset_postgres(env["SLUICE_DATABASE_URL"])
     gateway = start_gateway(tmp_path, upstream_toml("main", mock.url, ["good-token-00000001"], ["*"]), 3, **env)
     try:
         key = admin(gateway, "POST", "/keys", json={"name": "rpm", "rpm": 10}).json()["key"]

@@ -1,0 +1,131 @@
+"""Managed keys through the app: auth states, model globs, limits, headers, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import responses
+
+from tests.conftest import BASE, TOKENS, chat
+
+USAGE = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+OK = {"id": "x", "object": "chat.completion", "choices": [], "usage": USAGE}
+
+
+@pytest.fixture
+def keys(app):
+    return app.extensions["sluice"].keys
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_key_states_answer_401_with_their_code(client, keys, upstream):
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    key, secret = keys.create("k", now=time.time())
+    assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
+    for values, code in [
+        ({"enabled": False}, "key_disabled"),
+        ({"enabled": True, "expires_at": time.time() - 1}, "key_expired"),
+        ({"revoked_at": time.time()}, "invalid_api_key"),
+    ]:
+        keys.update(key.id, **values)
+        resp = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+        assert resp.status_code == 401 and resp.get_json()["error"]["code"] == code
+
+
+def test_model_globs_limit_what_a_key_reaches(client, keys, upstream):
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    _, secret = keys.create("k", now=0.0, models=("gpt-*",))
+    assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
+    resp = client.post("/v1/chat/completions", json=chat() | {"model": "claude-x"}, headers=bearer(secret))
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "model_not_found"
+    assert not upstream.calls[1:]  # refused before any upstream call
+
+
+def test_limits_answer_429_with_openai_headers(client, keys, upstream):
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    _, secret = keys.create("k", now=0.0, rpm=2, tpm=1000)
+    first = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "1000"
+    client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+    third = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+    assert third.status_code == 429
+    assert third.get_json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(third.headers["Retry-After"]) <= 60
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert third.headers["x-ratelimit-remaining-tokens"] == "980"
+    refused = client.post("/v1/chat/completions", json={"model": 1}, headers=bearer(secret))
+    assert refused.status_code == 400 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    models = client.get("/v1/models", headers=bearer(secret))
+    assert "x-ratelimit-limit-requests" in models.headers
+
+
+def test_budget_and_parallel_limits(client, keys, upstream):
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    _, secret = keys.create("budget", now=0.0, monthly_tokens=15)
+    assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
+    resp = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+    assert resp.status_code == 429 and resp.get_json()["error"]["code"] == "insufficient_quota"
+
+
+def test_streams_hide_the_injected_usage_chunk_and_account_it(app, client, keys, upstream):
+    sse = (
+        'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+        'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}\n\n'
+        "data: [DONE]\n\n"
+    )
+    upstream.add(responses.POST, f"{BASE}/chat/completions", body=sse, content_type="text/event-stream")
+    _, secret = keys.create("k", now=0.0)
+    hidden = client.post("/v1/chat/completions", json=chat(stream=True), headers=bearer(secret)).get_data(as_text=True)
+    assert '"usage":{' not in hidden and "data: [DONE]" in hidden
+    sent = json.loads(upstream.calls[0].request.body)
+    assert sent["stream_options"] == {"include_usage": True}
+    asked = chat(stream=True, stream_options={"include_usage": True})
+    shown = client.post("/v1/chat/completions", json=asked, headers=bearer(secret)).get_data(as_text=True)
+    assert '"total_tokens":8' in shown
+    gw = app.extensions["sluice"]
+    gw.writer.flush()
+    records = gw.usage.recent()
+    assert [r["total_tokens"] for r in records] == [8, 8]
+    assert all(r["streamed"] and r["outcome"] == "ok" and r["key_name"] == "k" for r in records)
+    assert records[0]["token_ids"].startswith("primary:") and TOKENS[0] not in json.dumps(records, default=str)
+
+
+def test_cli_keys_tokens_usage(app, upstream):
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["keys", "create", "cli-key", "--rpm", "5", "--models", "gpt-*,o1"])
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[0]
+    assert secret.startswith("sk-sluice-")
+    listed = json.loads(runner.invoke(args=["keys", "list", "--json"]).stdout)
+    assert (
+        listed[0]["name"] == "cli-key" and listed[0]["models"] == ["gpt-*", "o1"] and secret not in json.dumps(listed)
+    )
+    assert "disabled key 'cli-key'" in runner.invoke(args=["keys", "disable", secret[:14]]).output
+    assert runner.invoke(args=["keys", "revoke", "nobody"]).exit_code != 0
+    tokens = json.loads(runner.invoke(args=["tokens", "list", "--json"]).stdout)
+    assert [t["masked"] for t in tokens] == ["...0001", "...0002", "...0003"]
+    assert not any(t in json.dumps(tokens) for t in TOKENS)
+    no_secret = runner.invoke(args=["tokens", "add", "primary", "-"], input="new-token-0000000004\n")
+    assert no_secret.exit_code != 0 and "SLUICE_SECRET_KEY" in no_secret.output
+    assert "group" in runner.invoke(args=["usage", "--by", "model"]).output
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+
+
+def test_cli_adds_encrypted_tokens_with_a_secret_key(make_app):
+    app = make_app(secret_key="s" * 32)
+    runner = app.test_cli_runner()
+    added = runner.invoke(args=["tokens", "add", "primary", "-"], input="new-token-0000000004\n")
+    assert added.exit_code == 0 and "...0004" in added.output and "new-token" not in added.output
+    row = next(r for r in app.extensions["sluice"].pool.repo.rows() if r.source == "runtime")
+    assert row.secret and "new-token" not in row.secret
+    assert runner.invoke(args=["tokens", "remove", row.id]).exit_code == 0
+    assert runner.invoke(args=["secrets", "rotate"]).output.startswith("re-encrypted 0 tokens")
