@@ -41,11 +41,11 @@ def test_entrypoint_serves_the_demo_stream_and_stops_cleanly(tmp_path):
         while time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "entrypoint.log").read_text()
             try:
-                if requests.get(f"{url}/readyz", timeout=1, headers=CLOSE).status_code == 200 and not _port_free(
+                if requests.get(f"{url}/readyz", timeout=2, headers=CLOSE).status_code == 200 and not _port_free(
                     mock_port
                 ):
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the worker still booting
                 pass
             time.sleep(0.2)
         body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
