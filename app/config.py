@@ -236,7 +236,7 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
     if not _UPSTREAM_NAME.match(name):
         raise reader.error(f"{where}.name", "use 1-64 of letters, digits, '_', '.', '-'")
     base_url = reader.url(raw, where, "base_url", required=True, schemes=("http", "https"))
-    proxy = reader.url(raw, where, "proxy", required=False, schemes=("http", "https", "socks5", "socks5h"))
+    proxy = reader.url(raw, where, "proxy", required=False, schemes=("http", "https"))
     user_agent = reader.string(raw, where, "user_agent") or DEFAULT_USER_AGENT
     reader.header_value(f"{where}.user_agent", user_agent)
     return UpstreamConfig(
@@ -343,6 +343,8 @@ class _Reader:
     def header_value(self, key: str, value: str) -> None:
         if any(c in value for c in "\r\n\0"):
             raise self.error(key, "may not contain CR, LF or NUL")
+        if any(not " " <= c <= "~" for c in value):
+            raise self.error(key, "must be printable ASCII (HTTP header values)")
 
     def integer(
         self, raw: dict, where: str, key: str, default: int, *, minimum: int, maximum: int | None = None

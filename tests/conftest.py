@@ -20,7 +20,7 @@ BASE = "http://upstream.test/v1"
 def make_config(*upstreams: UpstreamConfig, max_attempts: int = 3) -> Config:
     if not upstreams:
         upstreams = (UpstreamConfig(name="primary", base_url=BASE, tokens=TOKENS),)
-    return Config(GatewayConfig(max_attempts=max_attempts, max_body_bytes=4096), tuple(upstreams), "test")
+    return Config(GatewayConfig(max_attempts=max_attempts, max_body_bytes=16384), tuple(upstreams), "test")
 
 
 @pytest.fixture

@@ -11,6 +11,12 @@ from app.errors import ApiError
 MAX_JSON_DEPTH = 64
 _READ_SIZE = 64 * 1024
 
+try:  # gunicorn raises its own parse errors for a malformed chunked body
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # pragma: no cover - another WSGI server
+    _ServerParseError = OSError  # type: ignore[assignment,misc]
+BODY_READ_ERRORS = (OSError, ValueError, _ServerParseError)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -61,7 +67,14 @@ def read_body(stream: BinaryIO, content_length: int | None, content_type: str | 
         raise _too_large(limit)
     chunks, size = [], 0
     while True:
-        chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
+        try:
+            chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
+        except BODY_READ_ERRORS:
+            raise ApiError(
+                400,
+                "The request body could not be read (malformed chunked encoding or cut short).",
+                code="invalid_body",
+            ) from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -84,17 +97,23 @@ def parse_payload(body: bytes, kind: str) -> dict[str, Any]:
     if not text.strip():
         raise _invalid("The request body is empty: send a JSON object.")
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise _invalid(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.") from None
-    except ValueError as exc:
-        raise _invalid(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None  # type: ignore[attr-defined]
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer too long to convert
+        raise _invalid(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(payload, dict):
         raise _invalid("The request body must be a JSON object.")
     if _depth(payload) > MAX_JSON_DEPTH:
         raise _invalid(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.")
     _check_fields(payload, ENDPOINTS[kind])
     return payload
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_fields(payload: dict[str, Any], endpoint: Endpoint) -> None:

@@ -15,6 +15,7 @@ from app.api.validation import ENDPOINTS, parse_payload, read_body
 from app.auth import Identity, authenticate
 from app.errors import ApiError
 from app.requestlog import RequestLine
+from app.services.headers import forwardable
 from app.services.router import route
 from app.services.upstream import UpstreamCall
 from app.state import gateway
@@ -96,7 +97,7 @@ def _proxy(kind: str) -> Response:
     usage_body = _usage_body(payload) if line.streaming else None
     call = UpstreamCall(
         "POST", ENDPOINTS[kind].path, body, line.streaming, upstreams, line.request_id,
-        client_headers=dict(request.headers), usage_body=usage_body,
+        client_headers=forwardable(request.headers.items()), usage_body=usage_body,
     )  # fmt: skip
     return write_response(gw.client.send(call), line, injected_usage=usage_body is not None)
 

@@ -88,8 +88,8 @@ class Admin:
         config = self._upstream(upstream)
         if not config.tokens:
             raise AdminError(400, f"Upstream {upstream!r} is configured without tokens (no Authorization).", "upstream")
-        if not isinstance(value, str) or not value or any(c.isspace() or not c.isprintable() for c in value):
-            raise AdminError(400, "The token must be non-empty printable text without spaces.", "token")
+        if not isinstance(value, str) or not value or any(not "!" <= c <= "~" for c in value):
+            raise AdminError(400, "The token must be non-empty printable ASCII without spaces.", "token")
         tid = token_id(config.name, value)
         if self.gw.pool.repo.get(tid) is not None:
             raise AdminError(409, f"This token is already known as {tid} (enable it if it was removed).", "token")

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from app.config import UpstreamConfig
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,256}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]{1,256}")
 
 # Client headers forwarded upstream, each with its validator. Everything else the
 # client sent (Authorization, Cookie, Host, hop-by-hop, ...) stays at the gateway.
@@ -45,7 +45,7 @@ def build_upstream_headers(
     headers = dict(upstream.headers)  # validated at start-up: none of the keys below
     for key, value in client_headers.items():
         allowed = CLIENT_HEADER_ALLOWLIST.get(key.lower())
-        if allowed and allowed[1].match(value):
+        if allowed and allowed[1].fullmatch(value):
             headers[allowed[0]] = value
     headers["User-Agent"] = upstream.user_agent
     headers["Content-Type"] = "application/json"
@@ -61,9 +61,14 @@ def build_upstream_headers(
     return headers
 
 
+def forwardable(client_headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Only the allowlisted client headers: nothing else (Authorization, Cookie) travels further."""
+    return {k: v for k, v in client_headers if k.lower() in CLIENT_HEADER_ALLOWLIST}
+
+
 def resolve_request_id(client_value: str | None, generate: Callable[[], str]) -> str:
     """Keep the client's X-Request-ID when it is 1-128 of [A-Za-z0-9._-], else a new one."""
-    if client_value and _REQUEST_ID.match(client_value):
+    if client_value and _REQUEST_ID.fullmatch(client_value):
         return client_value
     return generate()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,7 @@ from app.services.upstream import UpstreamCall, UpstreamClient
 log = logging.getLogger("sluice.router")
 
 _GLOB_CHARS = set("*?[")
+FETCH_TIMEOUT = 10.0  # seconds: a slow /models must not hold a client's /v1/models for long
 
 
 def is_glob(pattern: str) -> bool:
@@ -51,6 +53,7 @@ class ModelCatalog:
         self.failure_ttl = failure_ttl
         self.clock = clock
         self._cache: dict[str, tuple[float, list[dict]]] = {}
+        self._locks = {u.name: threading.Lock() for u in upstreams}
 
     def models(self, request_id: str) -> list[dict]:
         """Every model object, first upstream wins on duplicate ids."""
@@ -67,17 +70,33 @@ class ModelCatalog:
         literal = [_model(m, upstream.name) for m in upstream.models if not is_glob(m)]
         if not any(is_glob(m) for m in upstream.models):
             return literal
-        cached = self._cache.get(upstream.name)
-        if cached is None or cached[0] <= self.clock():
-            fetched = self._fetch(upstream, request_id)
-            ttl = self.ttl if fetched is not None else self.failure_ttl
-            cached = (self.clock() + ttl, fetched or [])
-            self._cache[upstream.name] = cached
-        remote = [m for m in cached[1] if matches(upstream, m["id"])]
+        remote = [m for m in self._remote(upstream, request_id) if matches(upstream, m["id"])]
         return literal + remote
 
+    def _remote(self, upstream: UpstreamConfig, request_id: str) -> list[dict]:
+        """The upstream's own list: one refresh at a time; others get the stale list meanwhile."""
+        cached = self._cache.get(upstream.name)
+        if cached is not None and cached[0] > self.clock():
+            return cached[1]
+        lock = self._locks[upstream.name]
+        if not lock.acquire(blocking=cached is None):
+            return cached[1] if cached else []
+        try:
+            cached = self._cache.get(upstream.name)
+            if cached is None or cached[0] <= self.clock():
+                fetched = self._fetch(upstream, request_id)
+                ttl = self.ttl if fetched is not None else self.failure_ttl
+                stale = cached[1] if cached else []
+                cached = (self.clock() + ttl, stale if fetched is None else fetched)
+                self._cache[upstream.name] = cached
+            return cached[1]
+        finally:
+            lock.release()
+
     def _fetch(self, upstream: UpstreamConfig, request_id: str) -> list[dict] | None:
-        call = UpstreamCall("GET", "/models", None, False, [upstream], request_id)
+        call = UpstreamCall(
+            "GET", "/models", None, False, [upstream], request_id, max_attempts=1, read_timeout=FETCH_TIMEOUT
+        )
         result = self.client.send(call)
         if result.response is None:
             log.warning("models fetch failed upstream=%s request_id=%s", upstream.name, request_id)

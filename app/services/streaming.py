@@ -19,6 +19,7 @@ from app.errors import error_body
 from app.services.accounting import usage_from
 
 READ_SIZE = 64 * 1024
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 DONE = b"data: [DONE]\n\n"
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
@@ -46,23 +47,34 @@ class StreamStats:
 
 def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Cut complete events (terminator included) off the front of `buffer`."""
-    events = []
+    data = bytearray(buffer)
+    events = list(_cut_events(data, 0))
+    return events, bytes(data)
+
+
+def _cut_events(buffer: bytearray, start: int) -> Iterator[bytes]:
+    """Yield and remove complete events from `buffer`, searching from `start` on."""
     while True:
-        cut = -1
-        size = 0
+        cut, size = -1, 0
         for sep in _SEPARATORS:
-            index = buffer.find(sep)
+            index = buffer.find(sep, start)
             if index != -1 and (cut == -1 or index < cut):
                 cut, size = index, len(sep)
         if cut == -1:
-            return events, buffer
-        events.append(buffer[: cut + size])
-        buffer = buffer[cut + size :]
+            return
+        event = bytes(buffer[: cut + size])
+        del buffer[: cut + size]
+        start = 0
+        yield event
 
 
 def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
-    """Yield each SSE event as soon as its terminator arrives; raise StreamBroken on transport errors."""
-    buffer = b""
+    """Yield each SSE event as soon as its terminator arrives; raise StreamBroken on transport errors.
+
+    Each read is scanned once (from just before its start), so a large event costs linear
+    time; an event over MAX_EVENT_BYTES ends the stream instead of growing without bound.
+    """
+    buffer = bytearray()
     while True:
         try:
             chunk = raw_read(READ_SIZE)
@@ -72,15 +84,22 @@ def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
             raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.") from exc
         if not chunk:
             break
-        events, buffer = split_events(buffer + chunk)
-        yield from events
-    if buffer.strip():
-        yield buffer + b"\n\n"  # a final event without its blank line: complete it
+        start = max(0, len(buffer) - 3)  # a separator may straddle the previous read
+        buffer += chunk
+        yield from _cut_events(buffer, start)
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise StreamBroken("upstream_stream_error", f"An upstream event exceeded {MAX_EVENT_BYTES} bytes.")
+    if bytes(buffer).strip():
+        yield bytes(buffer) + b"\n\n"  # a final event without its blank line: complete it
 
 
 def error_event(code: str, message: str) -> bytes:
     body = error_body(message, type="server_error", code=code)
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _is_done(event: bytes) -> bool:
+    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in event.splitlines())
 
 
 def usage_event(event: bytes) -> tuple[dict[str, int] | None, bool]:
@@ -125,8 +144,12 @@ def _relay(
 ) -> Iterator[bytes]:
     """The client's event stream: upstream events as they arrive, an error event on breakage."""
     stats.started = True
+    saw_done = False
     try:
-        for event in iter_events(lambda size: response.raw.read1(size)):
+        # decode_content: an upstream that ignored Accept-Encoding: identity still reaches
+        # the client as plain text (the Content-Encoding header is never passed on).
+        for event in iter_events(lambda size: response.raw.read1(size, decode_content=True)):
+            saw_done = saw_done or _is_done(event)
             usage, usage_only = usage_event(event)
             if usage is not None:
                 stats.usage = usage
@@ -137,6 +160,8 @@ def _relay(
             stats.events += 1
             stats.bytes_sent += len(event)
             yield event
+        if not saw_done:
+            raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
     except StreamBroken as exc:
         stats.outcome = exc.code
         for tail in (error_event(exc.code, exc.message), DONE):

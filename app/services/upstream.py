@@ -8,6 +8,7 @@ more) is `_accept`: today, the upstream's 2xx status.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 import time
@@ -33,6 +34,9 @@ def build_session(trust_env: bool, pool_size: int = 1000) -> requests.Session:
     session = requests.Session()
     session.trust_env = trust_env
     session.headers.clear()  # build_upstream_headers decides every header
+    # One session serves every token and client: an upstream cookie set for one must never
+    # ride along on another's request, so the jar accepts nothing.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     # pool_size idle connections kept per upstream host: as many as concurrent streams,
     # so a busy worker neither reconnects for every request nor logs "pool is full".
     adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
@@ -53,6 +57,8 @@ class UpstreamCall:
     request_id: str
     client_headers: Mapping[str, str] = field(default_factory=dict)
     usage_body: bytes | None = None  # the body asking for a usage chunk, for upstreams with inject_usage
+    max_attempts: int | None = None  # overrides [gateway] max_attempts (e.g. 1 for a /models probe)
+    read_timeout: float | None = None  # overrides the upstream's read_timeout
 
     def body_for(self, upstream: UpstreamConfig) -> bytes | None:
         return self.usage_body if self.usage_body is not None and upstream.inject_usage else self.body
@@ -108,7 +114,7 @@ class UpstreamClient:
         tried: set[str] = set()
         failure: _Failure | None = None
         overrides = self.pool.overrides(self.clock())
-        for _ in range(self.max_attempts):
+        for _ in range(call.max_attempts or self.max_attempts):
             choice = self._pick(call.upstreams, tried, overrides)
             if choice is None:
                 break
@@ -173,7 +179,7 @@ class UpstreamClient:
         try:
             response = self.session.request(
                 call.method, upstream.base_url + call.path, data=call.body_for(upstream), headers=headers,
-                stream=True, timeout=(upstream.connect_timeout, upstream.read_timeout),
+                stream=True, timeout=(upstream.connect_timeout, call.read_timeout or upstream.read_timeout),
                 proxies=proxies, allow_redirects=False,
             )  # fmt: skip
         except requests.RequestException as exc:
@@ -201,7 +207,15 @@ class UpstreamClient:
 
 
 def is_event_stream(response: requests.Response) -> bool:
-    return response.headers.get("Content-Type", "").lower().startswith("text/event-stream")
+    content_type = response.headers.get("Content-Type", "").lower()
+    if content_type.startswith("text/event-stream"):
+        return True
+    # A streaming request answered without a content type is still relayed as a stream.
+    return (
+        not content_type
+        and response.request is not None
+        and "text/event-stream" in str(response.request.headers.get("Accept", ""))
+    )
 
 
 def _read_bounded(response: requests.Response, limit: int) -> bytes:
@@ -255,15 +269,19 @@ def _client_fault(failure: _Failure, secrets: Sequence[str]) -> ApiError:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
         inner = parsed["error"]
+        clean = lambda value: None if value is None else _scrub(str(value), secrets)  # noqa: E731
         return ApiError(
             status,
-            str(inner.get("message") or f"The upstream answered HTTP {status}."),
-            code=_str_or_none(inner.get("code")),
-            param=_str_or_none(inner.get("param")),
-            type=str(inner.get("type") or "invalid_request_error"),
+            clean(inner.get("message")) or f"The upstream answered HTTP {status}.",
+            code=clean(inner.get("code")),
+            param=clean(inner.get("param")),
+            type=clean(inner.get("type")) or "invalid_request_error",
         )
     return ApiError(status, f"The upstream rejected the request (HTTP {status}).", code="upstream_bad_request")
 
 
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """Mask credentials in decoded text (the raw-bytes pass misses JSON escapes such as \\/)."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

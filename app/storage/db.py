@@ -58,7 +58,10 @@ def _engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=10)
+    # SQLite calls block the gevent loop of their worker while they run, including while they
+    # wait for another process's write lock: keep that wait short (transactions here last
+    # about a millisecond) and far below gunicorn's 30 s worker timeout.
+    engine = create_engine(url, connect_args={"timeout": 5, "check_same_thread": False}, pool_size=10)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +69,7 @@ def _engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
     @event.listens_for(engine, "begin")

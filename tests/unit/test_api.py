@@ -63,6 +63,9 @@ def test_no_master_key_configured_means_every_request_is_401(upstream, make_app)
         (json.dumps({"model": "m", "messages": [{}], "stream_options": 1}).encode(), "stream_options", "object"),
         (b'{"model": "m", "messages": [{}], "x": ' + b"[" * 70 + b"]" * 70 + b"}", None, "nested"),
         (b"[" * 2000 + b"]" * 2000, None, "nested"),
+        (b'{"model": "m", "messages": [{}], "n": ' + b"1" * 5000 + b"}", None, "not valid JSON"),
+        (b'{"model": "m", "messages": [{}], "temperature": NaN}', None, "NaN"),
+        (b'{"model": "m", "messages": [{}], "temperature": -Infinity}', None, "Infinity"),
     ],
 )
 def test_bad_chat_bodies_are_400(client, auth, upstream, body, param, fragment):
@@ -93,7 +96,7 @@ def test_non_json_content_type_is_415(client, auth, content_type):
 
 
 def test_body_over_the_limit_is_413(client, auth, upstream):
-    big = json.dumps(chat(padding="x" * 5000))
+    big = json.dumps(chat(padding="x" * 20000))
     resp = client.post("/v1/chat/completions", data=big, headers=auth | {"Content-Type": "application/json"})
     assert_openai_error(resp, 413, "request_too_large")
     assert len(upstream.calls) == 0
@@ -112,6 +115,16 @@ def test_read_body_refuses_an_unbounded_stream_past_the_limit():
         read_body(stream, None, "application/json", 100_000)
     assert info.value.status == 413
     assert stream.reads < 5  # stopped right after the limit, not reading "all" of it
+
+
+def test_read_body_turns_a_broken_body_into_400():
+    class Broken(io.RawIOBase):
+        def read(self, size=-1):
+            raise OSError("chunk size line is not hex")
+
+    with pytest.raises(ApiError) as info:
+        read_body(Broken(), None, None, 1000)
+    assert info.value.status == 400
 
 
 def test_read_body_refuses_a_declared_length_without_reading():

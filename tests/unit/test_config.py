@@ -90,7 +90,14 @@ def test_sluice_toml_in_working_directory_is_used(tmp_path, monkeypatch):
         ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\ntokens_env = "NOPE"\n', "tokens_env", "NOPE is not set"),
         ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nmodels = []\n', "upstreams[0].models", "at least one"),
         ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nread_timeout = -1\n', "read_timeout", "positive"),
-        ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nproxy = "x"\n', "upstreams[0].proxy", "socks5"),
+        ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nproxy = "x"\n', "upstreams[0].proxy", "http://"),
+        (
+            '[[upstreams]]\nname = "p"\nbase_url = "http://x"\nproxy = "socks5://p:1"\n',
+            "upstreams[0].proxy",
+            "https://",
+        ),
+        ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nuser_agent = "研究"\n', "user_agent", "ASCII"),
+        ('[[upstreams]]\nname = "p"\nbase_url = "http://x"\nheaders = { "X-A" = "✓" }\n', "headers.X-A", "ASCII"),
         (
             '[[upstreams]]\nname = "p"\nbase_url = "http://x"\n[[upstreams]]\nname = "p"\nbase_url = "http://y"\n',
             "upstreams",

@@ -208,3 +208,37 @@ def test_parse_retry_after():
     assert parse_retry_after("junk", now) is None
     assert parse_retry_after(None, now) is None
     assert parse_retry_after(formatdate(now - 50, usegmt=True), now) == 0
+
+
+def test_unparseable_retry_after_falls_back_to_the_default(app, client, auth, upstream):
+    by_token(upstream, {A: err(429, {"Retry-After": "\u00b2"}), B: ok()})
+    assert client.post("/v1/chat/completions", json=chat(), headers=auth).status_code == 200
+    assert cooldown_left(app, A) == pytest.approx(30, abs=2)
+
+
+def test_escaped_token_in_an_upstream_error_is_scrubbed(upstream, auth, make_app):
+    from app.config import UpstreamConfig
+
+    token = "abc/def+ghi=0000000001"
+    app = make_app(make_config(UpstreamConfig(name="primary", base_url=BASE, tokens=(token,))))
+    body = '{"error": {"message": "bad key abc\\/def+ghi=0000000001", "code": "x"}}'
+    upstream.add(responses.POST, URL, status=400, body=body, content_type="application/json")
+    resp = app.test_client().post("/v1/chat/completions", json=chat(), headers=auth)
+    assert resp.status_code == 400 and token not in resp.get_data(as_text=True)
+
+
+def test_upstream_cookies_are_never_sent_back(client, auth, upstream):
+    calls = []
+
+    def reply(request):
+        calls.append(request.headers.get("Cookie"))
+        return (
+            200,
+            {"Set-Cookie": "sess=for-one-token; Path=/", "Content-Type": "application/json"},
+            json.dumps(OK_BODY),
+        )
+
+    upstream.add_callback(responses.POST, URL, callback=reply)
+    for _ in range(3):
+        assert client.post("/v1/chat/completions", json=chat(), headers=auth).status_code == 200
+    assert calls == [None, None, None]

@@ -7,7 +7,7 @@ import json
 import pytest
 import urllib3
 
-from app.services.streaming import DONE, StreamStats, iter_events, relay, split_events
+from app.services.streaming import DONE, StreamBroken, StreamStats, iter_events, relay, split_events
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def reader(chunks):
     """A raw read() that returns the given chunks (raising the exceptions), then EOF."""
     items = iter(chunks)
 
-    def read(_size):
+    def read(_size, decode_content=True):
         item = next(items, b"")
         if isinstance(item, Exception):
             raise item
@@ -67,6 +67,26 @@ def test_relay_passes_each_event_as_one_write_and_closes():
     assert writes == [b"data: 1\n\n", b"data: 2\n\n", DONE]
     assert response.closed
     assert finished[0].outcome == "ok" and finished[0].events == 3
+
+
+def test_a_stream_that_ends_without_done_is_not_a_silent_truncation():
+    finished: list[StreamStats] = []
+    writes = list(relay(FakeResponse([b"data: 1\n\n"]), finished.append))
+    assert writes[0] == b"data: 1\n\n"
+    assert json.loads(writes[1].removeprefix(b"data: "))["error"]["code"] == "upstream_stream_error"
+    assert writes[2] == DONE
+    assert finished[0].outcome == "upstream_stream_error"
+
+
+def test_large_events_cost_linear_time_and_are_capped():
+    from app.services.streaming import MAX_EVENT_BYTES
+
+    big = b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
+    pieces = [big[i : i + 1400] for i in range(0, len(big), 1400)]
+    assert list(iter_events(reader(pieces))) == [big]  # ~1500 reads, scanned once each
+    endless = [b"data: " + b"y" * 65536] * (MAX_EVENT_BYTES // 65536 + 2)
+    with pytest.raises(StreamBroken):
+        list(iter_events(reader(endless)))
 
 
 @pytest.mark.parametrize(
