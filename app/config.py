@@ -53,6 +53,10 @@ class GatewayConfig:
     trust_env: bool = False
     usage_retention_days: int = 90
     usage_records: bool = True  # false: no per-request usage records (limits and budgets still apply)
+    breaker_failures: int = 5  # consecutive failed attempts that open an upstream's circuit breaker
+    breaker_cooldown: float = 30.0  # seconds an open breaker waits before a trial request
+    queue_timeout: float = 0.0  # seconds to wait for a token when none is usable (0 = answer 503 at once)
+    max_queued: int = 100  # waiting requests per worker; beyond, the answer is immediate
 
 
 @dataclass(frozen=True)
@@ -210,15 +214,17 @@ def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
 def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise reader.error("gateway", "must be a table")
-    reader.no_unknown(
-        raw, "gateway", {"max_attempts", "max_body_bytes", "trust_env", "usage_retention_days", "usage_records"}
-    )
+    reader.no_unknown(raw, "gateway", set(GatewayConfig.__dataclass_fields__))
     return GatewayConfig(
         max_attempts=reader.integer(raw, "gateway", "max_attempts", 3, minimum=1, maximum=20),
         max_body_bytes=reader.integer(raw, "gateway", "max_body_bytes", 10 * 1024 * 1024, minimum=1024),
         trust_env=reader.boolean(raw, "gateway", "trust_env", False),
         usage_retention_days=reader.integer(raw, "gateway", "usage_retention_days", 90, minimum=1),
         usage_records=reader.boolean(raw, "gateway", "usage_records", True),
+        breaker_failures=reader.integer(raw, "gateway", "breaker_failures", 5, minimum=1),
+        breaker_cooldown=reader.number(raw, "gateway", "breaker_cooldown", 30.0),
+        queue_timeout=reader.number(raw, "gateway", "queue_timeout", 0.0, allow_zero=True),
+        max_queued=reader.integer(raw, "gateway", "max_queued", 100, minimum=0),
     )
 
 
@@ -357,10 +363,15 @@ class _Reader:
             raise self.error(f"{where}.{key}", f"must be {bound}")
         return value
 
-    def number(self, raw: dict, where: str, key: str, default: float) -> float:
+    def number(self, raw: dict, where: str, key: str, default: float, *, allow_zero: bool = False) -> float:
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise self.error(f"{where}.{key}", "must be a positive number of seconds")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (value == 0 and not allow_zero)
+        ):
+            raise self.error(f"{where}.{key}", "must be a positive number of seconds" + (" or 0" if allow_zero else ""))
         return float(value)
 
     def boolean(self, raw: dict, where: str, key: str, default: bool) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from app.config import Config, UpstreamConfig
 from app.errors import ApiError
+from app.services.breaker import Breakers, is_upstream_fault
 from app.services.headers import build_upstream_headers
 from app.services.tokens import Decision, Token, TokenPool, classify
 
@@ -102,11 +104,17 @@ class UpstreamClient:
         pool: TokenPool,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.max_attempts = config.gateway.max_attempts
         self.pool = pool
         self.session = session or build_session(config.gateway.trust_env)
         self.clock = clock
+        self.sleep = sleep
+        self.breakers = Breakers(config.gateway.breaker_failures, config.gateway.breaker_cooldown)
+        self.queue_timeout, self.max_queued = config.gateway.queue_timeout, config.gateway.max_queued
+        self._queued = 0
+        self._queue_lock = threading.Lock()
 
     def send(self, call: UpstreamCall) -> UpstreamResult:
         """Try up to max_attempts distinct tokens; return the first accepted answer or the error."""
@@ -116,6 +124,8 @@ class UpstreamClient:
         overrides = self.pool.overrides(self.clock())
         for _ in range(call.max_attempts or self.max_attempts):
             choice = self._pick(call.upstreams, tried, overrides)
+            if choice is None and not attempts:
+                choice = self._queue(call, tried, overrides)
             if choice is None:
                 break
             upstream, token = choice
@@ -124,12 +134,11 @@ class UpstreamClient:
             if result is not None:
                 return result
         if failure is None:
-            retry_after = self.pool.retry_after([u.name for u in call.upstreams], self.clock())
             error = ApiError(
                 503,
-                "No upstream token is available right now; every token is cooling down.",
+                "No upstream is available right now: every token is cooling down or every upstream is failing.",
                 code="no_upstream_available",
-                headers={"Retry-After": str(retry_after)},
+                headers={"Retry-After": str(self._retry_after(call))},
             )
             return UpstreamResult(attempts, error=error)
         return UpstreamResult(attempts, error=final_error(failure, self.pool.secrets()))
@@ -139,10 +148,42 @@ class UpstreamClient:
     ) -> tuple[UpstreamConfig, Token] | None:
         now = self.clock()
         for upstream in upstreams:
+            if self.breakers.is_open(upstream.name, now):
+                continue
             token = self.pool.pick(upstream.name, tried, now)
-            if token is not None:
+            if token is not None and self.breakers.allow(upstream.name, now):
                 return self.pool.effective(upstream, overrides), token
         return None
+
+    def _queue(
+        self, call: UpstreamCall, tried: set[str], overrides: Mapping[str, tuple]
+    ) -> tuple[UpstreamConfig, Token] | None:
+        """With no usable token, wait up to queue_timeout for the earliest cooldown to end."""
+        with self._queue_lock:
+            if self.queue_timeout <= 0 or self._queued >= self.max_queued:
+                return None
+            self._queued += 1
+        try:
+            deadline = self.clock() + self.queue_timeout
+            while (now := self.clock()) < deadline:
+                self.sleep(min(self._retry_after(call), deadline - now))
+                choice = self._pick(call.upstreams, tried, overrides)
+                if choice is not None:
+                    log.debug("dequeued request_id=%s after %.1fs", call.request_id, self.clock() - now)
+                    return choice
+            return None
+        finally:
+            with self._queue_lock:
+                self._queued -= 1
+
+    def _retry_after(self, call: UpstreamCall) -> int:
+        """Seconds until a routed upstream may take an attempt again (a breaker or a cooldown)."""
+        names = [u.name for u in call.upstreams]
+        now = self.clock()
+        breaker_wait = self.breakers.retry_after(names, now)
+        if breaker_wait is not None:
+            return breaker_wait
+        return self.pool.retry_after([n for n in names if not self.breakers.is_open(n, now)], now)
 
     def _attempt(
         self, call: UpstreamCall, upstream: UpstreamConfig, token: Token, attempts: list[Attempt]
@@ -155,6 +196,7 @@ class UpstreamClient:
         # A 4xx the client caused says nothing bad about the token.
         healthy = failure is None or (not decision.retry and status is not None and status < 500)
         self.pool.report(token, status=status, ok=healthy, cooldown=decision.cooldown, now=self.clock())
+        self.breakers.record(upstream.name, fault=is_upstream_fault(status, decision.reason), now=self.clock())
         attempts.append(Attempt(upstream.name, token.id, status, decision.reason, self.clock() - started))
         log.debug(
             "attempt request_id=%s upstream=%s token=%s status=%s reason=%s retry=%s cooldown=%.0fs",

@@ -1,0 +1,70 @@
+"""Per-upstream circuit breakers: stop sending to an upstream that keeps failing.
+
+A breaker opens after `failures` consecutive failed attempts on its upstream (server errors,
+connection errors and timeouts: 401/403/429 describe one token, not the upstream), lets one
+trial request through after `cooldown` seconds (half-open), and closes on its success.
+State is per worker process: each worker learns an upstream's health from its own traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+UPSTREAM_FAULTS = {"connect_error", "connect_timeout", "read_timeout"}
+
+
+def is_upstream_fault(status: int | None, reason: str) -> bool:
+    return reason in UPSTREAM_FAULTS or (status is not None and (status >= 500 or status == 408))
+
+
+@dataclass
+class _State:
+    failures: int = 0
+    opened_at: float | None = None
+    trial: bool = False  # a half-open trial request is in flight
+
+
+class Breakers:
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.failures, self.cooldown = failures, cooldown
+        self._states: dict[str, _State] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, upstream: str, now: float) -> bool:
+        """May an attempt go to `upstream` now? Claims the half-open trial when it is due."""
+        with self._lock:
+            state = self._states.setdefault(upstream, _State())
+            if state.opened_at is None:
+                return True
+            if now < state.opened_at + self.cooldown or state.trial:
+                return False
+            state.trial = True
+            return True
+
+    def record(self, upstream: str, *, fault: bool, now: float) -> None:
+        with self._lock:
+            state = self._states.setdefault(upstream, _State())
+            state.trial = False
+            if not fault:
+                state.failures, state.opened_at = 0, None
+                return
+            state.failures += 1
+            if state.opened_at is not None or state.failures >= self.failures:
+                state.opened_at = now  # (re)open: a failed trial waits a full cooldown again
+
+    def is_open(self, upstream: str, now: float) -> bool:
+        state = self._states.get(upstream)
+        return state is not None and state.opened_at is not None and now < state.opened_at + self.cooldown
+
+    def retry_after(self, upstreams: Iterable[str], now: float) -> int | None:
+        """Seconds until the first of `upstreams` half-opens, when all of them are open."""
+        ends = []
+        for name in upstreams:
+            state = self._states.get(name)
+            if state is None or state.opened_at is None:
+                return None
+            ends.append(state.opened_at + self.cooldown)
+        return max(1, math.ceil(min(ends) - now)) if ends else None

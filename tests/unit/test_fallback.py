@@ -1,0 +1,113 @@
+"""Fallback across upstreams, circuit breakers, and queueing when no token is usable."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+import responses
+
+from app.config import GatewayConfig, UpstreamConfig
+from tests.conftest import make_config
+
+PRIMARY, SECONDARY = "http://primary.test/v1", "http://secondary.test/v1"
+OK = {"id": "x", "object": "chat.completion", "choices": [], "usage": {"total_tokens": 2}}
+P_TOKENS = tuple(f"p-token-00000000{i}" for i in range(5))
+
+
+def two_upstreams(**gateway) -> object:
+    config = make_config(
+        UpstreamConfig(name="primary", base_url=PRIMARY, tokens=P_TOKENS),
+        UpstreamConfig(name="secondary", base_url=SECONDARY, tokens=("s-token-000000001",)),
+    )
+    return replace(config, gateway=GatewayConfig(max_body_bytes=16384, **gateway))
+
+
+def reply(status: int, calls: list, name: str, headers: dict | None = None):
+    def callback(request):
+        calls.append((name, request.headers["Authorization"][-1]))
+        body = OK if status == 200 else {"error": {"message": "no", "type": "t", "param": None, "code": None}}
+        return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body)
+
+    return callback
+
+
+def body():
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_falls_back_to_the_next_upstream_and_opens_the_breaker(make_app, auth, upstream):
+    calls: list = []
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(500, calls, "p"))
+    upstream.add_callback(responses.POST, f"{SECONDARY}/chat/completions", callback=reply(200, calls, "s"))
+    app = make_app(two_upstreams(max_attempts=5, breaker_failures=2, breaker_cooldown=60))
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 200
+    assert [c[0] for c in calls] == ["p", "p", "s"]  # the breaker opened after two failures
+    calls.clear()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 200
+    assert [c[0] for c in calls] == ["s"]  # primary skipped while open
+    app.extensions["sluice"].writer.flush()
+    first = app.extensions["sluice"].usage.recent()[-1]
+    assert first["upstreams"] == "primary,secondary" and first["upstream"] == "secondary"
+
+
+def test_half_open_trial_closes_the_breaker_on_success(make_app, auth, upstream):
+    calls: list = []
+    primary = upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(500, calls, "p"))
+    upstream.add_callback(responses.POST, f"{SECONDARY}/chat/completions", callback=reply(200, calls, "s"))
+    app = make_app(two_upstreams(max_attempts=5, breaker_failures=1, breaker_cooldown=0.3))
+    client = app.test_client()
+    client.post("/v1/chat/completions", json=body(), headers=auth)
+    assert app.extensions["sluice"].client.breakers.is_open("primary", time.time())
+    upstream.remove(primary)
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(200, calls, "p"))
+    time.sleep(0.35)
+    calls.clear()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 200
+    assert [c[0] for c in calls] == ["p"]  # the trial went to primary and succeeded
+    assert not app.extensions["sluice"].client.breakers.is_open("primary", time.time())
+
+
+def test_every_breaker_open_answers_503_with_retry_after(make_app, auth, upstream):
+    calls: list = []
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(502, calls, "p"))
+    upstream.add_callback(responses.POST, f"{SECONDARY}/chat/completions", callback=reply(502, calls, "s"))
+    app = make_app(two_upstreams(max_attempts=2, breaker_failures=1, breaker_cooldown=40))
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 502
+    resp = client.post("/v1/chat/completions", json=body(), headers=auth)
+    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "no_upstream_available"
+    assert 38 <= int(resp.headers["Retry-After"]) <= 40
+    assert len(calls) == 2
+
+
+def test_a_request_waits_in_the_queue_for_a_cooldown_to_end(make_app, auth, upstream):
+    calls: list = []
+    config = make_config(UpstreamConfig(name="one", base_url=PRIMARY, tokens=("only-token-00000001",)))
+    app = make_app(replace(config, gateway=GatewayConfig(max_body_bytes=16384, queue_timeout=5)))
+    limited = upstream.add_callback(
+        responses.POST, f"{PRIMARY}/chat/completions", callback=reply(429, calls, "p", {"Retry-After": "1"})
+    )
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 429
+    upstream.remove(limited)
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(200, calls, "p"))
+    started = time.monotonic()
+    assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 200
+    assert time.monotonic() - started >= 0.5  # it waited for the cooldown instead of failing
+
+
+def test_a_full_queue_answers_at_once(make_app, auth, upstream):
+    calls: list = []
+    config = make_config(UpstreamConfig(name="one", base_url=PRIMARY, tokens=("only-token-00000001",)))
+    app = make_app(replace(config, gateway=GatewayConfig(max_body_bytes=16384, queue_timeout=5, max_queued=0)))
+    upstream.add_callback(
+        responses.POST, f"{PRIMARY}/chat/completions", callback=reply(429, calls, "p", {"Retry-After": "30"})
+    )
+    client = app.test_client()
+    client.post("/v1/chat/completions", json=body(), headers=auth)
+    started = time.monotonic()
+    resp = client.post("/v1/chat/completions", json=body(), headers=auth)
+    assert resp.status_code == 503 and time.monotonic() - started < 1
