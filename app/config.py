@@ -57,6 +57,11 @@ class GatewayConfig:
     breaker_cooldown: float = 30.0  # seconds an open breaker waits before a trial request
     queue_timeout: float = 0.0  # seconds to wait for a token when none is usable (0 = answer 503 at once)
     max_queued: int = 100  # waiting requests per worker; beyond, the answer is immediate
+    heartbeat_interval: float = 10.0  # commit a waiting stream and send ": keep-alive" this often
+    first_byte_timeout: float = 120.0  # per attempt: until the first data event (headers, for non-streams)
+    idle_timeout: float = 120.0  # longest gap between two events of a committed stream
+    deadline: float = 900.0  # the whole client request, queueing and retries included
+    on_client_disconnect: str = "cancel"  # or "drain": read the upstream to its end to record usage
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
     inject_usage: bool = True  # ask streams for a usage chunk (stream_options.include_usage)
+    first_byte_timeout: float | None = None  # None: [gateway] first_byte_timeout
+    idle_timeout: float | None = None  # None: [gateway] idle_timeout
 
 
 @dataclass(frozen=True)
@@ -225,12 +232,17 @@ def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
         breaker_cooldown=reader.number(raw, "gateway", "breaker_cooldown", 30.0),
         queue_timeout=reader.number(raw, "gateway", "queue_timeout", 0.0, allow_zero=True),
         max_queued=reader.integer(raw, "gateway", "max_queued", 100, minimum=0),
+        heartbeat_interval=reader.number(raw, "gateway", "heartbeat_interval", 10.0),
+        first_byte_timeout=reader.number(raw, "gateway", "first_byte_timeout", 120.0),
+        idle_timeout=reader.number(raw, "gateway", "idle_timeout", 120.0),
+        deadline=reader.number(raw, "gateway", "deadline", 900.0),
+        on_client_disconnect=reader.choice(raw, "gateway", "on_client_disconnect", "cancel", ("cancel", "drain")),
     )
 
 
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
-    "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage",
+    "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage", "first_byte_timeout", "idle_timeout",
 }  # fmt: skip
 
 
@@ -256,6 +268,8 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         connect_timeout=reader.number(raw, where, "connect_timeout", 5.0),
         read_timeout=reader.number(raw, where, "read_timeout", 300.0),
         inject_usage=reader.boolean(raw, where, "inject_usage", True),
+        first_byte_timeout=reader.number(raw, where, "first_byte_timeout", 0.0, allow_zero=True) or None,
+        idle_timeout=reader.number(raw, where, "idle_timeout", 0.0, allow_zero=True) or None,
     )
 
 
@@ -373,6 +387,12 @@ class _Reader:
         ):
             raise self.error(f"{where}.{key}", "must be a positive number of seconds" + (" or 0" if allow_zero else ""))
         return float(value)
+
+    def choice(self, raw: dict, where: str, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = raw.get(key, default)
+        if value not in options:
+            raise self.error(f"{where}.{key}", f"must be one of {', '.join(repr(o) for o in options)}")
+        return value
 
     def boolean(self, raw: dict, where: str, key: str, default: bool) -> bool:
         value = raw.get(key, default)

@@ -12,13 +12,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
 from app.services.headers import resolve_request_id
-from app.services.upstream import Attempt
 from app.storage.limits import format_reset
+
+if TYPE_CHECKING:
+    from app.services.attempts import Attempt
 
 log = logging.getLogger("sluice.request")
 QUIET_PATHS = ("/healthz", "/readyz")  # probes would drown the log

@@ -1,4 +1,4 @@
-"""The response writer: an upstream result becomes a streamed or a plain client response."""
+"""The response writer: an attempt outcome becomes a streamed or a plain client response."""
 
 from __future__ import annotations
 
@@ -6,40 +6,66 @@ import time
 
 from flask import Response
 
+from app.config import GatewayConfig
 from app.requestlog import RequestLine
-from app.services.accounting import usage_from_body
+from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import client_response_headers
-from app.services.streaming import StreamBody, StreamStats
-from app.services.upstream import UpstreamResult, is_event_stream
+from app.services.streaming import StreamBody, StreamLimits, StreamStats
+from app.services.usage import usage_from_body
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
-def write_response(result: UpstreamResult, line: RequestLine, *, injected_usage: bool = False) -> Response:
-    """Stream an accepted event stream, return a read body, or raise the result's error."""
-    line.attempts = result.attempts
-    line.upstream = ",".join(dict.fromkeys(a.upstream for a in result.attempts)) or "-"
-    if result.error is not None:
-        raise result.error
-    response = result.response
-    assert response is not None and result.upstream is not None  # send() returns a response or an error
-    headers = client_response_headers(response.headers.items())
-    if is_event_stream(response):
-        line.deferred = True  # the stream's end finishes the line
+def write_response(
+    attempts: Attempts,
+    outcome: Accepted | Failed | None,
+    line: RequestLine,
+    gateway: GatewayConfig,
+    *,
+    injected_usage: bool = False,
+) -> Response:
+    """Stream (committed now, or already waiting behind heartbeats), return a body, or raise the error."""
+    line.attempts = attempts.records  # the same list: attempts made after the commit show up too
+    line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    if isinstance(outcome, Accepted) and outcome.body is not None:
+        return _plain(outcome, line)
+    headers = dict(SSE_HEADERS)
+    if outcome is not None:
+        headers.update(client_response_headers(outcome.response.headers.items()))
+        headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
 
-        def finish(stats: StreamStats) -> None:
-            line.usage = stats.usage or {}
-            line.first_byte = stats.first_event_at
-            line.finish(response.status_code, stats.outcome, stats.bytes_sent)
+    def finish(stats: StreamStats) -> None:
+        line.usage = stats.usage or {}
+        line.first_byte = stats.first_event_at
+        line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
+        line.finish(200, stats.outcome, stats.bytes_sent)
 
-        headers.update(SSE_HEADERS)
-        hide_usage = injected_usage and result.upstream.inject_usage
-        return Response(StreamBody(response, finish, hide_usage), status=response.status_code, headers=headers)
-    try:
-        content = response.content
-    finally:
-        response.close()
+    line.deferred = True  # the stream's end finishes the line
+    limits = StreamLimits(
+        heartbeat_interval=gateway.heartbeat_interval,
+        idle_timeout=_idle_timeout(outcome, attempts, gateway),
+        deadline=attempts.deadline,
+        drain=gateway.on_client_disconnect == "drain",
+    )
+    hide = injected_usage and all(u.inject_usage for u in attempts.call.upstreams)
+    return Response(StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits), status=200, headers=headers)
+
+
+def _plain(outcome: Accepted, line: RequestLine) -> Response:
+    outcome.exchange.close()
+    headers = client_response_headers(outcome.response.headers.items())
     if "json" in headers.get("Content-Type", ""):
-        line.usage = usage_from_body(content) or {}
+        line.usage = usage_from_body(outcome.body or b"") or {}
     line.first_byte = time.monotonic()
-    return Response(content, status=response.status_code, headers=headers)
+    return Response(outcome.body, status=outcome.response.status_code, headers=headers)
+
+
+def _idle_timeout(outcome: Accepted | None, attempts: Attempts, gateway: GatewayConfig) -> float:
+    upstream = outcome.upstream if outcome is not None else attempts.call.upstreams[0]
+    return upstream.idle_timeout or gateway.idle_timeout

@@ -99,7 +99,13 @@ def _proxy(kind: str) -> Response:
         "POST", ENDPOINTS[kind].path, body, line.streaming, upstreams, line.request_id,
         client_headers=forwardable(request.headers.items()), usage_body=usage_body,
     )  # fmt: skip
-    return write_response(gw.client.send(call), line, injected_usage=usage_body is not None)
+    settings = gw.config.gateway
+    attempts = gw.client.start(call, deadline=line.started_at + settings.deadline)
+    # A stream waits one heartbeat interval for its first event before committing the 200;
+    # a plain request waits until its answer (or the deadline).
+    until = time.time() + settings.heartbeat_interval if line.streaming else attempts.deadline
+    outcome = attempts.advance(until=until)
+    return write_response(attempts, outcome, line, settings, injected_usage=usage_body is not None)
 
 
 def _admit(line: RequestLine, identity: Identity) -> None:

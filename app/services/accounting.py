@@ -6,13 +6,13 @@ the usage chunk of a stream (requested with `stream_options.include_usage`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from app.requestlog import RequestLine
+from app.services.usage import USAGE_FIELDS
 from app.storage.db import StorageError
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
@@ -32,7 +32,6 @@ OUTCOMES = {
     "client_disconnect": "client_disconnect",
     "storage_unavailable": "storage_unavailable",
 }
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def outcome_of(status: int, code: str | None) -> str:
@@ -41,24 +40,6 @@ def outcome_of(status: int, code: str | None) -> str:
     if status < 400 and code in (None, "ok"):
         return "ok"
     return "client_error" if status < 500 else "error"
-
-
-def usage_from(data: Any) -> dict[str, int] | None:
-    """The token counts of an OpenAI `usage` object, when `data` carries one."""
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    counts = {f: int(usage[f]) for f in USAGE_FIELDS if isinstance(usage.get(f), int)}
-    if "total_tokens" not in counts:
-        counts["total_tokens"] = counts.get("prompt_tokens", 0) + counts.get("completion_tokens", 0)
-    return counts
-
-
-def usage_from_body(content: bytes) -> dict[str, int] | None:
-    try:
-        return usage_from(json.loads(content))
-    except ValueError:
-        return None
 
 
 class Accounting:

@@ -98,17 +98,15 @@ class ModelCatalog:
             "GET", "/models", None, False, [upstream], request_id, max_attempts=1, read_timeout=FETCH_TIMEOUT
         )
         result = self.client.send(call)
-        if result.response is None:
+        if result.body is None:
             log.warning("models fetch failed upstream=%s request_id=%s", upstream.name, request_id)
             return None
         try:
-            data = json.loads(result.response.content)["data"]
+            data = json.loads(result.body)["data"]
             return [_model(str(m["id"]), upstream.name, m) for m in data if isinstance(m, dict) and "id" in m]
         except (ValueError, KeyError, TypeError):
             log.warning("models fetch returned an unexpected body upstream=%s", upstream.name)
             return None
-        finally:
-            result.response.close()
 
 
 def _model(model_id: str, owner: str, upstream_object: dict | None = None) -> dict:

@@ -8,15 +8,18 @@ whether the stream ended, broke, or the client went away (GeneratorExit).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
 
 from app.errors import error_body
-from app.services.accounting import usage_from
+from app.services.lifecycle import shutdown_deadline
+from app.services.usage import usage_from
 
 READ_SIZE = 64 * 1024
 MAX_EVENT_BYTES = 8 * 1024 * 1024
@@ -115,61 +118,175 @@ def usage_event(event: bytes) -> tuple[dict[str, int] | None, bool]:
     return usage, usage is not None and not data.get("choices")
 
 
-class StreamBody:
-    """The WSGI body of a relayed stream. Finishes the request exactly once: at the end of the
-    stream, on breakage, or when the server closes it (client gone), even if never iterated."""
+KEEPALIVE = b": keep-alive\n\n"
 
-    def __init__(self, response: requests.Response, on_finish: Callable[[StreamStats], None], hide_usage: bool):
-        self.response, self.on_finish, self.stats = response, on_finish, StreamStats()
-        self._events = _relay(response, self.stats, on_finish, hide_usage)
+
+@dataclass(frozen=True)
+class StreamLimits:
+    heartbeat_interval: float
+    idle_timeout: float
+    deadline: float  # absolute time (the clock's)
+    drain: bool  # on client disconnect, read the upstream to its end (bounded by deadline)
+
+
+class StreamBody:
+    """The WSGI body of a streamed answer.
+
+    Before acceptance it sends `: keep-alive` comments every heartbeat while `attempts`
+    goes on retrying; then it relays the accepted upstream's events, one write each. It
+    finishes the request exactly once: at the end, on breakage, or when the server closes
+    it (client gone), even if it was never iterated.
+    """
+
+    def __init__(
+        self,
+        attempts: Any,
+        accepted: Any,
+        on_finish: Callable[[StreamStats], None],
+        *,
+        hide_usage: bool,
+        limits: StreamLimits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.attempts, self.accepted, self.on_finish = attempts, accepted, on_finish
+        self.hide_usage, self.limits, self.clock = hide_usage, limits, clock
+        self.stats = StreamStats()
+        self._draining = False
+        self._events = self._run()
 
     def __iter__(self) -> Iterator[bytes]:
         return self._events
 
     def close(self) -> None:
         self._events.close()
-        if not self.stats.started:  # closed before the first read: the generator's finally never ran
-            self.response.close()
+        if not self.stats.started:  # closed before the first read: the generator never ran
+            self._stop_upstream()
             self.stats.outcome = "client_disconnect"
             self.on_finish(self.stats)
 
+    def _stop_upstream(self) -> None:
+        if self.accepted is not None:
+            self.accepted.exchange.close()
+        elif self.attempts is not None:
+            self.attempts.abandon("client_disconnect")
 
-def relay(response: requests.Response, on_finish: Callable[[StreamStats], None]) -> Iterator[bytes]:
-    """A plain generator over the stream (used by tests); the app uses StreamBody."""
-    return iter(StreamBody(response, on_finish, hide_usage=False))
+    def _run(self) -> Iterator[bytes]:
+        self.stats.started = True
+        saw_done = False
+        try:
+            if self.accepted is None:
+                yield self._written(KEEPALIVE)  # commit now; retries go on behind the heartbeats
+                yield from self._wait_for_acceptance()
+            for event in self._upstream_events():
+                saw_done = saw_done or _is_done(event)
+                if self._forward(event):
+                    yield self._written(event)
+            if not saw_done:
+                raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
+        except StreamBroken as exc:
+            self.stats.outcome = exc.code
+            for tail in (error_event(exc.code, exc.message), DONE):
+                yield self._written(tail)
+        except GeneratorExit:
+            self.stats.outcome = "client_disconnect"
+            if self.accepted is not None and self.limits.drain:
+                self._draining = True
+                threading.Thread(target=self._drain, name="sluice-drain", daemon=True).start()
+            raise
+        finally:
+            if not self._draining:
+                self._stop_upstream()
+                self.on_finish(self.stats)
+
+    def _wait_for_acceptance(self) -> Iterator[bytes]:
+        while True:
+            now = self.clock()
+            outcome = self.attempts.advance(until=min(now + self.limits.heartbeat_interval, shutdown_deadline()))
+            if outcome is None:
+                if self.clock() >= shutdown_deadline():
+                    self.attempts.abandon("server_shutdown")
+                    raise StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
+                yield self._written(KEEPALIVE)
+                continue
+            if hasattr(outcome, "error"):
+                raise StreamBroken(outcome.error.code or "upstream_error", outcome.error.message)
+            self.accepted = outcome
+            return
+
+    def _upstream_events(self) -> Iterator[bytes]:
+        """The accepted upstream's events: the ones read before acceptance, then the rest as they come."""
+        yield from self.accepted.prefix
+        exchange = self.accepted.exchange
+        while True:
+            now = self.clock()
+            limit = min(now + self.limits.idle_timeout, self.limits.deadline, shutdown_deadline())
+            message = exchange.next(limit - now)
+            if message is None:
+                raise _timeout(self.clock(), self.limits.deadline)
+            if message.kind == "event":
+                yield message.value
+            elif message.kind == "end":
+                return
+            elif message.kind == "broken":
+                raise message.value
+            else:
+                raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.")
+
+    def _forward(self, event: bytes) -> bool:
+        """Record usage; False for the usage chunk Sluice asked for and the client did not."""
+        usage, usage_only = usage_event(event)
+        if usage is not None:
+            self.stats.usage = usage
+            if usage_only and self.hide_usage:
+                return False
+        self.stats.events += 1
+        return True
+
+    def _written(self, data: bytes) -> bytes:
+        if self.stats.first_event_at is None and data is not KEEPALIVE:
+            self.stats.first_event_at = time.monotonic()
+        self.stats.bytes_sent += len(data)
+        return data
+
+    def _drain(self) -> None:
+        """on_client_disconnect = "drain": read the rest (for its usage), bounded by the deadline."""
+        exchange = self.accepted.exchange
+        try:
+            while (now := self.clock()) < self.limits.deadline:
+                message = exchange.next(self.limits.deadline - now)
+                if message is None or message.kind != "event":
+                    break
+                usage, _ = usage_event(message.value)
+                if usage is not None:
+                    self.stats.usage = usage
+        finally:
+            exchange.close()
+            self.on_finish(self.stats)
 
 
-def _relay(
-    response: requests.Response, stats: StreamStats, on_finish: Callable[[StreamStats], None], hide_usage: bool
-) -> Iterator[bytes]:
-    """The client's event stream: upstream events as they arrive, an error event on breakage."""
-    stats.started = True
-    saw_done = False
-    try:
-        # decode_content: an upstream that ignored Accept-Encoding: identity still reaches
-        # the client as plain text (the Content-Encoding header is never passed on).
-        for event in iter_events(lambda size: response.raw.read1(size, decode_content=True)):
-            saw_done = saw_done or _is_done(event)
-            usage, usage_only = usage_event(event)
-            if usage is not None:
-                stats.usage = usage
-                if usage_only and hide_usage:
-                    continue
-            if stats.first_event_at is None:
-                stats.first_event_at = time.monotonic()
-            stats.events += 1
-            stats.bytes_sent += len(event)
-            yield event
-        if not saw_done:
-            raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
-    except StreamBroken as exc:
-        stats.outcome = exc.code
-        for tail in (error_event(exc.code, exc.message), DONE):
-            stats.bytes_sent += len(tail)
-            yield tail
-    except GeneratorExit:
-        stats.outcome = "client_disconnect"
-        raise
-    finally:
-        response.close()
-        on_finish(stats)
+SHUTDOWN_MESSAGE = "The gateway is restarting; retry the request."
+
+
+def _timeout(now: float, deadline: float) -> StreamBroken:
+    if now >= deadline:
+        return StreamBroken("deadline_exceeded", "The request deadline passed mid-stream.")
+    if now >= shutdown_deadline():
+        return StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
+    return StreamBroken("upstream_idle_timeout", "The upstream sent no event within idle_timeout.")
+
+
+def relay(response: Any, on_finish: Callable[[StreamStats], None]) -> Iterator[bytes]:
+    """Relay an already-open upstream response (used by tests of the framing and error paths)."""
+    from app.services.exchange import Exchange
+
+    exchange = Exchange(lambda: response, streaming=True)
+    status = exchange.next(5.0)
+    assert status is not None and status.kind == "status"
+
+    class _Accepted:
+        prefix: list[bytes] = []
+
+    accepted = _Accepted()
+    accepted.exchange = exchange  # type: ignore[attr-defined]
+    limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=time.time() + 60, drain=False)
+    return iter(StreamBody(None, accepted, on_finish, hide_usage=False, limits=limits))

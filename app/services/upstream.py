@@ -1,9 +1,9 @@
-"""The upstream client: one requests.Session per worker, send, retry on another token.
+"""The upstream client: one requests.Session per worker, token and upstream choice, errors.
 
-Transport errors become an attempt outcome at this one boundary. Every failed
-attempt's response is closed before the next attempt. The commit point (the moment
-an attempt's answer is handed to the response writer and no retry is possible any
-more) is `_accept`: today, the upstream's 2xx status.
+`start(call)` returns the request's `Attempts` (app/services/attempts.py), which runs the
+retry loop; this module supplies what it needs: the token pick (skipping open circuit
+breakers), queueing when no token is usable, one `Exchange` per attempt, and the
+translation of statuses and transport errors into retry-table decisions and client errors.
 """
 
 from __future__ import annotations
@@ -22,13 +22,23 @@ from requests.adapters import HTTPAdapter
 
 from app.config import Config, UpstreamConfig
 from app.errors import ApiError
-from app.services.breaker import Breakers, is_upstream_fault
+from app.services.attempts import Accepted, Attempt, Attempts, Failure
+from app.services.breaker import Breakers
+from app.services.exchange import Exchange
 from app.services.headers import build_upstream_headers
-from app.services.tokens import Decision, Token, TokenPool, classify
+from app.services.tokens import Token, TokenPool, classify
 
 log = logging.getLogger("sluice.upstream")
 
 ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
+# Failure reasons without a status -> (client error code, description).
+TIMEOUT_ERRORS = {
+    "connect_timeout": ("upstream_connect_timeout", "connect timeout"),
+    "first_byte_timeout": ("upstream_first_byte_timeout", "no first event within first_byte_timeout"),
+    "read_timeout": ("upstream_timeout", "socket read timeout"),
+}
+STREAM_FAULTS = {"empty_stream": "it ended without data", "error_event": "its first event was an error",
+                 "stream_broken": "the connection broke"}  # fmt: skip
 
 
 def build_session(trust_env: bool, pool_size: int = 1000) -> requests.Session:
@@ -66,33 +76,14 @@ class UpstreamCall:
         return self.usage_body if self.usage_body is not None and upstream.inject_usage else self.body
 
 
-@dataclass(frozen=True)
-class Attempt:
-    upstream: str
-    token_id: str
-    status: int | None
-    reason: str
-    elapsed: float
-
-
 @dataclass
 class UpstreamResult:
-    """Either an accepted response (open when streaming) or the error for the client."""
+    """A finished call (used for one-shot calls such as the /models probe)."""
 
     attempts: list[Attempt]
     upstream: UpstreamConfig | None = None
-    token: Token | None = None
-    response: requests.Response | None = None
+    body: bytes | None = None
     error: ApiError | None = None
-
-
-@dataclass
-class _Failure:
-    decision: Decision
-    status: int | None
-    retry_after: str | None = None
-    body: bytes = b""
-    content_type: str = ""
 
 
 class UpstreamClient:
@@ -113,39 +104,29 @@ class UpstreamClient:
         self.sleep = sleep
         self.breakers = Breakers(config.gateway.breaker_failures, config.gateway.breaker_cooldown)
         self.queue_timeout, self.max_queued = config.gateway.queue_timeout, config.gateway.max_queued
-        self._queued = 0
+        self.first_byte_timeout = config.gateway.first_byte_timeout
+        self.deadline = config.gateway.deadline
+        self._waiting: set[int] = set()
         self._queue_lock = threading.Lock()
 
-    def send(self, call: UpstreamCall) -> UpstreamResult:
-        """Try up to max_attempts distinct tokens; return the first accepted answer or the error."""
-        attempts: list[Attempt] = []
-        tried: set[str] = set()
-        failure: _Failure | None = None
-        overrides = self.pool.overrides(self.clock())
-        for _ in range(call.max_attempts or self.max_attempts):
-            choice = self._pick(call.upstreams, tried, overrides)
-            if choice is None and not attempts:
-                choice = self._queue(call, tried, overrides)
-            if choice is None:
-                break
-            upstream, token = choice
-            tried.add(token.id)
-            result, failure = self._attempt(call, upstream, token, attempts)
-            if result is not None:
-                return result
-        if failure is None:
-            error = ApiError(
-                503,
-                "No upstream is available right now: every token is cooling down or every upstream is failing.",
-                code="no_upstream_available",
-                headers={"Retry-After": str(self._retry_after(call))},
-            )
-            return UpstreamResult(attempts, error=error)
-        return UpstreamResult(attempts, error=final_error(failure, self.pool.secrets()))
+    def start(self, call: UpstreamCall, deadline: float | None = None) -> Attempts:
+        """The retry loop for `call`; drive it with `advance(until)`."""
+        return Attempts(self, call, deadline if deadline is not None else self.clock() + self.deadline)
 
-    def _pick(
+    def send(self, call: UpstreamCall) -> UpstreamResult:
+        """Run `call` to the end (no heartbeats): the body of a plain request, or the error."""
+        attempts = self.start(call)
+        outcome = attempts.advance(until=attempts.deadline)
+        if isinstance(outcome, Accepted):
+            outcome.exchange.close()
+            return UpstreamResult(attempts.records, outcome.upstream, body=outcome.body or b"")
+        error = outcome.error if outcome is not None else ApiError(504, "Deadline exceeded.", code="deadline_exceeded")
+        return UpstreamResult(attempts.records, error=error)
+
+    def pick(
         self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple]
     ) -> tuple[UpstreamConfig, Token] | None:
+        """The next (upstream, token) to try: config order, skipping open breakers and tried tokens."""
         now = self.clock()
         for upstream in upstreams:
             if self.breakers.is_open(upstream.name, now):
@@ -155,28 +136,21 @@ class UpstreamClient:
                 return self.pool.effective(upstream, overrides), token
         return None
 
-    def _queue(
-        self, call: UpstreamCall, tried: set[str], overrides: Mapping[str, tuple]
-    ) -> tuple[UpstreamConfig, Token] | None:
-        """With no usable token, wait up to queue_timeout for the earliest cooldown to end."""
+    def enter_queue(self, waiter: object) -> bool:
+        """Join the per-worker queue of requests waiting for a token (False: queueing off or full)."""
         with self._queue_lock:
-            if self.queue_timeout <= 0 or self._queued >= self.max_queued:
-                return None
-            self._queued += 1
-        try:
-            deadline = self.clock() + self.queue_timeout
-            while (now := self.clock()) < deadline:
-                self.sleep(min(self._retry_after(call), deadline - now))
-                choice = self._pick(call.upstreams, tried, overrides)
-                if choice is not None:
-                    log.debug("dequeued request_id=%s after %.1fs", call.request_id, self.clock() - now)
-                    return choice
-            return None
-        finally:
-            with self._queue_lock:
-                self._queued -= 1
+            if id(waiter) in self._waiting:
+                return True
+            if self.queue_timeout <= 0 or len(self._waiting) >= self.max_queued:
+                return False
+            self._waiting.add(id(waiter))
+            return True
 
-    def _retry_after(self, call: UpstreamCall) -> int:
+    def leave_queue(self, waiter: object) -> None:
+        with self._queue_lock:
+            self._waiting.discard(id(waiter))
+
+    def retry_after(self, call: UpstreamCall) -> int:
         """Seconds until a routed upstream may take an attempt again (a breaker or a cooldown)."""
         names = [u.name for u in call.upstreams]
         now = self.clock()
@@ -185,79 +159,38 @@ class UpstreamClient:
             return breaker_wait
         return self.pool.retry_after([n for n in names if not self.breakers.is_open(n, now)], now)
 
-    def _attempt(
-        self, call: UpstreamCall, upstream: UpstreamConfig, token: Token, attempts: list[Attempt]
-    ) -> tuple[UpstreamResult | None, _Failure | None]:
-        """One attempt on one token: a final result, or the failure to retry past."""
-        started = self.clock()
-        response, failure = self._exchange(call, upstream, token)
-        status = response.status_code if response is not None else failure.status if failure else None
-        decision = failure.decision if failure else Decision(False, 0.0, "ok")
-        # A 4xx the client caused says nothing bad about the token.
-        healthy = failure is None or (not decision.retry and status is not None and status < 500)
-        self.pool.report(token, status=status, ok=healthy, cooldown=decision.cooldown, now=self.clock())
-        self.breakers.record(upstream.name, fault=is_upstream_fault(status, decision.reason), now=self.clock())
-        attempts.append(Attempt(upstream.name, token.id, status, decision.reason, self.clock() - started))
-        log.debug(
-            "attempt request_id=%s upstream=%s token=%s status=%s reason=%s retry=%s cooldown=%.0fs",
-            call.request_id, upstream.name, token.masked, status, decision.reason,
-            decision.retry, decision.cooldown,
-        )  # fmt: skip
-        if failure is None:
-            return UpstreamResult(attempts, upstream, token, response=response), None
-        if not decision.retry:
-            return UpstreamResult(attempts, upstream, token, error=final_error(failure, self.pool.secrets())), None
-        return None, failure
-
-    def _exchange(
-        self, call: UpstreamCall, upstream: UpstreamConfig, token: Token
-    ) -> tuple[requests.Response | None, _Failure | None]:
-        """One HTTP exchange. Returns the accepted response, or the failure (response closed)."""
+    def open_exchange(self, call: UpstreamCall, upstream: UpstreamConfig, token: Token) -> Exchange:
+        """Start one attempt's HTTP exchange in the background."""
         headers = build_upstream_headers(
             upstream, token.value, streaming=call.streaming,
             client_headers=call.client_headers, request_id=call.request_id,
         )  # fmt: skip
         proxies = {"http": upstream.proxy, "https": upstream.proxy} if upstream.proxy else None
-        try:
-            response = self.session.request(
-                call.method, upstream.base_url + call.path, data=call.body_for(upstream), headers=headers,
-                stream=True, timeout=(upstream.connect_timeout, call.read_timeout or upstream.read_timeout),
-                proxies=proxies, allow_redirects=False,
-            )  # fmt: skip
-        except requests.RequestException as exc:
-            return None, _transport_failure(exc, self.clock())
-        try:
-            return self._accept(call, response)
-        except requests.RequestException as exc:
-            response.close()
-            return None, _transport_failure(exc, self.clock())
+        # The socket read timeout is a backstop: first-byte, idle and deadline limits are
+        # enforced by the waiting side, which closes the exchange when one passes.
+        timeout = (upstream.connect_timeout, call.read_timeout or upstream.read_timeout)
 
-    def _accept(
-        self, call: UpstreamCall, response: requests.Response
-    ) -> tuple[requests.Response | None, _Failure | None]:
-        """The commit point: a 2xx is accepted (streams stay open); anything else is a failure."""
-        if 200 <= response.status_code < 300:
-            if not is_event_stream(response):
-                _ = response.content  # non-streaming: read it all now, so a broken body is retryable
-            return response, None
+        def send() -> requests.Response:
+            return self.session.request(
+                call.method, upstream.base_url + call.path, data=call.body_for(upstream), headers=headers,
+                stream=True, timeout=timeout, proxies=proxies, allow_redirects=False,
+            )  # fmt: skip
+
+        return Exchange(send, streaming=call.streaming)
+
+    def status_failure(self, response: requests.Response) -> Failure:
+        """A non-2xx answer: its retry-table decision and (bounded) body, response closed."""
         retry_after = response.headers.get("Retry-After")
         body = _read_bounded(response, ERROR_BODY_LIMIT)
         response.close()
         decision = classify(response.status_code, None, retry_after, self.clock())
-        content_type = response.headers.get("Content-Type", "")
-        return None, _Failure(decision, response.status_code, retry_after, body, content_type)
+        return Failure(decision, response.status_code, retry_after, body, response.headers.get("Content-Type", ""))
 
+    def transport_failure(self, exc: Exception) -> Failure:
+        return _transport_failure(exc, self.clock())
 
-def is_event_stream(response: requests.Response) -> bool:
-    content_type = response.headers.get("Content-Type", "").lower()
-    if content_type.startswith("text/event-stream"):
-        return True
-    # A streaming request answered without a content type is still relayed as a stream.
-    return (
-        not content_type
-        and response.request is not None
-        and "text/event-stream" in str(response.request.headers.get("Accept", ""))
-    )
+    def final_error(self, failure: Failure) -> ApiError:
+        return final_error(failure, self.pool.secrets())
 
 
 def _read_bounded(response: requests.Response, limit: int) -> bytes:
@@ -268,7 +201,7 @@ def _read_bounded(response: requests.Response, limit: int) -> bytes:
         return b""
 
 
-def _transport_failure(exc: requests.RequestException, now: float) -> _Failure:
+def _transport_failure(exc: Exception, now: float) -> Failure:
     if isinstance(exc, requests.ConnectTimeout):
         kind = "connect_timeout"
     elif isinstance(exc, (requests.ReadTimeout, requests.Timeout)):
@@ -277,15 +210,23 @@ def _transport_failure(exc: requests.RequestException, now: float) -> _Failure:
         kind = "read_timeout"  # requests wraps a body-read timeout in ConnectionError
     else:
         kind = "connect_error"
-    return _Failure(classify(None, kind, None, now), None)
+    return Failure(classify(None, kind, None, now), None)
 
 
-def final_error(failure: _Failure, secrets: Sequence[str]) -> ApiError:
+def final_error(failure: Failure, secrets: Sequence[str]) -> ApiError:
     """The client's answer when the last attempt failed (see the retry table in the README)."""
     status = failure.status
     if status is None:
-        if failure.decision.reason in ("connect_timeout", "read_timeout"):
-            return ApiError(504, f"Upstream timed out ({failure.decision.reason}).", code="upstream_timeout")
+        reason = failure.decision.reason
+        if reason in TIMEOUT_ERRORS:
+            code, what = TIMEOUT_ERRORS[reason]
+            return ApiError(504, f"The upstream timed out ({what}).", code=code)
+        if reason in STREAM_FAULTS:
+            return ApiError(
+                502,
+                f"The upstream stream failed before its first event ({STREAM_FAULTS[reason]}).",
+                code="upstream_error",
+            )
         return ApiError(502, "Could not connect to the upstream.", code="upstream_error")
     if status == 429:
         seconds = max(1, round(failure.decision.cooldown))
@@ -299,7 +240,7 @@ def final_error(failure: _Failure, secrets: Sequence[str]) -> ApiError:
     return _client_fault(failure, secrets)
 
 
-def _client_fault(failure: _Failure, secrets: Sequence[str]) -> ApiError:
+def _client_fault(failure: Failure, secrets: Sequence[str]) -> ApiError:
     """A 4xx the client caused: keep the upstream's OpenAI-shaped error, else wrap it as JSON."""
     status = failure.status or 400
     body = failure.body

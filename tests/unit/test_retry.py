@@ -115,7 +115,7 @@ def test_streaming_request_is_retried_on_another_token(client, auth, upstream):
         (err(503), 502, "upstream_error", "HTTP 503"),
         (requests.ConnectionError("refused"), 502, "upstream_error", "connect"),
         (requests.ReadTimeout("slow"), 504, "upstream_timeout", "timed out"),
-        (requests.ConnectTimeout("slow"), 504, "upstream_timeout", "timed out"),
+        (requests.ConnectTimeout("slow"), 504, "upstream_connect_timeout", "connect timeout"),
     ],
 )
 def test_every_token_failing(client, auth, upstream, reply, status, code, fragment):

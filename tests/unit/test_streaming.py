@@ -52,6 +52,9 @@ class FakeRaw:
 
 
 class FakeResponse:
+    status_code = 200
+    headers = {"Content-Type": "text/event-stream"}
+
     def __init__(self, chunks):
         self.raw = FakeRaw(chunks)
         self.closed = False
