@@ -49,6 +49,23 @@ def on_starting(server):
     os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check
 
 
+def post_worker_init(worker):
+    """Let running streams know the grace deadline when the worker is told to stop."""
+    import signal
+    import time
+
+    from app.services.lifecycle import begin_shutdown
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        begin_shutdown(graceful_timeout, time.time())
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def worker_exit(server, worker):
     """Write the worker's pending usage records before it exits (graceful stop, max_requests)."""
     gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sluice")

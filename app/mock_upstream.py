@@ -39,6 +39,25 @@ class Options:
     status: int | None = None  # answer every request with this status
     strict_edge: bool = False
     retry_after: int = 7
+    header_delay: float = 0.0  # stall before the status line and headers
+    first_delay: float = 0.0  # headers (and a comment) at once, then stall before the first event
+    stall_after: int | None = None  # after N chunks, stall for `stall` seconds
+    stall: float = 0.0
+    trickle: bool = False  # send every event a few bytes at a time
+    noise: bool = False  # non-data lines (garbage, comments) between the events
+    garbage: bool = False  # only garbage lines: no data event at all
+    error_first: bool = False  # the first event is an error event
+    empty: bool = False  # headers, then the stream ends without any event
+
+
+# Token prefixes that switch a fault on for every request made with that token.
+TOKEN_FAULTS = {
+    "stallhead-": {"header_delay": 30.0},
+    "slow-": {"first_delay": 30.0},
+    "errorfirst-": {"error_first": True},
+    "empty-": {"empty": True},
+    "garbage-": {"garbage": True},
+}
 
 
 @dataclass
@@ -80,6 +99,10 @@ class MockUpstream:
         if isinstance(body, dict) and isinstance(body.get("mock"), dict):
             known = {k: v for k, v in body["mock"].items() if k in Options.__dataclass_fields__}
             opts = replace(opts, **known)
+        token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        for prefix, faults in TOKEN_FAULTS.items():
+            if token.startswith(prefix):
+                opts = replace(opts, **faults)
         streaming = bool(isinstance(body, dict) and body.get("stream"))
         refusal = self._refuse(environ, opts, streaming)
         if refusal is not None:
@@ -129,6 +152,7 @@ class MockUpstream:
             return _json(start_response, 200, reply)
         chat = path == "/v1/chat/completions"
         if not streaming:
+            gevent.sleep(opts.header_delay + opts.first_delay)
             reply = _completion(body, chat, opts)
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
@@ -139,6 +163,19 @@ class MockUpstream:
         self.stats.streams_started += 1
         finished = False
         try:
+            gevent.sleep(opts.header_delay)  # nothing is sent before the first yield
+            if opts.first_delay:
+                yield b": mock upstream thinking\n\n"
+                gevent.sleep(opts.first_delay)
+            if opts.empty or opts.garbage:
+                if opts.garbage:
+                    yield b"this is not server-sent events\n\n<html>oops</html>\n\n"
+                finished = True
+                self.stats.streams_completed += 1
+                return
+            if opts.error_first:
+                error = _error_body("The model is overloaded.", "server_overloaded")
+                yield b"data: " + json.dumps(error).encode() + b"\n\n"
             for seq, chunk in enumerate(_chunks(body, chat, opts)):
                 if opts.drop_after is not None and seq >= opts.drop_after:
                     self.stats.streams_dropped += 1
@@ -147,16 +184,29 @@ class MockUpstream:
                     return
                 if seq and opts.delay:
                     gevent.sleep(opts.delay)
+                if opts.stall_after is not None and seq == opts.stall_after:
+                    gevent.sleep(opts.stall)
                 chunk["mock_seq"], chunk["mock_ts"] = seq, time.time()
                 if chunk.get("usage"):
                     self.stats.usage_total += chunk["usage"]["total_tokens"]
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                if opts.noise:
+                    yield b": comment\nnot-a-field\n\n"
+                yield from _send(b"data: " + json.dumps(chunk).encode() + b"\n\n", opts.trickle)
             yield b"data: [DONE]\n\n"
             finished = True
             self.stats.streams_completed += 1
         finally:
             if not finished:
                 self.stats.streams_aborted += 1
+
+
+def _send(event: bytes, trickle: bool) -> Iterator[bytes]:
+    if not trickle:
+        yield event
+        return
+    for i in range(0, len(event), 7):  # a few bytes per write, each its own chunk on the wire
+        yield event[i : i + 7]
+        gevent.sleep(0.002)
 
 
 def _chunks(body: dict, chat: bool, opts: Options) -> Iterator[dict]:

@@ -25,6 +25,11 @@ OUTCOMES = {
     "too_many_parallel_requests": "rate_limited",
     "insufficient_quota": "quota_exceeded",
     "upstream_timeout": "timeout_upstream",
+    "upstream_connect_timeout": "timeout_connect",
+    "upstream_first_byte_timeout": "timeout_first_byte",
+    "upstream_idle_timeout": "timeout_idle",
+    "deadline_exceeded": "timeout_deadline",
+    "server_shutdown": "server_shutdown",
     "upstream_error": "upstream_error",
     "upstream_stream_error": "upstream_error",
     "upstream_auth_failed": "upstream_auth_failed",
@@ -39,7 +44,7 @@ def outcome_of(status: int, code: str | None) -> str:
         return OUTCOMES[code]
     if status < 400 and code in (None, "ok"):
         return "ok"
-    return "client_error" if status < 500 else "error"
+    return "client_error" if 400 <= status < 500 else "error"
 
 
 class Accounting:

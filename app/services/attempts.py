@@ -21,7 +21,7 @@ from app.config import UpstreamConfig
 from app.errors import ApiError
 from app.services.breaker import is_upstream_fault
 from app.services.exchange import Exchange, Message
-from app.services.streaming import StreamBroken
+from app.services.streaming import StreamBroken, is_done
 from app.services.tokens import Decision, Token, classify
 
 if TYPE_CHECKING:
@@ -161,6 +161,8 @@ class Attempts:
                 return _KEEP_WAITING
             if _is_error_event(event):
                 return self._attempt_failed(self._failure("error_event"))
+            if is_done(event):  # [DONE] before any content: nothing was generated
+                return self._attempt_failed(self._failure("empty_stream"))
             current.prefix.append(event)
             return self._accept()
         if message.kind == "end":

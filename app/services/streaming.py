@@ -101,7 +101,7 @@ def error_event(code: str, message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _is_done(event: bytes) -> bool:
+def is_done(event: bytes) -> bool:
     return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in event.splitlines())
 
 
@@ -178,7 +178,7 @@ class StreamBody:
                 yield self._written(KEEPALIVE)  # commit now; retries go on behind the heartbeats
                 yield from self._wait_for_acceptance()
             for event in self._upstream_events():
-                saw_done = saw_done or _is_done(event)
+                saw_done = saw_done or is_done(event)
                 if self._forward(event):
                     yield self._written(event)
             if not saw_done:
