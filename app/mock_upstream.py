@@ -156,7 +156,9 @@ class MockUpstream:
             reply = _completion(body, chat, opts)
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
-        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        start_response(
+            "200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), EDGE_COOKIE]
+        )
         return self._stream(environ, body, chat, opts)
 
     def _stream(self, environ: dict, body: dict, chat: bool, opts: Options) -> Iterator[bytes]:
@@ -277,8 +279,11 @@ def _error(status: int, message: str, code: str, extra: list | None = None) -> t
     return f"{status} Mock", headers, json.dumps(_error_body(message, code)).encode()
 
 
+EDGE_COOKIE = ("Set-Cookie", "mock-edge=edge-session-0123456789; Path=/; HttpOnly")  # must never reach clients
+
+
 def _json(start_response: Callable, status: int, payload: dict) -> list[bytes]:
-    start_response(f"{status} Mock", [("Content-Type", "application/json")])
+    start_response(f"{status} Mock", [("Content-Type", "application/json"), EDGE_COOKIE])
     return [json.dumps(payload).encode()]
 
 

@@ -227,3 +227,25 @@ def test_no_secret_in_the_gateway_log_after_faults(tmp_path, mock):
             assert secret not in text
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header Name: v\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + MASTER_KEY.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+    ],
+)
+def test_malformed_or_oversized_requests_get_a_4xx_never_a_5xx(gateway, raw):
+    import socket
+
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    status = int(status_line.split()[1])
+    assert 400 <= status < 500, status_line
