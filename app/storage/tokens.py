@@ -53,20 +53,7 @@ class TokenRepo:
             known = set(conn.execute(select(t.id)).scalars())
             for token_id, upstream, masked in tokens:
                 if token_id not in known:
-                    conn.execute(
-                        insert(schema.upstream_tokens).values(
-                            id=token_id,
-                            upstream=upstream,
-                            source="config",
-                            masked=masked,
-                            enabled=True,
-                            removed=False,
-                            cooldown_until=0.0,
-                            successes=0,
-                            failures=0,
-                            created_at=now,
-                        )  # fmt: skip
-                    )
+                    conn.execute(insert(schema.upstream_tokens).values(**_new_row(token_id, upstream, masked, now)))
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
         query = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
@@ -111,21 +98,8 @@ class TokenRepo:
 
     def add_runtime(self, token_id: str, upstream: str, cipher: str, masked: str, now: float) -> None:
         with self.db.write() as conn:
-            conn.execute(
-                insert(schema.upstream_tokens).values(
-                    id=token_id,
-                    upstream=upstream,
-                    source="runtime",
-                    secret=cipher,
-                    masked=masked,
-                    enabled=True,
-                    removed=False,
-                    cooldown_until=0.0,
-                    successes=0,
-                    failures=0,
-                    created_at=now,
-                )  # fmt: skip
-            )
+            row = _new_row(token_id, upstream, masked, now, source="runtime", secret=cipher)
+            conn.execute(insert(schema.upstream_tokens).values(**row))
 
     def set_flags(self, token_id: str, **flags: bool | float) -> bool:
         with self.db.write() as conn:
@@ -151,3 +125,13 @@ class TokenRepo:
         with self.db.write() as conn:
             if conn.execute(update(o).where(o.c.upstream == upstream).values(**values, updated_at=now)).rowcount == 0:
                 conn.execute(insert(o).values(upstream=upstream, **values, updated_at=now))
+
+
+def _new_row(
+    token_id: str, upstream: str, masked: str, now: float, *, source: str = "config", secret: str | None = None
+) -> dict[str, Any]:
+    """A fresh token row: enabled, never used, no cooldown."""
+    return {
+        "id": token_id, "upstream": upstream, "source": source, "secret": secret, "masked": masked,
+        "enabled": True, "removed": False, "cooldown_until": 0.0, "successes": 0, "failures": 0, "created_at": now,
+    }  # fmt: skip

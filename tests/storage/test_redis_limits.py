@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from app.storage.keys import KeyRepo
 from app.storage.limits import LimitExceeded
 from app.storage.migrate import upgrade
 from app.storage.redis_limits import RedisLimiter
-from tests.services import redis_url, reset_redis
+from tests.services import race, redis_url, reset_redis
 
 
 @pytest.fixture
@@ -28,21 +27,16 @@ def limiter(tmp_path):
 def test_rpm_is_exact_under_concurrency(limiter):
     redis_limiter, keys = limiter
     key, _ = keys.create("k", now=0.0, rpm=10)
-    admitted, refused = [], []
-    barrier = threading.Barrier(50)
 
-    def attempt() -> None:
-        barrier.wait()
+    def attempt():
         try:
-            admitted.append(redis_limiter.admit(key, time.time()))
+            return redis_limiter.admit(key, time.time())
         except LimitExceeded as exc:
-            refused.append(exc)
+            return exc
 
-    threads = [threading.Thread(target=attempt) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = race(50, attempt)
+    admitted = [r for r in results if not isinstance(r, LimitExceeded)]
+    refused = [r for r in results if isinstance(r, LimitExceeded)]
     assert (len(admitted), len(refused)) == (10, 40)
     assert sorted(a.window.remaining_requests for a in admitted) == list(range(10))
     assert all(0 < exc.retry_after <= 60 for exc in refused)

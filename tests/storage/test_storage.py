@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -14,6 +13,7 @@ from app.storage.limits import LimitExceeded, SqlLimiter, format_reset, seconds_
 from app.storage.migrate import upgrade
 from app.storage.tokens import TokenRepo
 from app.storage.usage import UsageRepo, UsageWriter
+from tests.services import race
 
 
 def test_migrations_are_idempotent(db):
@@ -102,22 +102,15 @@ def test_rpm_is_exact_under_concurrency(db):
     """50 threads, each with its own connection, race for 10 slots: exactly 10 win."""
     key, _ = KeyRepo(db).create("k", now=0.0, rpm=10)
     limiter = SqlLimiter(db)
-    admitted, refused = [], []
-    barrier = threading.Barrier(50)
 
-    def attempt() -> None:
-        barrier.wait()
+    def attempt():
         try:
-            admitted.append(limiter.admit(key, time.time()))
-        except LimitExceeded:
-            refused.append(1)
+            return limiter.admit(key, time.time())
+        except LimitExceeded as exc:
+            return exc
 
-    threads = [threading.Thread(target=attempt) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert (len(admitted), len(refused)) == (10, 40)
+    results = race(50, attempt)
+    assert sum(not isinstance(r, LimitExceeded) for r in results) == 10
 
 
 @pytest.mark.parametrize(
