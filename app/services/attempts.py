@@ -139,6 +139,8 @@ class Attempts:
         message = current.exchange.next(min(until, current.first_byte_deadline, self.deadline) - now)
         if message is None:
             now = self.client.clock()
+            if now >= self.deadline:
+                return _KEEP_WAITING  # the loop's deadline check answers
             if now >= current.first_byte_deadline:
                 return self._attempt_failed(self._failure("first_byte_timeout"))
             return None if now >= until else _KEEP_WAITING

@@ -111,3 +111,37 @@ def test_a_full_queue_answers_at_once(make_app, auth, upstream):
     started = time.monotonic()
     resp = client.post("/v1/chat/completions", json=body(), headers=auth)
     assert resp.status_code == 503 and time.monotonic() - started < 1
+
+
+def test_the_deadline_before_any_answer_is_a_504(make_app, auth, upstream):
+    calls: list = []
+
+    def stall(request):
+        time.sleep(1.5)  # runs in the attempt's reader thread: the request itself keeps the time
+        return reply(200, calls, "p")(request)
+
+    config = make_config(UpstreamConfig(name="one", base_url=PRIMARY, tokens=("only-token-00000001",)))
+    app = make_app(replace(config, gateway=GatewayConfig(max_body_bytes=16384, deadline=0.5, first_byte_timeout=5)))
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=stall)
+    started = time.monotonic()
+    resp = app.test_client().post("/v1/chat/completions", json=body(), headers=auth)
+    assert resp.status_code == 504 and resp.get_json()["error"]["code"] == "deadline_exceeded"
+    assert time.monotonic() - started < 1.4
+
+
+def test_first_byte_timeout_retries_on_another_token_then_answers_504(make_app, auth, upstream):
+    calls: list = []
+
+    def stall(request):
+        calls.append(request.headers["Authorization"][-4:])
+        time.sleep(0.8)
+        return 200, {"Content-Type": "application/json"}, json.dumps(OK)
+
+    config = make_config(
+        UpstreamConfig(name="one", base_url=PRIMARY, tokens=("token-a-0000000001", "token-b-0000000002"))
+    )
+    app = make_app(replace(config, gateway=GatewayConfig(max_body_bytes=16384, first_byte_timeout=0.3)))
+    upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=stall)
+    resp = app.test_client().post("/v1/chat/completions", json=body(), headers=auth)
+    assert resp.status_code == 504 and resp.get_json()["error"]["code"] == "upstream_first_byte_timeout"
+    assert sorted(calls) == ["0001", "0002"]  # both tokens tried
