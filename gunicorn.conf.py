@@ -4,6 +4,7 @@ Every value comes from a SLUICE_* variable (see app/config.py and the README).
 """
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -19,6 +20,29 @@ workers = _settings.workers
 worker_class = "gevent"
 # Each open stream holds one client connection (and one upstream connection).
 worker_connections = int(os.environ.get("SLUICE_WORKER_CONNECTIONS", "1000"))
+# Recycling workers is off by default; when set, a recycled worker stops gracefully (within
+# graceful_timeout below), so it never cuts a running stream.
+max_requests = int(os.environ.get("SLUICE_MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
+
+
+def _raise_open_file_limit(connections: int) -> None:
+    """Two sockets per stream (client and upstream) plus files: raise the soft limit or say why not."""
+    needed = connections * 2 + 128
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        sys.exit(
+            f"sluice: the open-file limit ({hard}) is below the {needed} that SLUICE_WORKER_CONNECTIONS="
+            f"{connections} needs (a client and an upstream socket per stream). Raise it (ulimit -n, "
+            "LimitNOFILE=, docker --ulimit nofile=...) or lower SLUICE_WORKER_CONNECTIONS."
+        )
+
+
+_raise_open_file_limit(worker_connections)
 # gevent workers heartbeat from their own loop, so `timeout` only kills a worker whose
 # loop is blocked, never a long but healthy stream.
 timeout = 30

@@ -63,3 +63,15 @@ def race(count: int, attempt) -> list:
     for thread in threads:
         thread.join(timeout=60)
     return results
+
+
+def nginx_binary() -> str:
+    import shutil
+
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if found:
+        return found
+    message = "nginx is not installed (Debian package nginx; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -249,3 +249,12 @@ def test_malformed_or_oversized_requests_get_a_4xx_never_a_5xx(gateway, raw):
         status_line = sock.recv(4096).split(b"\r\n", 1)[0]
     status = int(status_line.split()[1])
     assert 400 <= status < 500, status_line
+
+
+def test_too_low_open_file_limit_stops_start_up_with_a_clear_error(tmp_path):
+    cmd = f"ulimit -n 512 && exec {sys.executable} -m gunicorn -c gunicorn.conf.py wsgi:app"
+    env = {"SLUICE_WORKER_CONNECTIONS": "1000", "SLUICE_BIND": "127.0.0.1:0", "PATH": "/usr/bin:/bin",
+           "SLUICE_DATA_DIR": str(tmp_path)}  # fmt: skip
+    done = subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "open-file limit (512)" in done.stderr and "SLUICE_WORKER_CONNECTIONS" in done.stderr
