@@ -5,10 +5,16 @@ Every value comes from a SLUICE_* variable (see app/config.py and the README).
 
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from app.config import ConfigError, load_config, load_settings
+
+# prometheus-client's multiprocess mode: every worker writes its samples here, /metrics
+# merges them. Set before the workers start (they inherit it); emptied in on_starting.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"sluice-metrics-{os.getpid()}"))
 
 try:
     _settings = load_settings()
@@ -65,6 +71,9 @@ def on_starting(server):
         load_config(_settings.config_path)
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
     # In a child process, so the master never imports the database drivers (or ssl)
     # before the gevent workers monkey-patch them.
     done = subprocess.run([sys.executable, "-m", "app.storage.migrate"], check=False)
@@ -88,6 +97,13 @@ def post_worker_init(worker):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (active streams) from the merged metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def worker_exit(server, worker):

@@ -102,6 +102,7 @@ class Settings:
     redis_url: str | None = None
     secret_key: str | None = None
     secret_key_previous: str | None = None
+    metrics_token: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -125,7 +126,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_redis_url(env),
         secret_key=_secret(env, "SLUICE_SECRET_KEY"),
         secret_key_previous=_secret(env, "SLUICE_SECRET_KEY_PREVIOUS"),
+        metrics_token=_metrics_token(env),
     )
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("SLUICE_METRICS_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ConfigError("SLUICE_METRICS_TOKEN: must be at least 16 characters")
+    return token
 
 
 def _database_url(env: Mapping[str, str], data_dir: str) -> str:

@@ -34,6 +34,7 @@ class RequestLine:
     method: str
     path: str
     client: str = "-"
+    route: str = "unmatched"  # the URL rule, a bounded label (never the raw path)
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
     key: str = "-"
@@ -91,6 +92,8 @@ def register_request_line(app: Flask, on_end: Callable[[RequestLine], None] | No
     def start_line() -> None:
         request_id = resolve_request_id(request.headers.get("X-Request-ID"), lambda: f"req_{uuid.uuid4().hex}")
         g.line = RequestLine(request_id, request.method, request.path, request.remote_addr or "-", on_end=on_end)
+        if request.url_rule is not None:
+            g.line.route = request.url_rule.rule
 
     @app.after_request
     def finish_line(response: Response) -> Response:

@@ -8,6 +8,7 @@ from flask import Response
 
 from app.config import GatewayConfig
 from app.requestlog import RequestLine
+from app.services import metrics
 from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import client_response_headers
 from app.services.streaming import StreamBody, StreamLimits, StreamStats
@@ -41,6 +42,7 @@ def write_response(
         headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
 
     def finish(stats: StreamStats) -> None:
+        metrics.ACTIVE_STREAMS.dec()
         line.usage = stats.usage or {}
         line.first_byte = stats.first_event_at
         line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
@@ -54,6 +56,7 @@ def write_response(
         drain=gateway.on_client_disconnect == "drain",
     )
     hide = injected_usage and all(u.inject_usage for u in attempts.call.upstreams)
+    metrics.ACTIVE_STREAMS.inc()
     return Response(StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits), status=200, headers=headers)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.requestlog import RequestLine
+from app.services import metrics
 from app.services.usage import USAGE_FIELDS
 from app.storage.db import StorageError
 from app.storage.limits import Limiter
@@ -47,6 +48,22 @@ def outcome_of(status: int, code: str | None) -> str:
     return "client_error" if 400 <= status < 500 else "error"
 
 
+RATE_LIMIT_CODES = ("rate_limit_exceeded", "too_many_parallel_requests", "insufficient_quota")
+
+
+def observe(line: RequestLine) -> None:
+    """The request's Prometheus samples."""
+    upstream = line.attempts[-1].upstream if line.attempts else "-"
+    model = metrics.model_label(line.model)
+    metrics.REQUESTS.labels(route=line.route, status=str(line.status), model=model, upstream=upstream).inc()
+    metrics.DURATION.labels(route=line.route, streamed=str(line.streaming).lower()).observe(line.elapsed_ms() / 1000)
+    ttfb = line.ttfb_ms()
+    if ttfb is not None:
+        metrics.TTFB.labels(route=line.route).observe(ttfb / 1000)
+    if line.outcome in RATE_LIMIT_CODES:
+        metrics.RATE_LIMITED.labels(code=line.outcome).inc()
+
+
 class Accounting:
     def __init__(
         self, limiter: Limiter, writer: UsageWriter, records: bool = True, clock: Callable[[], float] = time.time
@@ -55,6 +72,7 @@ class Accounting:
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""
+        observe(line)
         total = line.usage.get("total_tokens", 0)
         if line.admission is not None:
             try:

@@ -19,6 +19,7 @@ import requests
 
 from app.config import UpstreamConfig
 from app.errors import ApiError
+from app.services import metrics
 from app.services.breaker import is_upstream_fault
 from app.services.exchange import Exchange, Message
 from app.services.streaming import StreamBroken, is_done
@@ -203,6 +204,10 @@ class Attempts:
         self.client.breakers.record(current.upstream.name, fault=is_upstream_fault(status, decision.reason), now=now)
         elapsed = now - current.started
         self.records.append(Attempt(current.upstream.name, current.token.id, status, decision.reason, elapsed))
+        outcome = "ok" if decision.reason == "ok" else "retry" if decision.retry else "fail"
+        metrics.ATTEMPTS.labels(upstream=current.upstream.name, outcome=outcome, reason=decision.reason).inc()
+        if decision.cooldown > 0:
+            metrics.COOLDOWNS.labels(upstream=current.upstream.name, reason=decision.reason).inc()
         log.debug(
             "attempt request_id=%s upstream=%s token=%s status=%s reason=%s retry=%s cooldown=%.0fs",
             self.call.request_id, current.upstream.name, current.token.masked, status, decision.reason,

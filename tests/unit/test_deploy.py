@@ -55,3 +55,18 @@ def test_dockerfile_is_slim_non_root_with_healthcheck():
     assert re.search(r"^USER sluice$", dockerfile, re.M)
     assert "SLUICE_BIND=0.0.0.0:8000" in dockerfile and "HEALTHCHECK" in dockerfile and 'VOLUME ["/data"]' in dockerfile
     assert 'ENTRYPOINT ["./deploy/entrypoint.sh"]' in dockerfile
+
+
+def test_grafana_dashboard_uses_only_metrics_sluice_exports():
+    import json
+
+    from app.services import metrics
+
+    exported = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        name for expr in exprs for name in re.findall(r"\b(sluice_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", expr)
+    }
+    assert used and used <= exported, used - exported
+    assert {"sluice_requests", "sluice_active_streams", "sluice_time_to_first_byte_seconds"} <= used
