@@ -108,6 +108,9 @@ def child_exit(server, worker):
 
 def worker_exit(server, worker):
     """Write the worker's pending usage records before it exits (graceful stop, max_requests)."""
+    from app.services.lifecycle import SHUTDOWN_MARGIN, wait_for_drains
+
+    wait_for_drains(SHUTDOWN_MARGIN)  # drains end by the shutdown deadline; give them time to record
     gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sluice")
     if gateway is not None:
         gateway.close()

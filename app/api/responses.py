@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Response
+from flask import Response, request
 
 from app.config import GatewayConfig
 from app.requestlog import RequestLine
@@ -41,12 +41,21 @@ def write_response(
         headers.update(client_response_headers(outcome.response.headers.items()))
         headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
 
+    client_socket = request.environ.get("gunicorn.socket")
+    if client_socket is not None:
+        # A client that stops reading must not hold the stream past the deadline: bound each write.
+        client_socket.settimeout(max(1.0, attempts.deadline - time.time()))
+
     def finish(stats: StreamStats) -> None:
-        metrics.ACTIVE_STREAMS.dec()
+        if client_socket is not None:
+            client_socket.settimeout(None)  # gunicorn reuses the connection for the next request
         line.usage = stats.usage or {}
         line.first_byte = stats.first_event_at
         line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
-        line.finish(200, stats.outcome, stats.bytes_sent)
+        try:
+            line.finish(200, stats.outcome, stats.bytes_sent)
+        finally:
+            metrics.ACTIVE_STREAMS.dec()
 
     line.deferred = True  # the stream's end finishes the line
     limits = StreamLimits(

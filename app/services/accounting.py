@@ -72,7 +72,6 @@ class Accounting:
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""
-        observe(line)
         total = line.usage.get("total_tokens", 0)
         if line.admission is not None:
             try:
@@ -81,6 +80,7 @@ class Accounting:
                 log.error("could not release admission request_id=%s: %s", line.request_id, exc)
         if line.endpoint is not None and self.records:
             self.writer.add(self.record(line))
+        observe(line)
 
     def record(self, line: RequestLine) -> dict[str, Any]:
         return {

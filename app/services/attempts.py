@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,13 @@ class Attempts:
 
     def advance(self, until: float) -> Accepted | Failed | None:
         """Work until an outcome (Accepted or Failed) or `until`; None means still waiting."""
+        try:
+            return self._advance(until)
+        except BaseException:  # a storage error (or the greenlet killed): leave nothing claimed behind
+            self.abandon("error")
+            raise
+
+    def _advance(self, until: float) -> Accepted | Failed | None:
         while True:
             now = self.client.clock()
             if now >= self.deadline:
@@ -152,9 +160,13 @@ class Attempts:
         assert current is not None
         if message.kind == "status":
             current.response = message.value
-            if 200 <= current.response.status_code < 300:
-                return _KEEP_WAITING
-            return self._attempt_failed(self.client.status_failure(current.response))
+            if not self.call.streaming:
+                current.first_byte_deadline = math.inf  # a plain answer has started: the body gets until the deadline
+            return _KEEP_WAITING
+        if message.kind == "failed":
+            response, body = message.value
+            current.response = response
+            return self._attempt_failed(self.client.status_failure(response, body))
         if message.kind == "body":
             return self._accept(body=message.value)
         if message.kind == "event":
@@ -200,8 +212,9 @@ class Attempts:
 
     def _record(self, current: _Current, status: int | None, decision: Decision, *, healthy: bool) -> None:
         now = self.client.clock()
-        self.client.pool.report(current.token, status=status, ok=healthy, cooldown=decision.cooldown, now=now)
+        # The breaker first: it is in memory and must learn the verdict even if the store fails.
         self.client.breakers.record(current.upstream.name, fault=is_upstream_fault(status, decision.reason), now=now)
+        self.client.pool.report(current.token, status=status, ok=healthy, cooldown=decision.cooldown, now=now)
         elapsed = now - current.started
         self.records.append(Attempt(current.upstream.name, current.token.id, status, decision.reason, elapsed))
         outcome = "ok" if decision.reason == "ok" else "retry" if decision.retry else "fail"
@@ -232,6 +245,7 @@ class Attempts:
         current, self.current = self.current, None
         if current is not None:
             current.exchange.close()
+            self.client.breakers.release(current.upstream.name)
             status = current.response.status_code if current.response is not None else None
             now = self.client.clock()
             self.records.append(Attempt(current.upstream.name, current.token.id, status, reason, now - current.started))

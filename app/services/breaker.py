@@ -13,7 +13,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-UPSTREAM_FAULTS = {"connect_error", "connect_timeout", "read_timeout"}
+UPSTREAM_FAULTS = {
+    "connect_error", "connect_timeout", "read_timeout", "first_byte_timeout", "stream_broken", "empty_stream",
+    "error_event",
+}  # fmt: skip
 
 
 def is_upstream_fault(status: int | None, reason: str) -> bool:
@@ -54,6 +57,13 @@ class Breakers:
             state.failures += 1
             if state.opened_at is not None or state.failures >= self.failures:
                 state.opened_at = now  # (re)open: a failed trial waits a full cooldown again
+
+    def release(self, upstream: str) -> None:
+        """An attempt ended without a verdict (client gone, deadline): free the half-open trial."""
+        with self._lock:
+            state = self._states.get(upstream)
+            if state is not None:
+                state.trial = False
 
     def is_open(self, upstream: str, now: float) -> bool:
         state = self._states.get(upstream)

@@ -9,22 +9,28 @@ memory) and ends when the stream ends, breaks, or the exchange is closed.
 
 from __future__ import annotations
 
+import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from app.services.streaming import StreamBroken, iter_events
 
 QUEUE_EVENTS = 64
+ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
+log = logging.getLogger("sluice.upstream")
 
 
 @dataclass(frozen=True)
 class Message:
-    """`kind` is status (the response, headers read), event, end, body, broken or error."""
+    """`kind`: status (a 2xx response, headers read), failed ((response, error body) of a non-2xx),
+    event, end, body, broken or error."""
 
     kind: str
     value: Any = None
@@ -55,10 +61,17 @@ class Exchange:
         if self._closed.is_set():
             return
         self._closed.set()
+        response = self.response
         if hasattr(self._reader, "kill"):
-            self._reader.kill(block=False)
-        elif self.response is not None and not self._reader.is_alive():
-            self.response.close()
+            if self._reader.dead:
+                if response is not None:
+                    response.close()  # e.g. a status message nobody read
+            else:
+                self._reader.kill(block=False)
+        elif response is not None:
+            _shutdown(response)  # a plain thread blocked in a read wakes up and closes it itself
+            if not self._reader.is_alive():
+                response.close()
         while True:  # unblock a reader waiting on a full queue
             try:
                 self._queue.get_nowait()
@@ -84,14 +97,26 @@ class Exchange:
         except requests.RequestException as exc:
             self._put(Message("error", exc))
             return
+        except Exception as exc:
+            log.exception("upstream request could not be sent: %s", type(exc).__name__)
+            self._put(Message("error", requests.RequestException(type(exc).__name__)))
+            return
         self.response = response
         if self._closed.is_set():
             response.close()
             return
-        if not self._put(Message("status", response)) or not 200 <= response.status_code < 300:
-            return  # the waiting side reads (or discards) a failed attempt's body itself
         try:
-            self._read(response)
+            if not 200 <= response.status_code < 300:
+                # The (bounded) error body is read here too, so the waiting side never blocks on it.
+                self._put(Message("failed", (response, read_bounded(response, ERROR_BODY_LIMIT))))
+                response.close()
+                return
+            if self._put(Message("status", response)):
+                self._read(response)
+        except Exception as exc:
+            if not self._closed.is_set():
+                log.exception("upstream reader failed: %s", type(exc).__name__)
+                self._put(Message("broken", StreamBroken("upstream_stream_error", "The upstream exchange failed.")))
         finally:
             if self._closed.is_set():
                 response.close()
@@ -109,6 +134,23 @@ class Exchange:
             self._put(Message("broken", exc))
         except requests.RequestException as exc:
             self._put(Message("error", exc))
+
+
+def _shutdown(response: requests.Response) -> None:
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def read_bounded(response: requests.Response, limit: int) -> bytes:
+    """At most `limit` bytes of an error body; a broken body reads as empty."""
+    try:
+        return response.raw.read(limit, decode_content=True) or b""
+    except (urllib3.exceptions.HTTPError, OSError):
+        return b""
 
 
 def _spawn(target: Callable[[], None]) -> Any:

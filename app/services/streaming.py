@@ -8,6 +8,7 @@ whether the stream ended, broke, or the client went away (GeneratorExit).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +19,12 @@ import requests
 import urllib3
 
 from app.errors import error_body
+from app.services import lifecycle
 from app.services.lifecycle import shutdown_deadline
 from app.services.usage import usage_from
+from app.storage.db import StorageError
 
+log = logging.getLogger("sluice.streaming")
 READ_SIZE = 64 * 1024
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 DONE = b"data: [DONE]\n\n"
@@ -187,6 +191,11 @@ class StreamBody:
             self.stats.outcome = exc.code
             for tail in (error_event(exc.code, exc.message), DONE):
                 yield self._written(tail)
+        except StorageError as exc:  # the token store failed while retrying behind heartbeats
+            log.error("storage unavailable mid-stream: %s", exc)
+            self.stats.outcome = "storage_unavailable"
+            for tail in (error_event("storage_unavailable", "The gateway's storage is unavailable."), DONE):
+                yield self._written(tail)
         except GeneratorExit:
             self.stats.outcome = "client_disconnect"
             if self.accepted is not None and self.limits.drain:
@@ -217,9 +226,13 @@ class StreamBody:
         """The accepted upstream's events: the ones read before acceptance, then the rest as they come."""
         yield from self.accepted.prefix
         exchange = self.accepted.exchange
+        upstream = self.accepted.upstream
+        idle = (upstream.idle_timeout if upstream is not None else None) or self.limits.idle_timeout
         while True:
             now = self.clock()
-            limit = min(now + self.limits.idle_timeout, self.limits.deadline, shutdown_deadline())
+            if now >= self.limits.deadline or now >= shutdown_deadline():
+                raise _timeout(now, self.limits.deadline)  # also for a client too slow to keep up
+            limit = min(now + idle, self.limits.deadline, shutdown_deadline())
             message = exchange.next(limit - now)
             if message is None:
                 raise _timeout(self.clock(), self.limits.deadline)
@@ -251,9 +264,10 @@ class StreamBody:
     def _drain(self) -> None:
         """on_client_disconnect = "drain": read the rest (for its usage), bounded by the deadline."""
         exchange = self.accepted.exchange
+        lifecycle.drain_started()
         try:
-            while (now := self.clock()) < self.limits.deadline:
-                message = exchange.next(self.limits.deadline - now)
+            while (now := self.clock()) < (until := min(self.limits.deadline, shutdown_deadline())):
+                message = exchange.next(until - now)
                 if message is None or message.kind != "event":
                     break
                 usage, _ = usage_event(message.value)
@@ -261,7 +275,10 @@ class StreamBody:
                     self.stats.usage = usage
         finally:
             exchange.close()
-            self.on_finish(self.stats)
+            try:
+                self.on_finish(self.stats)
+            finally:
+                lifecycle.drain_finished()
 
 
 SHUTDOWN_MESSAGE = "The gateway is restarting; retry the request."
@@ -285,6 +302,7 @@ def relay(response: Any, on_finish: Callable[[StreamStats], None]) -> Iterator[b
 
     class _Accepted:
         prefix: list[bytes] = []
+        upstream = None
 
     accepted = _Accepted()
     accepted.exchange = exchange  # type: ignore[attr-defined]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from app.config import Config, UpstreamConfig
@@ -30,7 +29,6 @@ from app.services.tokens import Token, TokenPool, classify
 
 log = logging.getLogger("sluice.upstream")
 
-ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
 # Failure reasons without a status -> (client error code, description).
 TIMEOUT_ERRORS = {
     "connect_timeout": ("upstream_connect_timeout", "connect timeout"),
@@ -178,11 +176,9 @@ class UpstreamClient:
 
         return Exchange(send, streaming=call.streaming)
 
-    def status_failure(self, response: requests.Response) -> Failure:
-        """A non-2xx answer: its retry-table decision and (bounded) body, response closed."""
+    def status_failure(self, response: requests.Response, body: bytes) -> Failure:
+        """A non-2xx answer (its body already read by the exchange): the retry-table decision."""
         retry_after = response.headers.get("Retry-After")
-        body = _read_bounded(response, ERROR_BODY_LIMIT)
-        response.close()
         decision = classify(response.status_code, None, retry_after, self.clock())
         return Failure(decision, response.status_code, retry_after, body, response.headers.get("Content-Type", ""))
 
@@ -191,14 +187,6 @@ class UpstreamClient:
 
     def final_error(self, failure: Failure) -> ApiError:
         return final_error(failure, self.pool.secrets())
-
-
-def _read_bounded(response: requests.Response, limit: int) -> bytes:
-    """At most `limit` bytes of an error body; a broken body reads as empty."""
-    try:
-        return response.raw.read(limit, decode_content=True) or b""
-    except (urllib3.exceptions.HTTPError, OSError):
-        return b""
 
 
 def _transport_failure(exc: Exception, now: float) -> Failure:

@@ -145,3 +145,17 @@ def test_first_byte_timeout_retries_on_another_token_then_answers_504(make_app, 
     resp = app.test_client().post("/v1/chat/completions", json=body(), headers=auth)
     assert resp.status_code == 504 and resp.get_json()["error"]["code"] == "upstream_first_byte_timeout"
     assert sorted(calls) == ["0001", "0002"]  # both tokens tried
+
+
+def test_a_half_open_trial_without_a_verdict_is_released():
+    from app.services.breaker import Breakers
+
+    breakers = Breakers(failures=1, cooldown=10)
+    breakers.record("up", fault=True, now=100.0)
+    assert not breakers.allow("up", 105.0)  # open
+    assert breakers.allow("up", 111.0)  # half-open: this caller holds the trial
+    assert not breakers.allow("up", 111.5)  # one trial at a time
+    breakers.release("up")  # the trial's client went away: no verdict
+    assert breakers.allow("up", 112.0)  # the next request may try
+    breakers.record("up", fault=False, now=112.5)
+    assert not breakers.is_open("up", 113.0) and breakers.allow("up", 113.0)
