@@ -24,6 +24,7 @@ def create_app(
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
+    from app.admin.login import setup_sessions
     from app.config import load_config, load_settings
     from app.errors import register_error_handlers
     from app.requestlog import register_request_line
@@ -38,6 +39,7 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     gw = build_gateway(config, settings, session)
     app.extensions["sluice"] = gw
+    setup_sessions(app, settings.secret_key)
     register_error_handlers(app)
     register_request_line(app, on_end=gw.accounting.finish)
     register_blueprints(app)
@@ -50,23 +52,28 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     """Storage, token pool, limiter, upstream client and accounting, wired once per process."""
     import atexit
     import os
+    import socket
     import time
 
     from app.logs import setup_logging
+    from app.services import metrics
     from app.services.accounting import Accounting
     from app.services.router import ModelCatalog
     from app.services.secrets import SecretBox
     from app.services.tokens import TokenPool
     from app.services.upstream import UpstreamClient
     from app.state import Gateway
+    from app.storage.admin import LoginThrottle, SessionStore
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
     from app.storage.limits import SqlLimiter
     from app.storage.migrate import upgrade
+    from app.storage.stats import Stats
     from app.storage.tokens import TokenRepo
     from app.storage.usage import UsageRepo, UsageWriter
 
-    redactor = setup_logging(settings.log_level, [settings.master_key or "", settings.secret_key or ""])
+    known = [settings.master_key or "", settings.secret_key or "", os.environ.get("SLUICE_ADMIN_PASSWORD", "")]
+    redactor = setup_logging(settings.log_level, known)
     db = Database(settings.database_url)
     if os.environ.get("SLUICE_MIGRATED") != settings.database_url:  # gunicorn's master migrated already
         upgrade(db)
@@ -87,9 +94,14 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     writer.every(3600.0, lambda: usage.prune(time.time() - config.gateway.usage_retention_days * 86400))
     if isinstance(limiter, SqlLimiter):
         writer.every(30.0, lambda: limiter.prune(time.time()))
+    stats, sessions = Stats(db), SessionStore(db)
+    worker = f"{socket.gethostname()}:{os.getpid()}"[:100]
+    writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()))
+    writer.every(600.0, lambda: sessions.prune(time.time()))
     gw = Gateway(
         config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
+        stats, sessions, LoginThrottle(db), worker,
     )  # fmt: skip
     atexit.register(gw.close)
     return gw
@@ -97,12 +109,16 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
 
 def register_blueprints(app: Flask) -> None:
     from app.admin.api import bp as admin_api
+    from app.admin.dashboard import bp as dashboard
+    from app.admin.dashboard import root
     from app.api import register_api
     from app.health import bp as health_bp
 
     register_api(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_api, url_prefix="/admin/api")
+    app.register_blueprint(dashboard)
+    app.register_blueprint(root)
 
 
 def register_cli(app: Flask) -> None:

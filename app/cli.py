@@ -1,4 +1,4 @@
-"""`flask --app wsgi ...` commands: db, keys, tokens, usage, secrets (all audited as "cli")."""
+"""`flask --app wsgi ...` commands: db, keys, tokens, usage, secrets, admin (changes audited as "cli")."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ db_cli = AppGroup("db", help="Database schema.")
 keys_cli = AppGroup("keys", help="Client API keys.")
 tokens_cli = AppGroup("tokens", help="Upstream tokens.")
 secrets_cli = AppGroup("secrets", help="Encryption of stored upstream tokens.")
+admin_cli = AppGroup("admin", help="The dashboard's sign-in.")
 
 
 def register_commands(app: Flask) -> None:
-    for group in (db_cli, keys_cli, tokens_cli, secrets_cli):
+    for group in (db_cli, keys_cli, tokens_cli, secrets_cli, admin_cli):
         app.cli.add_command(group)
     app.cli.add_command(usage_command)
 
@@ -187,3 +188,28 @@ def secrets_rotate() -> None:
     """Re-encrypt stored tokens under SLUICE_SECRET_KEY (old key in SLUICE_SECRET_KEY_PREVIOUS)."""
     count = _admin().rotate_secrets()
     click.echo(f"re-encrypted {count} tokens under the current key")
+
+
+@tokens_cli.command("validate")
+@click.argument("token_id")
+@_errors
+def tokens_validate(token_id: str) -> None:
+    """Probe the token's upstream with it (GET /models); exit 1 when it is not accepted."""
+    result = _admin().validate_token(token_id)
+    click.echo(f"{token_id}: {'valid' if result.ok else 'NOT valid'} ({result.detail}, {result.latency_ms:.0f} ms)")
+    if not result.ok:
+        sys.exit(1)
+
+
+@admin_cli.command("hash-password", with_appcontext=False)
+def hash_password() -> None:
+    """Print a hash of the dashboard password for SLUICE_ADMIN_PASSWORD_HASH (prompts go to stderr)."""
+    from werkzeug.security import generate_password_hash
+
+    if sys.stdin.isatty():
+        password = click.prompt("Dashboard password", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise click.ClickException("The password must be at least 12 characters.")
+    click.echo(generate_password_hash(password))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from flask import current_app
@@ -13,9 +14,11 @@ from app.services.router import ModelCatalog
 from app.services.secrets import SecretBox
 from app.services.tokens import TokenPool
 from app.services.upstream import UpstreamClient
-from app.storage.db import Database
+from app.storage.admin import LoginThrottle, SessionStore
+from app.storage.db import Database, StorageError
 from app.storage.keys import KeyRepo
 from app.storage.limits import Limiter
+from app.storage.stats import Stats
 from app.storage.usage import UsageRepo, UsageWriter
 from app.version import __version__
 
@@ -36,10 +39,18 @@ class Gateway:
     usage: UsageRepo
     writer: UsageWriter
     accounting: Accounting
+    stats: Stats
+    admin_sessions: SessionStore
+    login_throttle: LoginThrottle
+    worker: str  # "<host>:<pid>", this process's row in worker_status
 
     def close(self) -> None:
         """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""
         self.writer.close()
+        try:
+            self.stats.report_worker(self.worker, -1, time.time())  # no longer counts as live
+        except StorageError as exc:
+            log.warning("could not clear this worker's live status: %s", exc)
 
 
 def gateway() -> Gateway:

@@ -17,6 +17,25 @@ if [ -z "${SLUICE_MASTER_KEY:-}" ] && [ -z "${SLUICE_MASTER_KEY_FILE:-}" ]; then
 fi
 key="${SLUICE_MASTER_KEY:-$(cat "${SLUICE_MASTER_KEY_FILE}")}"
 
+# The dashboard: a demo password and a secret key (signs its sessions, encrypts added tokens).
+demo_secret() {  # file bytes -> a random value kept in the file (created once, readable by you only)
+    if [ ! -s "$1" ]; then
+        (umask 077 && python -c "import secrets; print(secrets.token_urlsafe($2))" >"$1")
+    fi
+    chmod 600 "$1"
+    cat "$1"
+}
+if [ -z "${SLUICE_SECRET_KEY:-}" ]; then
+    SLUICE_SECRET_KEY="$(demo_secret "$data_dir/demo-secret-key" 32)"
+    export SLUICE_SECRET_KEY
+fi
+password_note="(set by you)"
+if [ -z "${SLUICE_ADMIN_PASSWORD:-}" ] && [ -z "${SLUICE_ADMIN_PASSWORD_HASH:-}" ]; then
+    SLUICE_ADMIN_PASSWORD="$(demo_secret "$data_dir/demo-password" 18)"
+    export SLUICE_ADMIN_PASSWORD
+    password_note="$SLUICE_ADMIN_PASSWORD   (kept in $data_dir/demo-password)"
+fi
+
 mock_pid=""
 cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -37,6 +56,9 @@ cat <<MSG
     curl -N http://$bind/v1/chat/completions \\
       -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\
       -d '{"model": "mock-gpt", "stream": true, "messages": [{"role": "user", "content": "Hello"}]}'
+
+  The dashboard: http://$bind/dashboard
+  Password: $password_note
 
 MSG
 SLUICE_BIND="$bind" gunicorn -c gunicorn.conf.py wsgi:app

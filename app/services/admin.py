@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.config import ConfigError, validate_overrides
+from app.services.probe import ProbeResult, probe
 from app.services.secrets import SecretsUnavailable
 from app.services.tokens import mask, token_id
 from app.state import Gateway
@@ -35,6 +36,10 @@ class Admin:
 
     def _audit(self, action: str, target: str) -> None:
         audit_log(self.gw.db, at=time.time(), actor=self.actor, action=action, target=target)
+
+    def record(self, action: str, target: str) -> None:
+        """Audit an action that is not one of the operations below (sign-in, sign-out)."""
+        self._audit(action, target)
 
     # keys
     def create_key(self, name: Any, **options: Any) -> tuple[ApiKey, str]:
@@ -119,6 +124,19 @@ class Admin:
         else:  # a config token stays removed across restarts until re-enabled
             self.gw.pool.repo.set_flags(tid, removed=True, enabled=False)
         self._audit("token.remove", tid)
+
+    def validate_token(self, tid: str) -> ProbeResult:
+        """Probe the token's upstream with it (`GET /models`); audited with the status, not the token."""
+        row = self.gw.pool.repo.get(tid)
+        if row is None:
+            raise AdminError(404, f"No token with id {tid!r}.")
+        value = self.gw.pool._value(row)  # the decrypted value, never returned
+        if value is False:
+            raise AdminError(409, f"Token {tid} has no known value (not in the config file, or undecryptable).")
+        upstream = self.gw.pool.effective(self._upstream(row.upstream), self.gw.pool.repo.overrides())
+        result = probe(self.gw.client.session, upstream, value)  # type: ignore[arg-type]
+        self._audit("token.validate", f"{tid} -> {result.detail}")
+        return result
 
     def list_tokens(self) -> list[dict[str, Any]]:
         now = time.time()

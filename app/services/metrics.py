@@ -50,3 +50,8 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+def active_streams() -> int:
+    """This process's open streams (the gauge's own value; prometheus-client has no public getter)."""
+    return int(ACTIVE_STREAMS._value.get())

@@ -122,3 +122,31 @@ audit = Table(
     Column("action", String(64), nullable=False),
     Column("target", String(200), nullable=False),
 )
+
+# Dashboard sign-ins: the cookie carries a random id; only its SHA-256 is stored, and
+# logging out deletes the row, so a copied cookie stops working.
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+# Failed dashboard logins per client address (hashed), for the 5-per-minute throttle.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address_hash", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_login_failures_address_at", "address_hash", "at"),
+)
+# What each gunicorn worker is doing now, written every few seconds, so the dashboard
+# can add up the streams of every worker on every machine.
+worker_status = Table(
+    "worker_status",
+    metadata,
+    Column("worker", String(100), primary_key=True),  # "<host>:<pid>"
+    Column("active_streams", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -142,3 +142,13 @@ def record_audit(conn: Connection, *, at: float, actor: str, action: str, target
 def audit_log(db: Database, *, at: float, actor: str, action: str, target: str) -> None:
     with db.write() as conn:
         record_audit(conn, at=at, actor=actor, action=action, target=target)
+
+
+def audit_entries(db: Database, limit: int = 500, before: int | None = None) -> list[dict[str, Any]]:
+    """The newest audit entries first (ids below `before` when paging)."""
+    a = schema.audit.c
+    query = select(schema.audit).order_by(a.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(a.id < before)
+    with db.read() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
