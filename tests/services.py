@@ -75,3 +75,16 @@ def nginx_binary() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def chromium_binary() -> str:
+    """Debian's Chromium for the browser tests (Playwright drives it; no browser download)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    message = "Chromium is not installed (Debian package chromium; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -6,6 +6,7 @@ No cookies are involved, so no CSRF token is needed. Errors are OpenAI-shaped.
 from __future__ import annotations
 
 import hmac
+from dataclasses import asdict
 from time import time
 from typing import Any
 
@@ -113,6 +114,13 @@ def remove_token(token_id: str) -> Response:
     """Remove a token (a config token stays removed until re-enabled)."""
     g.admin.remove_token(token_id)
     return jsonify({"id": token_id, "deleted": True})
+
+
+@bp.post("/tokens/<token_id>/validate")
+def validate_token(token_id: str) -> Response:
+    """Probe the token's upstream with it (GET /models): status and latency, never the token."""
+    result = g.admin.validate_token(token_id)
+    return jsonify({"id": token_id, **asdict(result)})
 
 
 @bp.get("/upstreams")

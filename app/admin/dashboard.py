@@ -47,7 +47,8 @@ def _guard() -> Response | tuple[str, int] | None:
         return None
     if not login.signed_in(gw):
         session.pop("sid", None)
-        return redirect(url_for("dashboard.login_page", next=request.full_path if request.method == "GET" else None))
+        next_page = request.full_path.rstrip("?") if request.method == "GET" else None
+        return redirect(url_for("dashboard.login_page", next=next_page))
     g.admin = Admin(gw, actor=f"dashboard:{login.USER}")
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from http import HTTPStatus
 from dataclasses import dataclass
 
 import requests
@@ -34,12 +35,20 @@ def probe(session: requests.Session, upstream: UpstreamConfig, token: str | None
             f"{upstream.base_url}/models", headers=headers, proxies=proxies, stream=True,
             timeout=(upstream.connect_timeout, PROBE_READ_TIMEOUT), allow_redirects=False,
         ) as response:  # fmt: skip
-            status, reason = response.status_code, response.reason or ""
+            status = response.status_code
     except requests.Timeout:
         return ProbeResult(False, None, _since(started), "timeout")
     except requests.RequestException:
         return ProbeResult(False, None, _since(started), "connect error")
-    return ProbeResult(200 <= status < 300, status, _since(started), f"{status} {reason}".strip()[:60])
+    return ProbeResult(200 <= status < 300, status, _since(started), f"{status} {_phrase(status)}".strip())
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase (not the upstream's own text, which could say anything)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _since(started: float) -> float:
