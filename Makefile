@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean mock services bench
+.PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,33 @@ format: $(STAMP)
 services:
 	bash deploy/ci-services.sh
 
-bench: $(STAMP)
+# Benchmarks (docs/benchmarks.md). bench-deps: wrk (Debian package; needs root) and the
+# bench-only Python packages (matplotlib for the chart, py-spy for profiles) in .venv.
+BENCH_STAMP := $(VENV)/.bench-installed
+PEERS := .venv-peers
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| { echo "bench: install wrk (Debian package wrk)"; exit 1; }
+
+# The comparison: mock direct, bare proxy, Sluice, and LiteLLM when `make bench-peers` installed it.
+bench: bench-deps
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# LiteLLM proxy in its own venv (~750 MB), used by `make bench` from then on.
+bench-peers: $(PEERS)/.installed
+
+$(PEERS)/.installed: bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-peers.txt
+	touch $(PEERS)/.installed
+
+# Keys, limits and usage records on versus off (the persistent-state issue's harness).
+bench-limits: $(STAMP)
 	$(BIN)/python bench/limits_overhead.py
 
 mock: $(STAMP)

@@ -1,0 +1,315 @@
+"""Sluice against its floor and a peer, in one run: `make bench` (docs/benchmarks.md).
+
+    .venv/bin/python bench/compare.py [--workers 1] [--quick] [--chart docs/bench.png]
+
+Measures, on 127.0.0.1 against the bundled mock upstream (a fresh one per system):
+(a) the mock directly, (b) the bare Flask+requests+gevent proxy (bench/bare_proxy.py),
+(c) Sluice under gunicorn.conf.py with a managed key (limits, usage records, metrics on),
+(d) LiteLLM proxy when .venv-peers has it (`make bench-peers`). Every gateway gets the same
+worker count. Non-streaming requests/s and latency come from wrk (-t1, c=1 and c=10);
+streams from a raw-socket client: time to the first event (sequential), forwarding lag
+(receive time minus the mock's `mock_ts`, each event counted) and RSS with many streams
+held open. Prints a table and the target ratios (PASS/MISS) and writes a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import gevent
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import stack
+from bench.chart import write_chart
+from bench.load import OpenStreams, concurrent_streams, one_stream, run_wrk
+
+SYSTEMS = ("direct", "bare", "sluice", "litellm")
+
+
+@dataclass(frozen=True)
+class Plan:
+    wrk_seconds: int = 10
+    warmup_seconds: int = 3
+    ttfb_requests: int = 200
+    lag_concurrency: int = 10
+    lag_rounds: int = 5
+    lag_chunks: int = 20
+    lag_delay: float = 0.02
+    open_streams: int = 1000
+    open_timeout: float = 90.0
+    hold_stall: float = 300.0  # the mock stalls each held stream this long after its first event
+
+
+QUICK = Plan(wrk_seconds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1, lag_chunks=5,
+             lag_delay=0.01, open_streams=50, open_timeout=15.0)  # fmt: skip
+
+
+@dataclass
+class Measured:
+    """One system's figures (None: not measured)."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    events: int = 0
+    events_expected: int = 0
+    coalesced: int = 0
+    streams_open: int | None = None
+    failures: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def measure(server: stack.Server, workdir: Path, plan: Plan, pgid: int | None) -> Measured:
+    """Every measurement against one running system."""
+    out = Measured()
+    requests.post(f"{server.url}/v1/chat/completions", json={"model": stack.MODEL, "messages": [{"role": "user",
+                  "content": "warm-up"}]}, headers={"Authorization": f"Bearer {server.key}"}, timeout=120)  # fmt: skip
+    run_wrk(server.url, server.key, 10, plan.warmup_seconds, workdir)
+    for connections in (1, 10):
+        result = run_wrk(server.url, server.key, connections, plan.wrk_seconds, workdir)
+        out.values.update({f"c{connections}_rps": result.rps, f"c{connections}_p50": result.p50_ms,
+                           f"c{connections}_p99": result.p99_ms})  # fmt: skip
+        out.failures += result.errors
+    measure_first_event(server, plan, out)
+    measure_lag(server, plan, out)
+    if pgid is not None:
+        measure_rss(server, plan, pgid, out)
+    return out
+
+
+def measure_first_event(server: stack.Server, plan: Plan, out: Measured) -> None:
+    """Sequential short streams: time from sending the request to the first data event."""
+    short = {"chunks": 2, "delay": 0}
+    for _ in range(max(3, plan.ttfb_requests // 20)):  # warm the streaming path
+        one_stream(server.address, server.key, short)
+    ttfbs = []
+    for _ in range(plan.ttfb_requests):
+        result = one_stream(server.address, server.key, short)
+        if result.status != 200 or not result.done or result.ttfb is None:
+            out.failures += 1
+            continue
+        ttfbs.append(result.ttfb * 1000)
+    out.values["ttfb_p50"], out.values["ttfb_p99"] = percentile(ttfbs, 50), percentile(ttfbs, 99)
+
+
+def measure_lag(server: stack.Server, plan: Plan, out: Measured) -> None:
+    """Concurrent paced streams: each event's receive time minus the time the mock produced it."""
+    paced = {"chunks": plan.lag_chunks, "delay": plan.lag_delay}
+    timeout = plan.lag_chunks * plan.lag_delay + 30
+    lags: list[float] = []
+    for _ in range(plan.lag_rounds):
+        results = concurrent_streams(server.address, server.key, paced, plan.lag_concurrency, timeout)
+        out.failures += plan.lag_concurrency - sum(1 for r in results if r.status == 200 and r.done)
+        out.events_expected += plan.lag_concurrency * plan.lag_chunks
+        for result in results:
+            out.events += result.events
+            out.coalesced += result.coalesced
+            lags += [lag * 1000 for lag in result.lags]
+    if not lags:
+        out.notes.append("no mock_ts in the events it sends (it re-encodes them): no lag figure")
+    out.values["lag_p50"], out.values["lag_p99"] = percentile(lags, 50), percentile(lags, 99)
+
+
+def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> None:
+    """RSS of the whole process group, idle and with `open_streams` streams held open."""
+    out.values["rss_idle"] = stack.rss_kb(pgid) / 1024
+    stalled = {"chunks": 3, "delay": 0, "stall_after": 1, "stall": plan.hold_stall}
+    held = OpenStreams(server.address, server.key, stalled, plan.open_timeout)
+    try:
+        out.streams_open = held.open(plan.open_streams)
+        gevent.sleep(1.0)  # let the last streams settle
+        samples = []
+        for _ in range(3):
+            samples.append(stack.rss_kb(pgid))
+            gevent.sleep(0.5)
+        out.values["rss_streams"] = max(samples) / 1024
+    finally:
+        held.close()
+    out.failures += plan.open_streams - out.streams_open
+
+
+def run_system(name: str, workdir: Path, plan: Plan, workers: int) -> Measured:
+    """Start a fresh mock (and the system in front of it), measure, stop both."""
+    mock = stack.start_mock(workdir)
+    server = None
+    connections = max(1000, plan.open_streams + 100)
+    try:
+        if name == "direct":
+            return measure(mock, workdir, plan, pgid=None)
+        if name == "bare":
+            server = stack.start_bare(workdir, mock.url, workers, connections)
+        elif name == "sluice":
+            server = stack.start_sluice(workdir, mock.url, workers, connections)
+        else:
+            server = stack.start_litellm(workdir, mock.url, workers)
+        measured = measure(server, workdir, plan, pgid=server.process.pid)
+        if name == "sluice":
+            time.sleep(1.5)  # usage records are written in batches, about once a second
+            records, counted = stack.sluice_bookkeeping(server)
+            measured.notes.append(f"{records} usage records written, /metrics counting requests: {counted}")
+        return measured
+    finally:
+        mock.stop()  # first: the gateway's held upstream streams end, so it stops at once
+        if server is not None:
+            server.stop()
+
+
+ROWS = [
+    ("c1_rps", "plain req/s, c=1", "{:.0f}"), ("c1_p50", "plain p50 ms, c=1", "{:.2f}"),
+    ("c1_p99", "plain p99 ms, c=1", "{:.2f}"), ("c10_rps", "plain req/s, c=10", "{:.0f}"),
+    ("c10_p50", "plain p50 ms, c=10", "{:.2f}"), ("c10_p99", "plain p99 ms, c=10", "{:.2f}"),
+    ("ttfb_p50", "stream first event p50 ms", "{:.2f}"), ("ttfb_p99", "stream first event p99 ms", "{:.2f}"),
+    ("lag_p50", "forwarding lag p50 ms", "{:.2f}"), ("lag_p99", "forwarding lag p99 ms", "{:.2f}"),
+    ("events", "events received/expected", None), ("coalesced", "reads with >1 event", None),
+    ("streams", "streams held open", None), ("rss_idle", "RSS idle MiB", "{:.0f}"),
+    ("rss_streams", "RSS with open streams MiB", "{:.0f}"), ("failures", "failed requests", None),
+]  # fmt: skip
+
+
+def cell(m: Measured, key: str, fmt: str | None) -> str:
+    if key == "events":
+        return f"{m.events}/{m.events_expected}"
+    if key == "coalesced":
+        return str(m.coalesced)
+    if key == "streams":
+        return "-" if m.streams_open is None else str(m.streams_open)
+    if key == "failures":
+        return str(m.failures)
+    value = m.values.get(key)
+    return "-" if value is None else fmt.format(value)  # type: ignore[union-attr]
+
+
+def print_table(results: dict[str, Measured]) -> None:
+    names = list(results)
+    print(f"{'':<28}" + "".join(f"{n:>12}" for n in names))
+    for key, label, fmt in ROWS:
+        print(f"{label:<28}" + "".join(f"{cell(results[n], key, fmt):>12}" for n in names))
+    for name, measured in results.items():
+        for note in measured.notes:
+            print(f"note: {name}: {note}")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def targets(results: dict[str, Measured]) -> list[str]:
+    """The issue's targets as lines 'name  value  target  PASS|MISS'."""
+    value = lambda name, key: results[name].values.get(key) if name in results else None  # noqa: E731
+    ttfb_over = lambda name: None if value(name, "ttfb_p50") is None or value("direct", "ttfb_p50") is None \
+        else value(name, "ttfb_p50") - value("direct", "ttfb_p50")  # fmt: skip # noqa: E731
+    checks = [
+        ("throughput sluice/bare, c=1", ratio(value("sluice", "c1_rps"), value("bare", "c1_rps")), ">=", 0.8),
+        ("throughput sluice/bare, c=10", ratio(value("sluice", "c10_rps"), value("bare", "c10_rps")), ">=", 0.8),
+        ("throughput sluice/litellm, c=1", ratio(value("sluice", "c1_rps"), value("litellm", "c1_rps")), ">=", 5),
+        ("throughput sluice/litellm, c=10", ratio(value("sluice", "c10_rps"), value("litellm", "c10_rps")), ">=", 5),
+        ("first-event overhead sluice/bare p50", ratio(ttfb_over("sluice"), ttfb_over("bare")), "<=", 1.5),
+        ("forwarding lag p99 sluice/bare", ratio(value("sluice", "lag_p99"), value("bare", "lag_p99")), "<=", 2),
+        ("RSS with open streams sluice/bare", ratio(value("sluice", "rss_streams"), value("bare", "rss_streams")),
+         "<=", 1.5),
+    ]  # fmt: skip
+    lines = []
+    for label, measured, op, goal in checks:
+        if measured is None:
+            lines.append(f"{label:<38} {'-':>6}  {op} {goal:<4} not measured")
+            continue
+        ok = measured >= goal if op == ">=" else measured <= goal
+        lines.append(f"{label:<38} {measured:6.2f}  {op} {goal:<4} {'PASS' if ok else 'MISS'}")
+    if "sluice" in results:
+        s = results["sluice"]
+        ok = s.events == s.events_expected and s.coalesced == 0
+        lines.append(f"{'every event on its own (sluice)':<38} {s.coalesced:>6}  == 0    {'PASS' if ok else 'MISS'}")
+    return lines
+
+
+def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("[")[0].strip()
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("flask", "requests", "gunicorn", "gevent"))
+    peer = f", litellm {stack.litellm_version()}" if "litellm" in names else ""
+    return [
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average {_load()}",
+        f"machine: {cpu}, {os.cpu_count()} cores; Linux {platform.release()}; Python {platform.python_version()}",
+        f"tools: {wrk}; {versions}{peer}",
+        f"plan: {workers} worker(s) per gateway; wrk -t1 {plan.wrk_seconds} s at c=1 and c=10; "
+        f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
+        f"{plan.lag_chunks} events; {plan.open_streams} streams held open",
+    ]
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def raise_open_files(streams: int) -> None:
+    """Client and servers (they inherit it) hold a socket per stream, and two in a gateway."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * streams + 1024
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per gateway (default 1)")
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes: a smoke run (no LiteLLM)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even when installed")
+    parser.add_argument("--streams", type=int, help="streams held open for the RSS figure (default 1000)")
+    parser.add_argument("--chart", type=Path, default=stack.ROOT / "docs" / "bench.png")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.streams:
+        plan = Plan(**{**plan.__dict__, "open_streams": args.streams})
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is not installed (make bench-deps, or apt-get install wrk)")
+    raise_open_files(plan.open_streams)
+    with_peer = stack.litellm_installed() and not args.quick and not args.no_litellm
+    names = [n for n in SYSTEMS if n != "litellm" or with_peer]
+    header = describe_machine(args.workers, plan, names)
+    print("\n".join(header), flush=True)
+    results: dict[str, Measured] = {}
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        for name in names:
+            started = time.monotonic()
+            results[name] = run_system(name, Path(tmp), plan, args.workers)
+            print(f"measured {name} in {time.monotonic() - started:.0f} s", flush=True)
+    print()
+    print_table(results)
+    verdicts = targets(results)
+    print("\ntargets (ratios from this run):")
+    print("\n".join(verdicts))
+    print(f"load average at the end: {_load()}")
+    title = f"{header[0].split(';')[0]}; {header[1]}; {args.workers} worker(s) per gateway"
+    write_chart(args.chart, {n: m.values for n, m in results.items()}, verdicts, title)
+    print(f"chart: {args.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

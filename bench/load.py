@@ -1,0 +1,222 @@
+"""Load generators: wrk for plain requests, a raw-socket SSE client for streams.
+
+The stream client uses gevent's sockets (no monkey-patching), so holding 1,000 open
+streams costs 1,000 greenlets and sockets. It parses HTTP/1.1 itself (chunked or not) so
+it sees every read: the time each event arrives, and whether a read carried several.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+from gevent import socket as gsocket
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+# Lua for wrk: one POST body, and a JSON summary line at the end (wrk's own text is for humans).
+WRK_LUA = """wrk.method = "POST"
+wrk.body = [==[%(body)s]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = [==[Bearer %(key)s]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"status_errors": %%d, "socket_errors": %%d}\\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def run_wrk(url: str, key: str, connections: int, seconds: int, workdir: Path) -> WrkResult:
+    """Non-streaming chat requests for `seconds` over `connections` keep-alive connections, one thread."""
+    script = workdir / f"wrk-{abs(hash((url, key)))}.lua"
+    body = json.dumps({"model": "mock-gpt", "messages": MESSAGES})
+    script.write_text(WRK_LUA % {"body": body, "key": key})
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+           f"{url}/v1/chat/completions"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds_run = summary["duration_us"] / 1e6
+    return WrkResult(
+        rps=summary["requests"] / seconds_run,
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        requests=summary["requests"],
+        errors=summary["status_errors"] + summary["socket_errors"],
+    )
+
+
+@dataclass
+class StreamResult:
+    status: int = 0
+    ttfb: float | None = None  # seconds from sending the request to the first complete data event
+    events: int = 0  # data events, [DONE] excluded
+    lags: list[float] = field(default_factory=list)  # receive time minus mock_ts, seconds, per event
+    coalesced: int = 0  # reads that completed more than one data event
+    done: bool = False  # saw data: [DONE]
+
+
+def stream_request(address: tuple[str, int], key: str, mock: dict) -> bytes:
+    body = json.dumps({"model": "mock-gpt", "stream": True, "messages": MESSAGES, "mock": mock}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class StreamReader:
+    """One streamed response on a socket: headers, de-chunking, SSE events with their arrival times."""
+
+    def __init__(self, sock: socket.socket, started: float) -> None:
+        self.sock, self.started = sock, started
+        self.result = StreamResult()
+        self._raw = b""  # received, not yet de-chunked
+        self._body = bytearray()  # de-chunked, not yet cut into events
+        self._head_done = self._chunked = self._ended = False
+
+    def read(self, until_first_event: bool = False) -> StreamResult:
+        """Read until the response ends (or, with `until_first_event`, until its first data event)."""
+        while not self._ended:
+            data = self.sock.recv(65536)
+            arrived, wall = time.perf_counter(), time.time()
+            if not data:
+                break
+            self._raw += data
+            if not self._head_done and not self._parse_head():
+                continue
+            self._body += self._dechunk() if self._chunked else self._take_all()
+            self._events(arrived, wall)
+            if until_first_event and self.result.ttfb is not None:
+                break
+        return self.result
+
+    def _parse_head(self) -> bool:
+        head, sep, rest = self._raw.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        self.result.status = int(head.split(b" ", 2)[1])
+        self._chunked = b"transfer-encoding: chunked" in head.lower()
+        self._raw, self._head_done = rest, True
+        return True
+
+    def _take_all(self) -> bytes:
+        data, self._raw = self._raw, b""
+        return data
+
+    def _dechunk(self) -> bytes:
+        out = bytearray()
+        while True:
+            line, sep, rest = self._raw.partition(b"\r\n")
+            if not sep:
+                return bytes(out)
+            size = int(line.split(b";")[0], 16)
+            if size == 0:
+                self._ended = True
+                return bytes(out)
+            if len(rest) < size + 2:
+                return bytes(out)
+            out += rest[:size]
+            self._raw = rest[size + 2 :]
+
+    def _events(self, arrived: float, wall: float) -> None:
+        completed = 0
+        while True:
+            text = bytes(self._body)
+            cut = text.find(b"\n\n")
+            if cut == -1:
+                break
+            event, self._body = text[:cut], bytearray(text[cut + 2 :])
+            data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+            if not data:
+                continue  # a comment or keep-alive
+            if data == b"[DONE]":
+                self.result.done = True
+                continue
+            completed += 1
+            self._event(data, arrived, wall)
+        if completed > 1:
+            self.result.coalesced += 1
+
+    def _event(self, data: bytes, arrived: float, wall: float) -> None:
+        result = self.result
+        result.events += 1
+        if result.ttfb is None:
+            result.ttfb = arrived - self.started
+        if b'"mock_ts"' in data:
+            result.lags.append(wall - json.loads(data)["mock_ts"])
+
+
+def open_stream(address: tuple[str, int], request: bytes, timeout: float) -> StreamReader:
+    sock = gsocket.create_connection(address, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    started = time.perf_counter()
+    sock.sendall(request)
+    return StreamReader(sock, started)
+
+
+def one_stream(address: tuple[str, int], key: str, mock: dict, timeout: float = 30.0) -> StreamResult:
+    """A whole streamed request on a fresh connection."""
+    reader = open_stream(address, stream_request(address, key, mock), timeout)
+    try:
+        return reader.read()
+    finally:
+        reader.sock.close()
+
+
+def concurrent_streams(address: tuple[str, int], key: str, mock: dict, count: int, timeout: float) -> list:
+    """`count` whole streams at once; the results of those that finished within `timeout`."""
+    jobs = [gevent.spawn(one_stream, address, key, mock, timeout) for _ in range(count)]
+    gevent.joinall(jobs, timeout=timeout)
+    gevent.killall([j for j in jobs if not j.ready()], block=True, timeout=5)
+    return [j.value for j in jobs if j.successful() and j.value is not None]
+
+
+class OpenStreams:
+    """Up to `count` streams opened and held (each after its first event) until `close()`."""
+
+    def __init__(self, address: tuple[str, int], key: str, mock: dict, timeout: float) -> None:
+        self.address, self.key, self.mock, self.timeout = address, key, mock, timeout
+        self.readers: list[StreamReader] = []
+        self.jobs: list[gevent.Greenlet] = []
+        self.failures = 0
+
+    def open(self, count: int, batch: int = 50) -> int:
+        """Open `count` streams, `batch` at a time; returns how many got their first event in time."""
+        deadline = time.monotonic() + self.timeout
+        for start in range(0, count, batch):
+            if time.monotonic() >= deadline:
+                break
+            self.jobs += [gevent.spawn(self._hold) for _ in range(min(batch, count - start))]
+            gevent.sleep(0.02)  # let the batch connect before the next one
+        gevent.joinall(self.jobs, timeout=max(0.0, deadline - time.monotonic()))
+        return sum(1 for r in self.readers if r.result.ttfb is not None)
+
+    def _hold(self) -> None:
+        request = stream_request(self.address, self.key, self.mock)
+        try:
+            reader = open_stream(self.address, request, self.timeout)
+            self.readers.append(reader)
+            reader.read(until_first_event=True)
+        except OSError:
+            self.failures += 1
+
+    def close(self) -> None:
+        gevent.killall(self.jobs, block=True, timeout=5)
+        for reader in self.readers:
+            reader.sock.close()
