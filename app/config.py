@@ -104,6 +104,9 @@ class Settings:
     secret_key_previous: str | None = None
     metrics_token: str | None = None
     admin_password_hash: str | None = field(default=None, repr=False)  # werkzeug format
+    # Identifies the configured password (the same in every worker, unlike a salted hash), so
+    # sessions signed in under another password end; an HMAC under the secret key.
+    admin_password_mark: str | None = field(default=None, repr=False)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -129,7 +132,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key_previous=_secret(env, "SLUICE_SECRET_KEY_PREVIOUS"),
         metrics_token=_metrics_token(env),
         admin_password_hash=_admin_password_hash(env),
+        admin_password_mark=_admin_password_mark(env),
     )
+
+
+def _admin_password_mark(env: Mapping[str, str]) -> str | None:
+    import hashlib
+    import hmac
+
+    given = env.get("SLUICE_ADMIN_PASSWORD_HASH") or env.get("SLUICE_ADMIN_PASSWORD")
+    secret = env.get("SLUICE_SECRET_KEY")
+    if not given or not secret:
+        return None
+    return hmac.new(secret.encode(), b"dashboard password:" + given.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _admin_password_hash(env: Mapping[str, str]) -> str | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from http import HTTPStatus
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import requests
 

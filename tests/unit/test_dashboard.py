@@ -280,3 +280,36 @@ def test_hash_password_command_prints_a_usable_hash(app):
     assert check_password_hash(done.stdout.strip(), PASSWORD)
     short = app.test_cli_runner().invoke(args=["admin", "hash-password"], input="short\n")
     assert short.exit_code != 0 and "12 characters" in short.output
+
+
+def test_a_new_password_ends_old_sessions(make_app, config, tmp_path):
+    database = f"sqlite:///{tmp_path}/shared.db"
+    first = make_app(config, database_url=database, secret_key=SECRET_KEY,
+                     admin_password_hash=generate_password_hash(PASSWORD))  # fmt: skip
+    client = first.test_client()
+    assert sign_in(client).status_code == 303
+    cookie = client.get_cookie("sluice_session", path="/dashboard").value
+    changed = make_app(config, database_url=database, secret_key=SECRET_KEY,
+                       admin_password_hash=generate_password_hash("a brand new password"))  # fmt: skip
+    other = changed.test_client()
+    other.set_cookie("sluice_session", cookie, path="/dashboard")
+    assert other.get("/dashboard/keys").status_code == 302
+
+
+def test_a_session_holds_in_every_worker(make_app, config, tmp_path):
+    """Each worker hashes a plain password with its own random salt; a session must hold in all of them."""
+    env = {"SLUICE_ADMIN_PASSWORD": PASSWORD, "SLUICE_SECRET_KEY": SECRET_KEY}
+    database = f"sqlite:///{tmp_path}/shared.db"
+    one, two = (load_settings(env) for _ in range(2))
+    assert one.admin_password_hash != two.admin_password_hash  # salted
+    first = make_app(config, database_url=database, secret_key=SECRET_KEY, admin_password_hash=one.admin_password_hash,
+                     admin_password_mark=one.admin_password_mark)  # fmt: skip
+    second = make_app(config, database_url=database, secret_key=SECRET_KEY, admin_password_hash=two.admin_password_hash,
+                      admin_password_mark=two.admin_password_mark)  # fmt: skip
+    client = first.test_client()
+    assert sign_in(client).status_code == 303
+    other = second.test_client()
+    other.set_cookie("sluice_session", client.get_cookie("sluice_session", path="/dashboard").value, path="/dashboard")
+    assert other.get("/dashboard/keys").status_code == 200
+    changed = load_settings({**env, "SLUICE_ADMIN_PASSWORD": "another long password"})
+    assert changed.admin_password_mark != one.admin_password_mark
