@@ -65,26 +65,24 @@ def race(count: int, attempt) -> list:
     return results
 
 
-def nginx_binary() -> str:
+def program(what: str, package: str, *candidates: str) -> str:
+    """The path of an installed program (the first candidate found); fails in CI, skips locally."""
     import shutil
 
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found:
-        return found
-    message = "nginx is not installed (Debian package nginx; .ci/run installs it)"
+    for candidate in candidates:
+        found = shutil.which(candidate) or (os.path.isabs(candidate) and os.path.exists(candidate) and candidate)
+        if found:
+            return str(found)
+    message = f"{what} is not installed (Debian package {package}; .ci/run installs it)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def nginx_binary() -> str:
+    return program("nginx", "nginx", "nginx", "/usr/sbin/nginx")
 
 
 def chromium_binary() -> str:
     """Debian's Chromium for the browser tests (Playwright drives it; no browser download)."""
-    import shutil
-
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    message = "Chromium is not installed (Debian package chromium; .ci/run installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    return program("Chromium", "chromium", "chromium", "chromium-browser")
