@@ -52,10 +52,11 @@ class Plan:
     open_streams: int = 1000
     open_timeout: float = 90.0
     hold_stall: float = 300.0  # the mock stalls each held stream this long after its first event
+    settle: float = 1.0  # seconds between the last stream opening and the first RSS sample
 
 
 QUICK = Plan(wrk_seconds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1, lag_chunks=5,
-             lag_delay=0.01, open_streams=50, open_timeout=15.0)  # fmt: skip
+             lag_delay=0.01, open_streams=50, open_timeout=15.0, settle=0.3)  # fmt: skip
 
 
 @dataclass
@@ -137,7 +138,7 @@ def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> N
     held = OpenStreams(server.address, server.key, stalled, plan.open_timeout)
     try:
         out.streams_open = held.open(plan.open_streams)
-        gevent.sleep(1.0)  # let the last streams settle
+        gevent.sleep(plan.settle)
         samples = []
         for _ in range(3):
             samples.append(stack.rss_kb(pgid))
@@ -148,7 +149,7 @@ def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> N
     out.failures += plan.open_streams - out.streams_open
 
 
-def run_system(name: str, workdir: Path, plan: Plan, workers: int) -> Measured:
+def run_system(name: str, workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]) -> Measured:
     """Start a fresh mock (and the system in front of it), measure, stop both."""
     mock = stack.start_mock(workdir)
     server = None
@@ -159,9 +160,9 @@ def run_system(name: str, workdir: Path, plan: Plan, workers: int) -> Measured:
         if name == "bare":
             server = stack.start_bare(workdir, mock.url, workers, connections)
         elif name == "sluice":
-            server = stack.start_sluice(workdir, mock.url, workers, connections)
+            server = stack.start_sluice(workdir, mock.url, workers, connections, key_limits)
         else:
-            server = stack.start_litellm(workdir, mock.url, workers)
+            server = stack.start_litellm(workdir, mock.url, workers, connections)
         measured = measure(server, workdir, plan, pgid=server.process.pid)
         if name == "sluice":
             time.sleep(1.5)  # usage records are written in batches, about once a second
@@ -277,6 +278,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes: a smoke run (no LiteLLM)")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even when installed")
     parser.add_argument("--streams", type=int, help="streams held open for the RSS figure (default 1000)")
+    parser.add_argument("--key-limits", default="rpm,tpm,max_parallel",
+                        help="limits set on Sluice's managed key (default: all three)")  # fmt: skip
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure (default: all four)")
     parser.add_argument("--chart", type=Path, default=stack.ROOT / "docs" / "bench.png")
     return parser.parse_args(argv)
 
@@ -290,14 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: wrk is not installed (make bench-deps, or apt-get install wrk)")
     raise_open_files(plan.open_streams)
     with_peer = stack.litellm_installed() and not args.quick and not args.no_litellm
-    names = [n for n in SYSTEMS if n != "litellm" or with_peer]
+    names = [n for n in SYSTEMS if n in args.systems.split(",") and (n != "litellm" or with_peer)]
     header = describe_machine(args.workers, plan, names)
+    header[-1] += f"; Sluice key limits: {args.key_limits}"
     print("\n".join(header), flush=True)
     results: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         for name in names:
             started = time.monotonic()
-            results[name] = run_system(name, Path(tmp), plan, args.workers)
+            results[name] = run_system(name, Path(tmp), plan, args.workers, tuple(args.key_limits.split(",")))
             print(f"measured {name} in {time.monotonic() - started:.0f} s", flush=True)
     print()
     print_table(results)

@@ -55,8 +55,8 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any SLUICE_*/PROMETHEUS_*/LITELLM_* setting of the caller's."""
-    prefixes = ("SLUICE_", "PROMETHEUS_", "LITELLM_", "BARE_")
+    """This environment without the caller's own settings for any of the systems measured."""
+    prefixes = ("SLUICE_", "PROMETHEUS_", "LITELLM_", "BARE_", "AIOHTTP_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     return {**env, **extra}
 
@@ -154,7 +154,12 @@ def start_bare(workdir: Path, upstream: str, workers: int, connections: int) -> 
     return Server("bare", url, process, log_path, "unused-by-the-bare-proxy")
 
 
-def start_sluice(workdir: Path, upstream: str, workers: int, connections: int) -> Server:
+KEY_LIMITS = {"rpm": 10**9, "tpm": 10**12, "max_parallel": 10**6}  # far above anything a run reaches
+
+
+def start_sluice(
+    workdir: Path, upstream: str, workers: int, connections: int, limits: tuple[str, ...] = tuple(KEY_LIMITS)
+) -> Server:
     """Sluice under gunicorn.conf.py, SQLite, default settings, with a managed key made by the CLI."""
     port = free_port()
     config = workdir / f"sluice-{port}.toml"
@@ -165,7 +170,7 @@ def start_sluice(workdir: Path, upstream: str, workers: int, connections: int) -
         SLUICE_DATA_DIR=str(workdir / f"data-{port}"), SLUICE_WORKERS=str(workers),
         SLUICE_WORKER_CONNECTIONS=str(connections), SLUICE_METRICS_TOKEN=METRICS_TOKEN,
     )  # fmt: skip
-    key = create_key(env)
+    key = create_key(env, limits)
     log_path = workdir / f"sluice-{port}.log"
     gunicorn_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}")}
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
@@ -175,10 +180,10 @@ def start_sluice(workdir: Path, upstream: str, workers: int, connections: int) -
     return Server("sluice", url, process, log_path, key, db_path)
 
 
-def create_key(env: dict[str, str]) -> str:
-    """`flask --app wsgi keys create` with limits far above anything the run can reach."""
-    limits = ["--rpm", str(10**9), "--tpm", str(10**12), "--max-parallel", str(10**6)]
-    cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "keys", "create", "bench", *limits]
+def create_key(env: dict[str, str], limits: tuple[str, ...]) -> str:
+    """`flask --app wsgi keys create` with the named limits set (never reached)."""
+    options = [arg for name in limits for arg in (f"--{name.replace('_', '-')}", str(KEY_LIMITS[name]))]
+    cmd = [sys.executable, "-m", "flask", "--app", "wsgi", "keys", "create", "bench", *options]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     keys = [line for line in done.stdout.splitlines() if line.startswith("sk-")]
     if done.returncode != 0 or not keys:
@@ -195,15 +200,20 @@ def litellm_version() -> str:
     return found[0].name.removeprefix("litellm-").removesuffix(".dist-info") if found else "?"
 
 
-def start_litellm(workdir: Path, upstream: str, workers: int) -> Server:
-    """LiteLLM proxy from .venv-peers (make bench-peers), offline, one model pointing at the mock."""
+def start_litellm(workdir: Path, upstream: str, workers: int, connections: int) -> Server:
+    """LiteLLM proxy from .venv-peers (make bench-peers), offline, one model pointing at the mock.
+
+    Its upstream connection pool allows 500 per host by default; like the others' worker
+    connections, it is raised to the number of streams the run holds open.
+    """
     port = free_port()
     config = workdir / f"litellm-{port}.yaml"
     model = {"model_name": MODEL, "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{upstream}/v1",
                                                      "api_key": UPSTREAM_TOKEN}}  # fmt: skip
     config.write_text(json.dumps({"model_list": [model]}))  # JSON is YAML
     env = clean_env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY_DISABLED="true",
-                    LITELLM_MASTER_KEY=LITELLM_MASTER)  # fmt: skip
+                    LITELLM_MASTER_KEY=LITELLM_MASTER, AIOHTTP_CONNECTOR_LIMIT=str(connections),
+                    AIOHTTP_CONNECTOR_LIMIT_PER_HOST=str(connections))  # fmt: skip
     log_path = workdir / f"litellm-{port}.log"
     cmd = [str(PEERS_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
            "--port", str(port), "--num_workers", str(workers)]  # fmt: skip
