@@ -105,8 +105,11 @@ def measure_first_event(server: stack.Server, plan: Plan, out: Measured) -> None
         one_stream(server.address, server.key, short)
     ttfbs = []
     for _ in range(plan.ttfb_requests):
-        result = one_stream(server.address, server.key, short)
-        if result.status != 200 or not result.done or result.ttfb is None:
+        try:
+            result = one_stream(server.address, server.key, short)
+        except OSError:  # refused, reset or timed out: a failed request, not a crashed run
+            result = None
+        if result is None or result.status != 200 or not result.done or result.ttfb is None:
             out.failures += 1
             continue
         ttfbs.append(result.ttfb * 1000)
@@ -181,7 +184,7 @@ ROWS = [
     ("c10_p50", "plain p50 ms, c=10", "{:.2f}"), ("c10_p99", "plain p99 ms, c=10", "{:.2f}"),
     ("ttfb_p50", "stream first event p50 ms", "{:.2f}"), ("ttfb_p99", "stream first event p99 ms", "{:.2f}"),
     ("lag_p50", "forwarding lag p50 ms", "{:.2f}"), ("lag_p99", "forwarding lag p99 ms", "{:.2f}"),
-    ("events", "events received/expected", None), ("coalesced", "reads with >1 event", None),
+    ("events", "events received/expected", None), ("coalesced", "client reads with 2+ events", None),
     ("streams", "streams held open", None), ("rss_idle", "RSS idle MiB", "{:.0f}"),
     ("rss_streams", "RSS with open streams MiB", "{:.0f}"), ("failures", "failed requests", None),
 ]  # fmt: skip
@@ -235,11 +238,14 @@ def targets(results: dict[str, Measured]) -> list[str]:
             lines.append(f"{label:<38} {'-':>6}  {op} {goal:<4} not measured")
             continue
         ok = measured >= goal if op == ">=" else measured <= goal
-        lines.append(f"{label:<38} {measured:6.2f}  {op} {goal:<4} {'PASS' if ok else 'MISS'}")
+        lines.append(f"{label:<38} {measured:6.3f}  {op} {goal:<4} {'PASS' if ok else 'MISS'}")
     if "sluice" in results:
+        # One SSE event out per event in: none merged, split or lost. (Reads that carried two
+        # events are in the table: they show events arriving together after a stall.)
         s = results["sluice"]
-        ok = s.events == s.events_expected and s.coalesced == 0
-        lines.append(f"{'every event on its own (sluice)':<38} {s.coalesced:>6}  == 0    {'PASS' if ok else 'MISS'}")
+        ok = s.events == s.events_expected
+        label = "events forwarded one for one (sluice)"
+        lines.append(f"{label:<38} {s.events:>6}  == {s.events_expected:<4} {'PASS' if ok else 'MISS'}")
     return lines
 
 
@@ -310,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets (ratios from this run):")
     print("\n".join(verdicts))
     print(f"load average at the end: {_load()}")
-    title = f"{header[0].split(';')[0]}; {header[1]}; {args.workers} worker(s) per gateway"
+    when = header[0].split(";")[0].removeprefix("date: ")
+    machine = header[1].removeprefix("machine: ")
+    title = f"Sluice, its floor and a peer: {when}; {machine}; {args.workers} worker(s) each"
     write_chart(args.chart, {n: m.values for n, m in results.items()}, verdicts, title)
     print(f"chart: {args.chart}")
     return 0

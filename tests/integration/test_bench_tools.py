@@ -65,7 +65,8 @@ def test_comparison_harness_quick_run(tmp_path):
     assert measured["failed requests"] == ["0", "0", "0"], output
     assert measured["streams held open"][1:] == ["50", "50"], output
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
-                   "forwarding lag p99 sluice/bare", "RSS with open streams sluice/bare"):  # fmt: skip
+                   "forwarding lag p99 sluice/bare", "RSS with open streams sluice/bare",
+                   "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
