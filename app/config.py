@@ -104,9 +104,14 @@ class Settings:
     secret_key_previous: str | None = None
     metrics_token: str | None = None
     admin_password_hash: str | None = field(default=None, repr=False)  # werkzeug format
-    # Identifies the configured password (the same in every worker, unlike a salted hash), so
-    # sessions signed in under another password end; an HMAC under the secret key.
+    # Identifies the configured password in every worker, so sessions of an old password end.
     admin_password_mark: str | None = field(default=None, repr=False)
+
+
+def admin_password(env: Mapping[str, str]) -> dict[str, str | None]:
+    from app.admin.passwords import password_hash, password_mark
+
+    return {"admin_password_hash": password_hash(env), "admin_password_mark": password_mark(env)}
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -131,43 +136,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=_secret(env, "SLUICE_SECRET_KEY"),
         secret_key_previous=_secret(env, "SLUICE_SECRET_KEY_PREVIOUS"),
         metrics_token=_metrics_token(env),
-        admin_password_hash=_admin_password_hash(env),
-        admin_password_mark=_admin_password_mark(env),
+        **admin_password(env),
     )
-
-
-def _admin_password_mark(env: Mapping[str, str]) -> str | None:
-    import hashlib
-    import hmac
-
-    given = env.get("SLUICE_ADMIN_PASSWORD_HASH") or env.get("SLUICE_ADMIN_PASSWORD")
-    secret = env.get("SLUICE_SECRET_KEY")
-    if not given or not secret:
-        return None
-    return hmac.new(secret.encode(), b"dashboard password:" + given.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _admin_password_hash(env: Mapping[str, str]) -> str | None:
-    """SLUICE_ADMIN_PASSWORD_HASH as given, or a hash of SLUICE_ADMIN_PASSWORD (kept only hashed)."""
-    from werkzeug.security import generate_password_hash
-
-    given = env.get("SLUICE_ADMIN_PASSWORD_HASH") or None
-    password = env.get("SLUICE_ADMIN_PASSWORD") or None
-    if given is None and password is None:
-        return None
-    if not env.get("SLUICE_SECRET_KEY"):
-        raise ConfigError("SLUICE_ADMIN_PASSWORD: the dashboard also needs SLUICE_SECRET_KEY (signs its sessions)")
-    if given is not None:
-        if not given.startswith(("scrypt:", "pbkdf2:")) or given.count("$") != 2:
-            raise ConfigError(
-                "SLUICE_ADMIN_PASSWORD_HASH: not a werkzeug password hash (make one with "
-                "`flask --app wsgi admin hash-password`)"
-            )
-        return given
-    assert password is not None
-    if len(password) < 12:
-        raise ConfigError("SLUICE_ADMIN_PASSWORD: must be at least 12 characters")
-    return generate_password_hash(password)
 
 
 def _metrics_token(env: Mapping[str, str]) -> str | None:

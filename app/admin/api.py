@@ -136,6 +136,12 @@ def update_upstream(name: str) -> Response:
     return jsonify(g.admin.set_overrides(name, **data))
 
 
+@bp.delete("/upstreams/<name>")
+def reset_upstream(name: str) -> Response:
+    """Drop the upstream's run-time overrides (back to the config file)."""
+    return jsonify(g.admin.reset_overrides(name))
+
+
 @bp.get("/usage")
 def usage() -> Response:
     """Requests and tokens since `since` (24h, 7d, ISO 8601), grouped `by` key|model|upstream|day."""

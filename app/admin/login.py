@@ -62,17 +62,15 @@ def csrf_ok(req: Request) -> bool:
 
 def signed_in(gw: Gateway) -> bool:
     sid = session.get("sid")
-    if session.get("pw") != _password_mark(gw):  # the password changed since this sign-in
-        return False
-    return isinstance(sid, str) and gw.admin_sessions.is_valid(sid, time.time())
+    return isinstance(sid, str) and gw.admin_sessions.is_valid(sid, time.time(), _password_mark(gw))
 
 
 def _password_mark(gw: Gateway) -> str:
-    """Which password this session signed in under (see Settings.admin_password_mark)."""
+    """Which password a session signed in under (see Settings.admin_password_mark)."""
     settings = gw.settings
     if settings.admin_password_mark:
         return settings.admin_password_mark
-    return hashlib.sha256((settings.admin_password_hash or "").encode()).hexdigest()[:32]
+    return hashlib.sha256((settings.admin_password_hash or "").encode()).hexdigest()[:48]
 
 
 def password_ok(gw: Gateway, password: str) -> bool:
@@ -83,8 +81,7 @@ def password_ok(gw: Gateway, password: str) -> bool:
 def sign_in(gw: Gateway) -> None:
     session.clear()
     session.permanent = True
-    session["sid"] = gw.admin_sessions.create(time.time(), SESSION_TTL)
-    session["pw"] = _password_mark(gw)
+    session["sid"] = gw.admin_sessions.create(time.time(), SESSION_TTL, _password_mark(gw))
     session["csrf"] = secrets.token_urlsafe(32)  # a fresh token after sign-in
 
 

@@ -20,6 +20,8 @@ from app.storage.keys import ApiKey, KeyConflict, KeyNotFound
 from app.storage.usage import GROUPS, audit_log
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "monthly_tokens")
+MAX_LIMIT = 2**31 - 1  # the limit columns are 32-bit integers
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|signature|credential", re.IGNORECASE)
 _SINCE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 
@@ -155,28 +157,43 @@ class Admin:
 
     # upstream overrides
     def list_upstreams(self) -> list[dict[str, Any]]:
+        """Upstreams with their effective user agent and headers; secret-looking header values masked."""
         overrides = self.gw.pool.repo.overrides()
         result = []
         for upstream in self.gw.config.upstreams:
             effective = self.gw.pool.effective(upstream, overrides)
             result.append({
                 "name": upstream.name, "base_url": upstream.base_url, "models": list(upstream.models),
-                "user_agent": effective.user_agent, "headers": dict(effective.headers),
+                "user_agent": effective.user_agent,
+                "headers": {k: hide_header(k, v) for k, v in effective.headers.items()},
                 "overridden": upstream.name in overrides,
             })  # fmt: skip
         return result
 
     def set_overrides(self, name: Any, *, user_agent: Any = None, headers: Any = None) -> dict[str, Any]:
+        """Override the user agent and/or the extra headers; a header sent back in its hidden form
+        (as list_upstreams shows it) keeps its current value."""
         upstream = self._upstream(name)
+        current = self.gw.pool.repo.overrides().get(upstream.name, (None, None))
+        if isinstance(headers, dict):
+            known = self.gw.pool.effective(upstream, self.gw.pool.repo.overrides()).headers
+            headers = {k: known[k] if k in known and v == hide_header(k, known[k]) else v for k, v in headers.items()}
         try:
             user_agent, headers = validate_overrides(upstream.name, user_agent, headers)
         except ConfigError as exc:
             raise AdminError(400, str(exc)) from None
-        current = self.gw.pool.repo.overrides().get(upstream.name, (None, None))
         user_agent = user_agent if user_agent is not None else current[0]
         headers = headers if headers is not None else current[1]
         self.gw.pool.repo.set_override(upstream.name, user_agent, headers, time.time())
         self._audit("upstream.override", upstream.name)
+        return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
+
+    def reset_overrides(self, name: Any) -> dict[str, Any]:
+        """Back to the config file's user agent and headers."""
+        upstream = self._upstream(name)
+        if not self.gw.pool.repo.delete_override(upstream.name):
+            raise AdminError(409, f"Upstream {upstream.name!r} has no run-time overrides.")
+        self._audit("upstream.reset", upstream.name)
         return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
 
     # usage and secrets
@@ -199,14 +216,21 @@ class Admin:
         return count
 
 
+def hide_header(name: str, value: str) -> str:
+    """A header value as shown to operators: masked when its name says it carries a secret."""
+    return f"(hidden) {mask(value)}" if SECRET_HEADER.search(name) else value
+
+
 def key_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Validated key settings from CLI/API input (only the fields present)."""
+    """Validated key settings from CLI/API/dashboard input (only the fields present)."""
     values: dict[str, Any] = {}
     for field in LIMIT_FIELDS:
         if field in options:
             value = options[field]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise AdminError(400, f"'{field}' must be a positive whole number or null.", field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT
+            ):
+                raise AdminError(400, f"'{field}' must be a whole number from 1 to {MAX_LIMIT}, or null.", field)
             values[field] = value
     if "models" in options and options["models"] is not None:
         models = options["models"]
@@ -221,6 +245,8 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
         values["models"] = tuple(models)
     if "expires_at" in options:
         values["expires_at"] = parse_time(options["expires_at"], "expires_at")
+        if values["expires_at"] is not None and values["expires_at"] <= time.time():
+            raise AdminError(400, "'expires_at' must be in the future.", "expires_at")
     return values
 
 

@@ -1,10 +1,15 @@
-"""The dashboard's overview: request rate, error rate, time to first byte and tokens per time bucket."""
+"""The dashboard's overview: request rate, error rate, time to first byte and tokens per time bucket.
+
+Time to first byte comes from histograms (see schema.TTFB_BOUNDS_MS); percentiles are
+estimated by linear interpolation inside the bucket that holds them, as Prometheus does.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from app.storage.rollups import HISTOGRAM
+from app.storage.schema import TTFB_BOUNDS_MS
 from app.storage.stats import Stats
 
 # range name -> (seconds covered, bucket seconds)
@@ -17,11 +22,14 @@ class Bucket:
     requests: int = 0
     errors: int = 0
     tokens: int = 0
-    ttfb: list[float] = field(default_factory=list)
+    ttfb: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM))
 
     @property
     def error_rate(self) -> float | None:
         return 100.0 * self.errors / self.requests if self.requests else None
+
+    def ttfb_ms(self, q: float) -> float | None:
+        return quantile(self.ttfb, q)
 
 
 @dataclass
@@ -52,16 +60,28 @@ class Overview:
     def error_rate(self) -> float | None:
         return 100.0 * self.errors / self.requests if self.requests else None
 
-    def ttfb(self, q: float) -> float | None:
-        return percentile([v for b in self.buckets for v in b.ttfb], q)
+    def ttfb_ms(self, q: float) -> float | None:
+        return quantile([sum(b.ttfb[i] for b in self.buckets) for i in range(len(HISTOGRAM))], q)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The nearest-rank percentile (q in 0..100) of `values`, None when empty."""
-    if not values:
+def quantile(counts: list[int], q: float) -> float | None:
+    """The q-th percentile (0..100) of a histogram over TTFB_BOUNDS_MS; None when it is empty.
+
+    Values past the last bound are reported as that bound (the histogram knows no more).
+    """
+    total = sum(counts)
+    if not total:
         return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+    rank = q / 100 * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if i == len(TTFB_BOUNDS_MS):
+                return float(TTFB_BOUNDS_MS[-1])
+            lower = TTFB_BOUNDS_MS[i - 1] if i else 0
+            return lower + (TTFB_BOUNDS_MS[i] - lower) * (rank - seen) / count
+        seen += count
+    return float(TTFB_BOUNDS_MS[-1])
 
 
 def overview(stats: Stats, range_name: str, now: float) -> Overview:
@@ -70,12 +90,13 @@ def overview(stats: Stats, range_name: str, now: float) -> Overview:
     end = (now // width + 1) * width  # the current bucket is the last one
     since = end - span
     buckets = [Bucket(since + i * width) for i in range(span // width)]
-    for index, row in stats.series(since, width).items():
+    for row in stats.minutes(since):
+        index = int((row["minute"] - since) // width)
         if 0 <= index < len(buckets):
             bucket = buckets[index]
-            bucket.requests, bucket.errors, bucket.tokens = row["requests"], row["errors"], row["tokens"]
-    for index, ms in stats.ttfb_samples(since, width):
-        if 0 <= index < len(buckets):
-            buckets[index].ttfb.append(ms)
+            bucket.requests += row["requests"]
+            bucket.errors += row["errors"]
+            bucket.tokens += int(row["tokens"])
+            bucket.ttfb = [a + row[name] for a, name in zip(bucket.ttfb, HISTOGRAM, strict=True)]
     streams, workers = stats.live(now)
     return Overview(range_name, width, buckets, streams, workers)

@@ -5,7 +5,7 @@ Times are UNIX seconds as floats: portable across SQLite and PostgreSQL, cheap t
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -129,6 +129,7 @@ admin_sessions = Table(
     "admin_sessions",
     metadata,
     Column("id_hash", String(64), primary_key=True),
+    Column("password_mark", String(64), nullable=False),  # sessions of an old password end
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
 )
@@ -149,4 +150,30 @@ worker_status = Table(
     Column("worker", String(100), primary_key=True),  # "<host>:<pid>"
     Column("active_streams", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# Roll-ups of the usage records, written in the same transaction as each batch of them, so
+# the dashboard reads a few rows per minute or hour instead of scanning every request.
+# Time-to-first-byte is kept as a histogram: upper bounds in ms, the last one open.
+TTFB_BOUNDS_MS = (25, 50, 100, 200, 350, 500, 750, 1000, 1500, 2500, 5000, 10000)
+usage_minutes = Table(
+    "usage_minutes",
+    metadata,
+    Column("minute", BigInteger, primary_key=True),  # UNIX seconds at the start of the minute
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    *[Column(f"ttfb_{i}", Integer, nullable=False) for i in range(len(TTFB_BOUNDS_MS) + 1)],
+)
+usage_hours = Table(
+    "usage_hours",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),  # UNIX seconds at the start of the hour
+    Column("key_name", String(64), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("upstream", String(64), primary_key=True),  # "-" when no upstream answered
+    Column("requests", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
 )

@@ -1,71 +1,52 @@
-"""Figures for the dashboard: request series from the usage records, live streams per worker."""
+"""Figures for the dashboard, read from the usage roll-ups (a few rows per minute or hour, never
+a scan of the records), and live streams as each worker reports them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, and_, case, cast, delete, func, insert, not_, select
+from sqlalchemy import delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database
+from app.storage.rollups import HISTOGRAM
 
-u, w = schema.usage.c, schema.worker_status.c
-# Outcomes that are the client's own doing; every other outcome that is not "ok" is an error.
-CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
-MAX_TTFB_SAMPLES = 100_000  # the most recent samples used for the percentiles of one range
+w, m, h = schema.worker_status.c, schema.usage_minutes.c, schema.usage_hours.c
 LIVE_FOR = 10.0  # a worker's report counts for this long (it reports every 2 s)
+GROUP_COLUMNS = {"key": h.key_name, "model": h.model, "upstream": h.upstream}
 
 
 class Stats:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def series(self, since: float, bucket: float) -> dict[int, dict[str, Any]]:
-        """Per bucket index (0 = the bucket starting at `since`): requests, errors, tokens."""
-        index = self._bucket(since, bucket)
-        is_error = case((not_(u.outcome.in_(CLIENT_OUTCOMES)), 1), else_=0)
-        query = (
-            select(
-                index.label("b"),
-                func.count().label("requests"),
-                func.coalesce(func.sum(is_error), 0).label("errors"),
-                func.coalesce(func.sum(u.total_tokens), 0).label("tokens"),
-            )
-            .where(u.at >= since)
-            .group_by(index)
-        )
-        with self.db.read() as conn:
-            return {int(row.b): dict(row._mapping) for row in conn.execute(query)}
-
-    def ttfb_samples(self, since: float, bucket: float) -> list[tuple[int, float]]:
-        """(bucket index, time to first byte in ms) of the most recent answered requests."""
-        index = self._bucket(since, bucket)
-        query = (
-            select(index, u.ttfb_ms)
-            .where(and_(u.at >= since, u.ttfb_ms.is_not(None)))
-            .order_by(u.at.desc())
-            .limit(MAX_TTFB_SAMPLES)
-        )
-        with self.db.read() as conn:
-            return [(int(b), float(ms)) for b, ms in conn.execute(query)]
-
-    def _bucket(self, since: float, bucket: float) -> Any:
-        offset = (u.at - since) / bucket
-        return cast(offset, Integer) if self.db.is_sqlite else func.floor(offset)
-
-    def top_models(self, since: float, limit: int = 10) -> list[dict[str, Any]]:
-        query = (
-            select(u.model, func.count().label("requests"), func.coalesce(func.sum(u.total_tokens), 0).label("tokens"))
-            .where(u.at >= since)
-            .group_by(u.model)
-            .order_by(func.count().desc(), u.model)
-            .limit(limit)
-        )
+    def minutes(self, since: float) -> list[dict[str, Any]]:
+        """Per minute from `since` on: requests, errors, tokens and the TTFB histogram (ttfb_0..)."""
+        query = select(schema.usage_minutes).where(m.minute >= since).order_by(m.minute)
         with self.db.read() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def usage_by(self, since: float, by: str) -> list[dict[str, Any]]:
+        """Requests and tokens per key|model|upstream over the whole hours starting at or after `since`."""
+        column = GROUP_COLUMNS[by]
+        query = (
+            select(
+                column.label("group"),
+                func.sum(h.requests).label("requests"),
+                func.sum(h.prompt_tokens).label("prompt_tokens"),
+                func.sum(h.completion_tokens).label("completion_tokens"),
+                func.sum(h.total_tokens).label("total_tokens"),
+            )
+            .where(h.hour >= since)
+            .group_by(column)
+            .order_by(func.sum(h.requests).desc(), column)
+        )
+        with self.db.read() as conn:
+            return [{k: _number(v) for k, v in row._mapping.items()} for row in conn.execute(query)]
+
     # live streams
     def report_worker(self, worker: str, active_streams: int, now: float) -> None:
+        """Replace this worker's report; -1 removes it (the worker is exiting)."""
         with self.db.write() as conn:
             conn.execute(delete(schema.worker_status).where(w.worker == worker))
             if active_streams >= 0:
@@ -80,3 +61,11 @@ class Stats:
         with self.db.read() as conn:
             streams, workers = conn.execute(query).one()
         return int(streams), int(workers)
+
+
+def _number(value: Any) -> Any:
+    """PostgreSQL sums of BIGINT come back as Decimal; the pages want plain ints."""
+    return int(value) if value is not None and not isinstance(value, str) else value
+
+
+__all__ = ["HISTOGRAM", "Stats"]

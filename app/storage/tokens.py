@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage import schema
 from app.storage.db import Database
@@ -48,12 +49,17 @@ class TokenRepo:
         self.db = db
 
     def seed(self, tokens: list[tuple[str, str, str]], now: float) -> None:
-        """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state."""
+        """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state.
+
+        Workers start together: a row another worker inserted meanwhile is left alone (ON CONFLICT
+        DO NOTHING), so a fresh database never fails a worker's start-up.
+        """
+        dialect = sqlite if self.db.is_sqlite else postgresql
         with self.db.write() as conn:
             known = set(conn.execute(select(t.id)).scalars())
-            for token_id, upstream, masked in tokens:
-                if token_id not in known:
-                    conn.execute(insert(schema.upstream_tokens).values(**_new_row(token_id, upstream, masked, now)))
+            rows = [_new_row(tid, upstream, masked, now) for tid, upstream, masked in tokens if tid not in known]
+            if rows:
+                conn.execute(dialect.insert(schema.upstream_tokens).on_conflict_do_nothing(index_elements=["id"]), rows)
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
         query = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
@@ -125,6 +131,11 @@ class TokenRepo:
         with self.db.write() as conn:
             if conn.execute(update(o).where(o.c.upstream == upstream).values(**values, updated_at=now)).rowcount == 0:
                 conn.execute(insert(o).values(upstream=upstream, **values, updated_at=now))
+
+    def delete_override(self, upstream: str) -> bool:
+        o = schema.upstream_overrides
+        with self.db.write() as conn:
+            return conn.execute(delete(o).where(o.c.upstream == upstream)).rowcount > 0
 
 
 def _new_row(

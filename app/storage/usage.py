@@ -12,6 +12,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database, StorageError
+from app.storage.rollups import add_rollups
 
 log = logging.getLogger("sluice.usage")
 u = schema.usage.c
@@ -24,9 +25,11 @@ class UsageRepo:
         self.db = db
 
     def insert_many(self, records: Sequence[dict[str, Any]]) -> None:
+        """Store a batch of records and add them to the roll-ups, in one transaction."""
         if records:
             with self.db.write() as conn:
                 conn.execute(insert(schema.usage), list(records))
+                add_rollups(conn, records, self.db.is_sqlite)
 
     def summary(self, since: float, by: str) -> list[dict[str, Any]]:
         """Requests and prompt/completion/total tokens since `since`, grouped `by` key|model|upstream|day."""
@@ -63,7 +66,10 @@ class UsageRepo:
             return [dict(row._mapping) for row in rows]
 
     def prune(self, before: float) -> int:
+        """Drop records (and roll-ups) older than `before`; returns the number of records dropped."""
         with self.db.write() as conn:
+            conn.execute(delete(schema.usage_minutes).where(schema.usage_minutes.c.minute <= before - 60))
+            conn.execute(delete(schema.usage_hours).where(schema.usage_hours.c.hour <= before - 3600))
             return conn.execute(delete(schema.usage).where(u.at < before)).rowcount
 
 

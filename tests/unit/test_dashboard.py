@@ -104,7 +104,10 @@ def test_cookie_is_secure_behind_a_trusted_https_proxy_only(make_app, config):
 
 def test_next_only_leads_within_the_dashboard(client):
     for target, expected in [("/dashboard/keys", "/dashboard/keys"), ("https://evil.test/", "/dashboard"),
-                             ("//evil.test/dashboard", "/dashboard"), ("/v1/models", "/dashboard")]:  # fmt: skip
+                             ("//evil.test/dashboard", "/dashboard"), ("/v1/models", "/dashboard"),
+                             ("/dashboard/../v1/models", "/dashboard"),
+                             ("/dashboard/usage?range=7d", "/dashboard/usage?range=7d"),
+                             ("/dashboard\r\nX-Evil: 1", "/dashboard"), ("/dashboardx", "/dashboard")]:  # fmt: skip
         token = csrf(client.get("/dashboard/login").data)  # a new one after each sign-in
         answer = client.post("/dashboard/login", data={"csrf_token": token, "password": PASSWORD, "next": target})
         assert answer.headers["Location"] == expected
@@ -282,20 +285,6 @@ def test_hash_password_command_prints_a_usable_hash(app):
     assert short.exit_code != 0 and "12 characters" in short.output
 
 
-def test_a_new_password_ends_old_sessions(make_app, config, tmp_path):
-    database = f"sqlite:///{tmp_path}/shared.db"
-    first = make_app(config, database_url=database, secret_key=SECRET_KEY,
-                     admin_password_hash=generate_password_hash(PASSWORD))  # fmt: skip
-    client = first.test_client()
-    assert sign_in(client).status_code == 303
-    cookie = client.get_cookie("sluice_session", path="/dashboard").value
-    changed = make_app(config, database_url=database, secret_key=SECRET_KEY,
-                       admin_password_hash=generate_password_hash("a brand new password"))  # fmt: skip
-    other = changed.test_client()
-    other.set_cookie("sluice_session", cookie, path="/dashboard")
-    assert other.get("/dashboard/keys").status_code == 302
-
-
 def test_a_session_holds_in_every_worker(make_app, config, tmp_path):
     """Each worker hashes a plain password with its own random salt; a session must hold in all of them."""
     env = {"SLUICE_ADMIN_PASSWORD": PASSWORD, "SLUICE_SECRET_KEY": SECRET_KEY}
@@ -312,4 +301,94 @@ def test_a_session_holds_in_every_worker(make_app, config, tmp_path):
     other.set_cookie("sluice_session", client.get_cookie("sluice_session", path="/dashboard").value, path="/dashboard")
     assert other.get("/dashboard/keys").status_code == 200
     changed = load_settings({**env, "SLUICE_ADMIN_PASSWORD": "another long password"})
-    assert changed.admin_password_mark != one.admin_password_mark
+    third = make_app(
+        config,
+        database_url=database,
+        secret_key=SECRET_KEY,
+        admin_password_hash=changed.admin_password_hash,
+        admin_password_mark=changed.admin_password_mark,
+    )
+    later = third.test_client()  # the same database, a new password: the old session has ended
+    later.set_cookie("sluice_session", client.get_cookie("sluice_session", path="/dashboard").value, path="/dashboard")
+    assert later.get("/dashboard/keys").status_code == 302
+
+
+def test_throttle_ignores_forwarded_addresses_from_untrusted_peers(client):
+    """Without SLUICE_TRUSTED_PROXIES a client cannot pick its address with X-Forwarded-For."""
+    for i in range(5):
+        sign_in(client, "wrong password!", HTTP_X_FORWARDED_FOR=f"10.1.1.{i}")
+    assert sign_in(client, HTTP_X_FORWARDED_FOR="10.1.1.99").status_code == 429
+
+
+def test_secret_looking_header_values_stay_hidden_and_kept(make_app, upstream):
+    from app.config import UpstreamConfig
+    from tests.conftest import BASE, make_config
+
+    headers = {"api-key": "azure-secret-value-000000001", "X-Team": "research"}
+    config = make_config(UpstreamConfig(name="primary", base_url=BASE, tokens=TOKENS, headers=headers))
+    app = make_app(config, secret_key=SECRET_KEY, admin_password_hash=generate_password_hash(PASSWORD))
+    client = app.test_client()
+    sign_in(client)
+    token = csrf(client.get("/dashboard/keys").data)
+    page = client.get("/dashboard/upstreams").data.decode()
+    assert "azure-secret-value-000000001" not in page and "api-key: (hidden) ...0001" in page
+    lines = "api-key: (hidden) ...0001\nX-Team: platform"  # sent back as shown: the secret is kept
+    assert client.post("/dashboard/upstreams/primary", data={"csrf_token": token, "headers": lines}).status_code == 303
+    stored = app.extensions["sluice"].pool.repo.overrides()["primary"][1]
+    assert stored == {"api-key": "azure-secret-value-000000001", "X-Team": "platform"}
+    reset = client.post("/dashboard/upstreams/primary/reset", data={"csrf_token": token}, follow_redirects=True)
+    assert b"uses the config file&#39;s headers again" in reset.data
+    assert app.extensions["sluice"].pool.repo.overrides() == {}
+    again = client.post("/dashboard/upstreams/primary/reset", data={"csrf_token": token})
+    assert again.status_code == 409
+    assert ("dashboard:admin", "upstream.reset", "primary") in audit(app)
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"expires_at": "2001-01-01T00:00"}, b"must be in the future"),
+        ({"rpm": "99999999999"}, b"from 1 to 2147483647"),
+        ({"tpm": "\u00b2"}, b"positive whole number"),
+        ({"expires_at": "next tuesday"}, b"ISO 8601"),
+    ],
+)
+def test_bad_key_settings_are_refused_with_400(app, admin, form, message):
+    client, token = admin
+    answer = client.post("/dashboard/keys", data={"csrf_token": token, "name": "bad", **form})
+    assert answer.status_code == 400 and message in answer.data
+    assert app.extensions["sluice"].keys.list() == []
+
+
+def test_odd_query_values_do_not_break_pages(admin):
+    client, _ = admin
+    for path in ("/dashboard/audit?before=99999999999999999999999", "/dashboard/audit?before=%C2%B2",
+                 "/dashboard?range=7y", "/dashboard/usage?range=%00"):  # fmt: skip
+        assert client.get(path).status_code == 200, path
+
+
+def test_client_supplied_model_names_are_escaped(app, admin, upstream):
+    client, _ = admin
+    upstream.post("http://upstream.test/v1/chat/completions", json={"choices": [], "usage": {"total_tokens": 1}})
+    chat = {"model": XSS, "messages": [{"role": "user", "content": "hi"}]}
+    client.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    app.extensions["sluice"].writer.flush()
+    for page in ("/dashboard/requests", "/dashboard/usage"):
+        html = client.get(page).data.decode()
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html, page
+
+
+@pytest.mark.parametrize(
+    ("counts", "q", "expected"),
+    [
+        ([0] * 13, 50, None),
+        ([4] + [0] * 12, 50, 12.5),  # all in (0, 25]: the middle of the bucket
+        ([0, 2, 2] + [0] * 10, 50, 50.0),  # half in (25, 50], half in (50, 100]
+        ([0, 2, 2] + [0] * 10, 100, 100.0),
+        ([0] * 12 + [3], 95, 10000.0),  # past the last bound: reported as that bound
+    ],
+)
+def test_ttfb_percentiles_from_histograms(counts, q, expected):
+    from app.services.overview import quantile
+
+    assert quantile(counts, q) == expected
