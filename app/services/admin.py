@@ -20,7 +20,7 @@ from app.storage.keys import ApiKey, KeyConflict, KeyNotFound
 from app.storage.usage import GROUPS, audit_log
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "monthly_tokens")
-MAX_LIMIT = 2**31 - 1  # the limit columns are 32-bit integers
+LIMIT_MAX = {"rpm": 2**31 - 1, "max_parallel": 2**31 - 1, "tpm": 2**63 - 1, "monthly_tokens": 2**63 - 1}  # columns
 SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|signature|credential", re.IGNORECASE)
 _SINCE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
@@ -227,10 +227,9 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
     for field in LIMIT_FIELDS:
         if field in options:
             value = options[field]
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT
-            ):
-                raise AdminError(400, f"'{field}' must be a whole number from 1 to {MAX_LIMIT}, or null.", field)
+            top = LIMIT_MAX[field]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
+                raise AdminError(400, f"'{field}' must be a whole number from 1 to {top}, or null.", field)
             values[field] = value
     if "models" in options and options["models"] is not None:
         models = options["models"]

@@ -22,9 +22,9 @@ api_keys = Table(
     Column("revoked_at", Float),
     Column("models", Text, nullable=False, default="*"),  # comma-separated globs
     Column("rpm", Integer),
-    Column("tpm", Integer),
+    Column("tpm", BigInteger),
     Column("max_parallel", Integer),
-    Column("monthly_tokens", Integer),
+    Column("monthly_tokens", BigInteger),
 )
 
 # Sliding-window counters, written at admission time (requests) and at the end of a
@@ -43,7 +43,7 @@ token_events = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("key_id", String(40), nullable=False),
     Column("at", Float, nullable=False),
-    Column("tokens", Integer, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
     Index("ix_token_events_key_at", "key_id", "at"),
 )
 inflight = Table(
@@ -58,7 +58,7 @@ monthly_usage = Table(
     metadata,
     Column("key_id", String(40), primary_key=True),
     Column("month", String(7), primary_key=True),  # "2026-11"
-    Column("tokens", Integer, nullable=False, default=0),
+    Column("tokens", BigInteger, nullable=False, default=0),
 )
 
 upstream_tokens = Table(

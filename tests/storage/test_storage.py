@@ -185,3 +185,16 @@ def test_usage_writer_batches_and_flushes_on_close(db):
     assert usage.recent() == []  # not on the request path
     writer.close()
     assert len(usage.recent()) == 5
+
+
+def test_token_counts_and_budgets_past_32_bits(db):
+    """A busy key's month passes 2**31 tokens: budgets and counters are 64-bit on every backend."""
+    keys, limiter = KeyRepo(db), SqlLimiter(db)
+    key, _ = keys.create("big", now=1000.0, tpm=10**12, monthly_tokens=5 * 10**9)
+    for _ in range(2):
+        limiter.release(limiter.admit(key, 1000.0), 3 * 10**9, 1000.0)
+    with pytest.raises(LimitExceeded) as refused:
+        limiter.admit(keys.find("big"), 1001.0)
+    assert refused.value.code == "insufficient_quota"
+    with db.read() as conn:
+        assert conn.execute(select(schema.monthly_usage.c.tokens)).scalar() == 6 * 10**9

@@ -349,6 +349,7 @@ def test_secret_looking_header_values_stay_hidden_and_kept(make_app, upstream):
     [
         ({"expires_at": "2001-01-01T00:00"}, b"must be in the future"),
         ({"rpm": "99999999999"}, b"from 1 to 2147483647"),
+        ({"monthly_tokens": "99999999999999999999"}, b"from 1 to 9223372036854775807"),
         ({"tpm": "\u00b2"}, b"positive whole number"),
         ({"expires_at": "next tuesday"}, b"ISO 8601"),
     ],

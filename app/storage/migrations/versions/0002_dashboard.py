@@ -1,4 +1,5 @@
-"""Dashboard: admin sessions, failed-login throttle, per-worker live status, usage roll-ups.
+"""Dashboard: admin sessions, failed-login throttle, per-worker live status, usage roll-ups;
+token counts and budgets widened to 64 bits (a month of a busy key passes 2**31 tokens).
 
 The roll-ups are filled from the usage records already stored.
 
@@ -23,7 +24,14 @@ TTFB_BOUNDS_MS = (25, 50, 100, 200, 350, 500, 750, 1000, 1500, 2500, 5000, 10000
 CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
 
 
+WIDENED = (("api_keys", "tpm", True), ("api_keys", "monthly_tokens", True),
+           ("token_events", "tokens", False), ("monthly_usage", "tokens", False))  # fmt: skip
+
+
 def upgrade() -> None:
+    for table, column, nullable in WIDENED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.alter_column(column, existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=nullable)
     op.create_table(
         "admin_sessions",
         sa.Column("id_hash", sa.String(length=64), nullable=False),
@@ -124,6 +132,9 @@ def _backfill(minutes: sa.Table, hours: sa.Table) -> None:
 
 
 def downgrade() -> None:
+    for table, column, nullable in WIDENED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.alter_column(column, existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=nullable)
     op.drop_table("usage_hours")
     op.drop_table("usage_minutes")
     op.drop_table("worker_status")
