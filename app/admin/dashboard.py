@@ -73,7 +73,10 @@ def _template_globals() -> dict[str, Any]:
 def _when(value: float | None) -> str:
     if value is None:
         return "-"
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar here can show
+        return f"{value:.0f} (UNIX time)"
 
 
 @bp.app_template_filter("ms")

@@ -21,6 +21,7 @@ from app.storage.usage import GROUPS, audit_log
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "monthly_tokens")
 LIMIT_MAX = {"rpm": 2**31 - 1, "max_parallel": 2**31 - 1, "tpm": 2**63 - 1, "monthly_tokens": 2**63 - 1}  # columns
+LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|signature|credential", re.IGNORECASE)
 _SINCE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
@@ -244,8 +245,8 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
         values["models"] = tuple(models)
     if "expires_at" in options:
         values["expires_at"] = parse_time(options["expires_at"], "expires_at")
-        if values["expires_at"] is not None and values["expires_at"] <= time.time():
-            raise AdminError(400, "'expires_at' must be in the future.", "expires_at")
+        if values["expires_at"] is not None and not time.time() < values["expires_at"] < LATEST_TIME:
+            raise AdminError(400, "'expires_at' must be in the future (and before the year 10000).", "expires_at")
     return values
 
 
