@@ -67,7 +67,6 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
     from app.storage.limits import SqlLimiter
-    from app.storage.migrate import upgrade
     from app.storage.stats import Stats
     from app.storage.tokens import TokenRepo
     from app.storage.usage import UsageRepo, UsageWriter
@@ -76,6 +75,8 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     redactor = setup_logging(settings.log_level, known)
     db = Database(settings.database_url)
     if os.environ.get("SLUICE_MIGRATED") != settings.database_url:  # gunicorn's master migrated already
+        from app.storage.migrate import upgrade  # Alembic (and Mako) only where a migration runs: ~10 MiB
+
         upgrade(db)
     box = SecretBox(settings.secret_key, settings.secret_key_previous)
     pool = TokenPool(config.upstreams, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]))

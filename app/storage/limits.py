@@ -2,9 +2,12 @@
 
 Counters are written at admission time inside one transaction (BEGIN IMMEDIATE on
 SQLite, a row lock on the key in PostgreSQL), so N workers admit exactly `rpm`
-requests per sliding 60 s window. Token counts are only known when a response ends:
-`release` records them, and `tpm` admits while the window's recorded tokens are under
-the limit (overshoot is bounded by the requests already in flight).
+requests per sliding 60 s window. The window is kept per second (rate_seconds): an event
+counts from its second until 61 s later, so the window is exact to the second, never lets a
+request go early, and an admission reads at most 61 rows whatever the request rate.
+Token counts are only known when a response ends: `release` records them, and `tpm` admits
+while the window's recorded tokens are under the limit (overshoot is bounded by the requests
+already in flight).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage import schema
 from app.storage.db import Database
@@ -68,21 +72,30 @@ def seconds_to_next_month(now: float) -> float:
     return first.timestamp() - now
 
 
-_REQ, _TOK, _INF = schema.request_events.c, schema.token_events.c, schema.inflight.c
+_R, _INF = schema.rate_seconds.c, schema.inflight.c
 _KEY, _SINCE, _STALE = bindparam("key_id"), bindparam("since"), bindparam("stale")
-# One round trip for the whole window, built once (SQLAlchemy caches its compiled form).
+# One round trip for the whole window (at most 61 rows of rate_seconds), built once.
 _WINDOW_QUERY = select(
     select(func.count()).where(_INF.key_id == _KEY, _INF.started_at > _STALE).scalar_subquery(),
-    select(func.count()).where(_REQ.key_id == _KEY, _REQ.at > _SINCE).scalar_subquery(),
-    select(func.min(_REQ.at)).where(_REQ.key_id == _KEY, _REQ.at > _SINCE).scalar_subquery(),
-    select(func.coalesce(func.sum(_TOK.tokens), 0)).where(_TOK.key_id == _KEY, _TOK.at > _SINCE).scalar_subquery(),
-    select(func.min(_TOK.at)).where(_TOK.key_id == _KEY, _TOK.at > _SINCE).scalar_subquery(),
-)
+    func.coalesce(func.sum(_R.requests), 0),
+    func.min(case((_R.requests > 0, _R.second))),
+    func.coalesce(func.sum(_R.tokens), 0),
+    func.min(case((_R.tokens > 0, _R.second))),
+).where(_R.key_id == _KEY, _R.second >= _SINCE)
 _LOCK_KEY = select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update()
-_ADD_REQUEST = insert(schema.request_events)
-_ADD_TOKENS = insert(schema.token_events)
 _ADD_INFLIGHT = insert(schema.inflight)
 _END_INFLIGHT = delete(schema.inflight).where(_INF.request_id == bindparam("admission_id"))
+
+
+def _end(second: int | None) -> float | None:
+    """When the oldest second's events leave the window, as the time of an event leaving at +WINDOW."""
+    return None if second is None else float(second) + 1.0
+
+
+def window_start(now: float) -> int:
+    """The first second still in the window at `now`: events of second S count until S + 61,
+    so the window holds at least the last 60 s and lets nothing go early."""
+    return math.floor(now) - int(WINDOW)
 
 
 class SqlLimiter:
@@ -97,24 +110,24 @@ class SqlLimiter:
             if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
                 conn.execute(_LOCK_KEY, {"key_id": key.id})
             check_budget(conn, key, now)
-            params = {"key_id": key.id, "since": now - WINDOW, "stale": now - STALE_INFLIGHT}
+            params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
             running, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
             if key.max_parallel is not None and running >= key.max_parallel:
                 message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
                 raise LimitExceeded("too_many_parallel_requests", message, 1.0)
-            window = decide(key, now, int(count), oldest_req, int(used), oldest_tok)
+            window = decide(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
             if key.rpm is not None:
-                conn.execute(_ADD_REQUEST, {"key_id": key.id, "at": now})
+                self._count(conn, key.id, now, requests=1, tokens=0)
             if key.max_parallel is not None:
                 conn.execute(_ADD_INFLIGHT, {"request_id": admission_id, "key_id": key.id, "started_at": now})
         return Admission(key, admission_id, window)
 
     def peek(self, key: ApiKey, now: float) -> Window:
         """The window as it stands, without counting anything (for responses that were not admitted)."""
-        params = {"key_id": key.id, "since": now - WINDOW, "stale": now - STALE_INFLIGHT}
+        params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
         with self.db.read() as conn:
             _, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
-        return describe(key, now, int(count), oldest_req, int(used), oldest_tok)
+        return describe(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
         key = admission.key
@@ -126,22 +139,35 @@ class SqlLimiter:
             if key.max_parallel is not None:
                 conn.execute(_END_INFLIGHT, {"admission_id": admission.admission_id})
             if tokens > 0 and key.tpm is not None:
-                conn.execute(_ADD_TOKENS, {"key_id": key.id, "at": now, "tokens": tokens})
+                self._count(conn, key.id, now, requests=0, tokens=tokens)
             if tokens > 0 and key.monthly_tokens is not None:
                 add_monthly(conn, key.id, month_of(now), tokens)
+
+    def _count(self, conn: Connection, key_id: str, now: float, *, requests: int, tokens: int) -> None:
+        """Add to this second's counters of the key (one upsert)."""
+        dialect = sqlite if self.db.is_sqlite else postgresql
+        statement = dialect.insert(schema.rate_seconds).values(
+            key_id=key_id, second=math.floor(now), requests=requests, tokens=tokens
+        )
+        excluded = statement.excluded
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["key_id", "second"],
+                set_={"requests": _R.requests + excluded.requests, "tokens": _R.tokens + excluded.tokens},
+            )
+        )
 
     def prune(self, now: float) -> None:
         """Drop window rows that can no longer count (the queries ignore them anyway)."""
         with self.db.write() as conn:
-            conn.execute(delete(schema.request_events).where(_REQ.at <= now - WINDOW))
-            conn.execute(delete(schema.token_events).where(_TOK.at <= now - WINDOW))
+            conn.execute(delete(schema.rate_seconds).where(_R.second < window_start(now)))
             conn.execute(delete(schema.inflight).where(_INF.started_at <= now - STALE_INFLIGHT))
 
 
 def describe(
     key: ApiKey, now: float, count: int, oldest_req: float | None, used: int, oldest_tok: float | None
 ) -> Window:
-    """The window holding `count` requests and `used` tokens."""
+    """The window holding `count` requests and `used` tokens; the oldest of each counts until oldest + WINDOW."""
     reset_req = (oldest_req + WINDOW - now) if oldest_req is not None else 0.0
     reset_tok = (oldest_tok + WINDOW - now) if oldest_tok is not None else 0.0
     return Window(

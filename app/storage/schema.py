@@ -27,24 +27,15 @@ api_keys = Table(
     Column("monthly_tokens", BigInteger),
 )
 
-# Sliding-window counters, written at admission time (requests) and at the end of a
-# request (tokens); rows older than the window are deleted as they are read.
-request_events = Table(
-    "request_events",
+# Rate-limit windows: per key and per second, the requests admitted and the tokens recorded.
+# An admission reads at most the 61 rows of its window, whatever the request rate.
+rate_seconds = Table(
+    "rate_seconds",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key_id", String(40), nullable=False),
-    Column("at", Float, nullable=False),
-    Index("ix_request_events_key_at", "key_id", "at"),
-)
-token_events = Table(
-    "token_events",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key_id", String(40), nullable=False),
-    Column("at", Float, nullable=False),
+    Column("key_id", String(40), primary_key=True),
+    Column("second", BigInteger, primary_key=True),  # UNIX second the events fell in
+    Column("requests", Integer, nullable=False),
     Column("tokens", BigInteger, nullable=False),
-    Index("ix_token_events_key_at", "key_id", "at"),
 )
 inflight = Table(
     "inflight",

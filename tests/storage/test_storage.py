@@ -67,8 +67,10 @@ def test_rpm_window_slides(db):
     with pytest.raises(LimitExceeded) as info:
         limiter.admit(key, 1020.0)
     assert info.value.code == "rate_limit_exceeded"
-    assert info.value.retry_after == pytest.approx(40.0)  # the 1000.0 request leaves the window at 1060
-    assert limiter.admit(key, 1060.5).window.remaining_requests == 0  # one slot freed
+    assert info.value.retry_after == pytest.approx(41.0)  # the request of second 1000 counts until 1061
+    with pytest.raises(LimitExceeded):
+        limiter.admit(key, 1060.9)  # never early
+    assert limiter.admit(key, 1061.0).window.remaining_requests == 0  # one slot freed
 
 
 def test_tpm_admits_while_under_and_refuses_once_full(db):
@@ -81,8 +83,8 @@ def test_tpm_admits_while_under_and_refuses_once_full(db):
     with pytest.raises(LimitExceeded) as info:
         limiter.admit(key, 1002.0)
     assert info.value.window.remaining_tokens == 0
-    assert info.value.retry_after == pytest.approx(59.0)
-    assert limiter.admit(key, 1061.5).window.remaining_tokens == 100
+    assert info.value.retry_after == pytest.approx(60.0)  # tokens of second 1001 count until 1062
+    assert limiter.admit(key, 1062.0).window.remaining_tokens == 100
 
 
 def test_max_parallel_and_release(db):

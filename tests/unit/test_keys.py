@@ -58,7 +58,7 @@ def test_limits_answer_429_with_openai_headers(client, keys, upstream):
     third = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
     assert third.status_code == 429
     assert third.get_json()["error"]["code"] == "rate_limit_exceeded"
-    assert 1 <= int(third.headers["Retry-After"]) <= 60
+    assert 1 <= int(third.headers["Retry-After"]) <= 61  # the window is kept to the second, never early
     assert third.headers["x-ratelimit-remaining-requests"] == "0"
     assert third.headers["x-ratelimit-remaining-tokens"] == "980"
     refused = client.post("/v1/chat/completions", json={"model": 1}, headers=bearer(secret))

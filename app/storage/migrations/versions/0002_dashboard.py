@@ -1,5 +1,8 @@
 """Dashboard: admin sessions, failed-login throttle, per-worker live status, usage roll-ups;
-token counts and budgets widened to 64 bits (a month of a busy key passes 2**31 tokens).
+token counts and budgets widened to 64 bits (a month of a busy key passes 2**31 tokens);
+rate-limit windows kept per key and second (rate_seconds) instead of one row per request and
+per release, so an admission reads at most 61 rows. The windows' current contents (at most a
+minute of history) are not carried over.
 
 The roll-ups are filled from the usage records already stored.
 
@@ -24,11 +27,22 @@ TTFB_BOUNDS_MS = (25, 50, 100, 200, 350, 500, 750, 1000, 1500, 2500, 5000, 10000
 CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
 
 
-WIDENED = (("api_keys", "tpm", True), ("api_keys", "monthly_tokens", True),
-           ("token_events", "tokens", False), ("monthly_usage", "tokens", False))  # fmt: skip
+WIDENED = (("api_keys", "tpm", True), ("api_keys", "monthly_tokens", True), ("monthly_usage", "tokens", False))
 
 
 def upgrade() -> None:
+    op.create_table(
+        "rate_seconds",
+        sa.Column("key_id", sa.String(length=40), nullable=False),
+        sa.Column("second", sa.BigInteger(), nullable=False),
+        sa.Column("requests", sa.Integer(), nullable=False),
+        sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("key_id", "second"),
+    )
+    for table in ("request_events", "token_events"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_index(f"ix_{table}_key_at")
+        op.drop_table(table)
     for table, column, nullable in WIDENED:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.alter_column(column, existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=nullable)
@@ -132,6 +146,18 @@ def _backfill(minutes: sa.Table, hours: sa.Table) -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("rate_seconds")
+    for table, extra in (("request_events", []), ("token_events", [sa.Column("tokens", sa.Integer(), nullable=False)])):
+        op.create_table(
+            table,
+            sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+            sa.Column("key_id", sa.String(length=40), nullable=False),
+            sa.Column("at", sa.Float(), nullable=False),
+            *extra,
+            sa.PrimaryKeyConstraint("id"),
+        )
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.create_index(f"ix_{table}_key_at", ["key_id", "at"], unique=False)
     for table, column, nullable in WIDENED:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.alter_column(column, existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=nullable)
