@@ -102,7 +102,7 @@ def test_rpm_is_exact_across_workers(tmp_path, mock, backend):
             assert r.headers["x-ratelimit-reset-requests"].endswith(("s", "ms"))
         for r in limited:
             assert r.json()["error"]["code"] == "rate_limit_exceeded"
-            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            assert 1 <= int(r.headers["Retry-After"]) <= 61  # kept to the second in the database, never early
             assert r.headers["x-ratelimit-remaining-requests"] == "0"
     finally:
         gateway.stop()
