@@ -14,7 +14,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/demo.sh
 
-test: $(STAMP) lint
+# The suite includes a quick run of the benchmark harness, so it installs matplotlib too.
+test: $(BENCH_STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -133,7 +133,7 @@ class Admin:
         row = self.gw.pool.repo.get(tid)
         if row is None:
             raise AdminError(404, f"No token with id {tid!r}.")
-        value = self.gw.pool._value(row)  # the decrypted value, never returned
+        value = self.gw.pool.value_of(row)  # the decrypted value, never returned
         if value is False:
             raise AdminError(409, f"Token {tid} has no known value (not in the config file, or undecryptable).")
         upstream = self.gw.pool.effective(self._upstream(row.upstream), self.gw.pool.repo.overrides())

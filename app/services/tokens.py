@@ -151,6 +151,10 @@ class TokenPool:
         rows = self.repo.rows(upstream)
         return sorted(rows, key=lambda r: (r.upstream, self._order.get(r.id, len(self._order)), r.created_at))
 
+    def value_of(self, row: TokenRow) -> str | None | bool:
+        """The token's value (None: a token-less upstream; False: unknown) for an admin probe."""
+        return self._value(row)
+
     def _value(self, row: TokenRow) -> str | None | bool:
         """The token's value; False when unknown (a config token no longer in the file, or undecryptable)."""
         if row.id in self._values:
