@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import insert
 
 from app.storage import schema
 from app.storage.admin import LoginThrottle, SessionStore
-from app.storage.db import Database
 from app.storage.migrate import upgrade
 from app.storage.stats import Stats
 from app.storage.usage import UsageRepo
-from tests.services import postgres_url, race, reset_postgres
+from tests.services import race
 
 
 def record(at: float, **fields) -> dict:
@@ -90,18 +88,6 @@ def test_live_streams_add_up_fresh_worker_reports(db):
     assert stats.live(now=1004.0) == (5, 2)
     stats.report_worker("host-b:2", -1, now=1004.0)  # a worker that exits removes its row
     assert stats.live(now=1004.0) == (1, 1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db(request, tmp_path):
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path}/old.db")
-    else:
-        url = postgres_url()
-        reset_postgres(url)
-        database = Database(url)
-    yield database
-    database.dispose()
 
 
 def test_upgrading_rolls_up_the_records_already_stored(empty_db):
