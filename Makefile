@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed  # bench-only packages (bench/requirements.txt)
 
 .PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits
 
@@ -33,7 +34,6 @@ services:
 
 # Benchmarks (docs/benchmarks.md). bench-deps: wrk (Debian package; needs root) and the
 # bench-only Python packages (matplotlib for the chart, py-spy for profiles) in .venv.
-BENCH_STAMP := $(VENV)/.bench-installed
 PEERS := .venv-peers
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
