@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BENCH_STAMP := $(VENV)/.bench-installed  # bench-only packages (bench/requirements.txt)
+# bench-only packages (bench/requirements.txt), also needed by the harness's quick-run test
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits
 
