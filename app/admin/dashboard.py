@@ -151,7 +151,8 @@ def overview_page() -> str:
         ),  # fmt: skip
         column_chart("Tokens", labels, [("a", [b.tokens for b in view.buckets])]),
     ]
-    return render_template("dashboard/overview.html", view=view, charts=charts, ranges=RANGES)
+    records = gateway().config.gateway.usage_records
+    return render_template("dashboard/overview.html", view=view, charts=charts, ranges=RANGES, records=records)
 
 
 def _bucket_label(start: float, range_name: str) -> str:

@@ -395,3 +395,17 @@ def test_ttfb_percentiles_from_histograms(counts, q, expected):
     from app.services.overview import quantile
 
     assert quantile(counts, q) == expected
+
+
+def test_pages_say_when_usage_records_are_off(make_app):
+    from dataclasses import replace
+
+    from tests.conftest import make_config
+
+    config = make_config()
+    config = replace(config, gateway=replace(config.gateway, usage_records=False))
+    app = make_app(config, secret_key=SECRET_KEY, admin_password_hash=generate_password_hash(PASSWORD))
+    client = app.test_client()
+    sign_in(client)
+    for page in ("/dashboard", "/dashboard/requests"):
+        assert b"usage_records = false" in client.get(page).data, page
