@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 
@@ -47,6 +49,17 @@ class Database:
             raise Conflict("a unique value is already taken") from exc
         except SQLAlchemyError as exc:
             raise StorageError(f"database write failed: {type(exc).__name__}") from exc
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT in this backend's dialect, so it can say ON CONFLICT (both backends support it)."""
+        return (sqlite if self.is_sqlite else postgresql).insert(table)
+
+    def add_counts(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+        """Insert `rows`, or add their other columns to the stored row with the same `keys` (one upsert),
+        so writers counting into the same row never race."""
+        statement = self.insert(table)
+        sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
+        conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=sums), rows)
 
     def dispose(self) -> None:
         self.engine.dispose()

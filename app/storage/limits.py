@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database
@@ -141,21 +140,12 @@ class SqlLimiter:
             if tokens > 0 and key.tpm is not None:
                 self._count(conn, key.id, now, requests=0, tokens=tokens)
             if tokens > 0 and key.monthly_tokens is not None:
-                add_monthly(conn, key.id, month_of(now), tokens)
+                add_monthly(self.db, conn, key.id, month_of(now), tokens)
 
     def _count(self, conn: Connection, key_id: str, now: float, *, requests: int, tokens: int) -> None:
         """Add to this second's counters of the key (one upsert)."""
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        statement = dialect.insert(schema.rate_seconds).values(
-            key_id=key_id, second=math.floor(now), requests=requests, tokens=tokens
-        )
-        excluded = statement.excluded
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["key_id", "second"],
-                set_={"requests": _R.requests + excluded.requests, "tokens": _R.tokens + excluded.tokens},
-            )
-        )
+        row = {"key_id": key_id, "second": math.floor(now), "requests": requests, "tokens": tokens}
+        self.db.add_counts(conn, schema.rate_seconds, [row], ["key_id", "second"])
 
     def prune(self, now: float) -> None:
         """Drop window rows that can no longer count (the queries ignore them anyway)."""
@@ -206,13 +196,11 @@ def check_budget(conn: Connection, key: ApiKey, now: float) -> None:
         raise LimitExceeded("insufficient_quota", message, seconds_to_next_month(now))
 
 
-def add_monthly(conn: Connection, key_id: str, month: str, tokens: int) -> None:
-    t = schema.monthly_usage.c
-    changed = conn.execute(
-        update(schema.monthly_usage).where(t.key_id == key_id, t.month == month).values(tokens=t.tokens + tokens)
-    ).rowcount
-    if not changed:
-        conn.execute(insert(schema.monthly_usage).values(key_id=key_id, month=month, tokens=tokens))
+def add_monthly(db: Database, conn: Connection, key_id: str, month: str, tokens: int) -> None:
+    """Add to the key's tokens of `month` (one upsert: concurrent first records of a month don't collide)."""
+    db.add_counts(
+        conn, schema.monthly_usage, [{"key_id": key_id, "month": month, "tokens": tokens}], ["key_id", "month"]
+    )
 
 
 def format_reset(seconds: float) -> str:

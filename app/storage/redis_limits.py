@@ -113,7 +113,7 @@ class RedisLimiter:
             raise StorageError(f"redis release failed: {type(exc).__name__}") from exc
         if tokens > 0 and key.monthly_tokens is not None:
             with self.db.write() as conn:
-                add_monthly(conn, key.id, month_of(now), tokens)
+                add_monthly(self.db, conn, key.id, month_of(now), tokens)
 
 
 def _keys(key_id: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Per-minute and per-hour roll-ups of the usage records, added in the records' own transaction.
 
-Each batch is summed in Python and upserted with one statement per table (INSERT ... ON
-CONFLICT DO UPDATE adds to the stored sums), so workers writing the same minute never race.
+Each batch is summed in Python and added with one upsert per table (Database.add_counts), so
+workers writing the same minute never race.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage import schema
+from app.storage.db import Database
 
 CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
 BOUNDS = schema.TTFB_BOUNDS_MS
@@ -30,7 +30,7 @@ def ttfb_bucket(ms: float) -> int:
     return bisect.bisect_left(BOUNDS, ms)
 
 
-def add_rollups(conn: Connection, records: Sequence[dict[str, Any]], is_sqlite: bool) -> None:
+def add_rollups(db: Database, conn: Connection, records: Sequence[dict[str, Any]]) -> None:
     minutes: dict[int, dict[str, int]] = {}
     hours: dict[tuple, dict[str, int]] = {}
     for r in records:
@@ -45,17 +45,10 @@ def add_rollups(conn: Connection, records: Sequence[dict[str, Any]], is_sqlite: 
         h["requests"] += 1
         for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
             h[field] += r.get(field, 0)
-    dialect = sqlite if is_sqlite else postgresql
     if minutes:
         rows = [{"minute": minute, **sums} for minute, sums in minutes.items()]
-        _upsert(conn, dialect, schema.usage_minutes, rows, ["minute"])
+        db.add_counts(conn, schema.usage_minutes, rows, ["minute"])
     if hours:
         names = ("hour", "key_name", "model", "upstream")
         rows = [{**dict(zip(names, key, strict=True)), **sums} for key, sums in hours.items()]
-        _upsert(conn, dialect, schema.usage_hours, rows, list(names))
-
-
-def _upsert(conn: Connection, dialect: Any, table: Any, rows: list[dict[str, int]], keys: list[str]) -> None:
-    statement = dialect.insert(table)
-    sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
-    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=sums), rows)
+        db.add_counts(conn, schema.usage_hours, rows, list(names))

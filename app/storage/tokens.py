@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage import schema
 from app.storage.db import Database
@@ -54,12 +53,11 @@ class TokenRepo:
         Workers start together: a row another worker inserted meanwhile is left alone (ON CONFLICT
         DO NOTHING), so a fresh database never fails a worker's start-up.
         """
-        dialect = sqlite if self.db.is_sqlite else postgresql
         with self.db.write() as conn:
             known = set(conn.execute(select(t.id)).scalars())
             rows = [_new_row(tid, upstream, masked, now) for tid, upstream, masked in tokens if tid not in known]
             if rows:
-                conn.execute(dialect.insert(schema.upstream_tokens).on_conflict_do_nothing(index_elements=["id"]), rows)
+                conn.execute(self.db.insert(schema.upstream_tokens).on_conflict_do_nothing(index_elements=["id"]), rows)
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
         query = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)

@@ -29,7 +29,7 @@ class UsageRepo:
         if records:
             with self.db.write() as conn:
                 conn.execute(insert(schema.usage), list(records))
-                add_rollups(conn, records, self.db.is_sqlite)
+                add_rollups(self.db, conn, records)
 
     def summary(self, since: float, by: str) -> list[dict[str, Any]]:
         """Requests and prompt/completion/total tokens since `since`, grouped `by` key|model|upstream|day."""
