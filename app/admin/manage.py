@@ -28,7 +28,7 @@ def upstreams_page(error: str | None = None, status: int = 200) -> Page:
     tokenless = {u.name for u in gateway().config.upstreams if not u.tokens}
     for upstream in upstreams:
         mine = [t for t in tokens if t["upstream"] == upstream["name"]]
-        upstream["tokens"] = [t for t in mine if t["state"] != "removed"] + [t for t in mine if t["state"] == "removed"]
+        upstream["tokens"] = sorted(mine, key=lambda t: t["state"] == "removed")  # removed ones last
         upstream["tokenless"] = upstream["name"] in tokenless
     return render_template("dashboard/upstreams.html", upstreams=upstreams, error=error), status
 

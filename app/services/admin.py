@@ -37,12 +37,9 @@ class Admin:
     def __init__(self, gw: Gateway, actor: str) -> None:
         self.gw, self.actor = gw, actor
 
-    def _audit(self, action: str, target: str) -> None:
-        audit_log(self.gw.db, at=time.time(), actor=self.actor, action=action, target=target)
-
     def record(self, action: str, target: str) -> None:
-        """Audit an action that is not one of the operations below (sign-in, sign-out)."""
-        self._audit(action, target)
+        """Write an audit entry (every operation below does; sign-in and sign-out call it directly)."""
+        audit_log(self.gw.db, at=time.time(), actor=self.actor, action=action, target=target)
 
     # keys
     def create_key(self, name: Any, **options: Any) -> tuple[ApiKey, str]:
@@ -51,7 +48,7 @@ class Admin:
             key, secret = self.gw.keys.create(_key_name(name), now=time.time(), **values)
         except KeyConflict as exc:
             raise AdminError(409, str(exc), "name") from None
-        self._audit("key.create", key.name)
+        self.record("key.create", key.name)
         return key, secret
 
     def update_key(self, ref: str, **changes: Any) -> ApiKey:
@@ -70,13 +67,13 @@ class Admin:
         except KeyConflict as exc:
             raise AdminError(409, str(exc), "name") from None
         action = {True: "key.enable", False: "key.disable"}.get(values.get("enabled"), "key.update")  # type: ignore[arg-type]
-        self._audit(action, updated.name)
+        self.record(action, updated.name)
         return updated
 
     def revoke_key(self, ref: str) -> ApiKey:
         key = self.find_key(ref)
         updated = self.gw.keys.update(key.id, revoked_at=key.revoked_at or time.time(), enabled=False)
-        self._audit("key.revoke", key.name)
+        self.record("key.revoke", key.name)
         return updated
 
     def find_key(self, ref: str) -> ApiKey:
@@ -106,7 +103,7 @@ class Admin:
         except SecretsUnavailable as exc:
             raise AdminError(400, f"Cannot store tokens: {exc}.", "token") from None
         self.gw.pool.repo.add_runtime(tid, config.name, cipher, mask(value), time.time())
-        self._audit("token.add", tid)
+        self.record("token.add", tid)
         return self._token(tid)
 
     def set_token_enabled(self, tid: str, enabled: Any) -> dict[str, Any]:
@@ -115,7 +112,7 @@ class Admin:
         flags = {"enabled": True, "removed": False} if enabled else {"enabled": False}
         if not self.gw.pool.repo.set_flags(tid, **flags):
             raise AdminError(404, f"No token with id {tid!r}.")
-        self._audit("token.enable" if enabled else "token.disable", tid)
+        self.record("token.enable" if enabled else "token.disable", tid)
         return self._token(tid)
 
     def remove_token(self, tid: str) -> None:
@@ -126,7 +123,7 @@ class Admin:
             self.gw.pool.repo.delete(tid)
         else:  # a config token stays removed across restarts until re-enabled
             self.gw.pool.repo.set_flags(tid, removed=True, enabled=False)
-        self._audit("token.remove", tid)
+        self.record("token.remove", tid)
 
     def validate_token(self, tid: str) -> ProbeResult:
         """Probe the token's upstream with it (`GET /models`); audited with the status, not the token."""
@@ -138,7 +135,7 @@ class Admin:
             raise AdminError(409, f"Token {tid} has no known value (not in the config file, or undecryptable).")
         upstream = self.gw.pool.effective(self._upstream(row.upstream), self.gw.pool.repo.overrides())
         result = probe(self.gw.client.session, upstream, value)  # type: ignore[arg-type]
-        self._audit("token.validate", f"{tid} -> {result.detail}")
+        self.record("token.validate", f"{tid} -> {result.detail}")
         return result
 
     def list_tokens(self) -> list[dict[str, Any]]:
@@ -175,9 +172,10 @@ class Admin:
         """Override the user agent and/or the extra headers; a header sent back in its hidden form
         (as list_upstreams shows it) keeps its current value."""
         upstream = self._upstream(name)
-        current = self.gw.pool.repo.overrides().get(upstream.name, (None, None))
+        overrides = self.gw.pool.repo.overrides()
+        current = overrides.get(upstream.name, (None, None))
         if isinstance(headers, dict):
-            known = self.gw.pool.effective(upstream, self.gw.pool.repo.overrides()).headers
+            known = self.gw.pool.effective(upstream, overrides).headers
             headers = {k: known[k] if k in known and v == hide_header(k, known[k]) else v for k, v in headers.items()}
         try:
             user_agent, headers = validate_overrides(upstream.name, user_agent, headers)
@@ -186,7 +184,7 @@ class Admin:
         user_agent = user_agent if user_agent is not None else current[0]
         headers = headers if headers is not None else current[1]
         self.gw.pool.repo.set_override(upstream.name, user_agent, headers, time.time())
-        self._audit("upstream.override", upstream.name)
+        self.record("upstream.override", upstream.name)
         return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
 
     def reset_overrides(self, name: Any) -> dict[str, Any]:
@@ -194,7 +192,7 @@ class Admin:
         upstream = self._upstream(name)
         if not self.gw.pool.repo.delete_override(upstream.name):
             raise AdminError(409, f"Upstream {upstream.name!r} has no run-time overrides.")
-        self._audit("upstream.reset", upstream.name)
+        self.record("upstream.reset", upstream.name)
         return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
 
     # usage and secrets
@@ -213,7 +211,7 @@ class Admin:
                 except SecretsUnavailable as exc:
                     raise AdminError(400, f"Cannot rotate {row.id}: {exc}.") from None
                 count += 1
-        self._audit("secrets.rotate", f"{count} tokens")
+        self.record("secrets.rotate", f"{count} tokens")
         return count
 
 

@@ -9,7 +9,6 @@ from sqlalchemy import delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database
-from app.storage.rollups import HISTOGRAM
 
 w, m, h = schema.worker_status.c, schema.usage_minutes.c, schema.usage_hours.c
 LIVE_FOR = 10.0  # a worker's report counts for this long (it reports every 2 s)
@@ -66,6 +65,3 @@ class Stats:
 def _number(value: Any) -> Any:
     """PostgreSQL sums of BIGINT come back as Decimal; the pages want plain ints."""
     return int(value) if value is not None and not isinstance(value, str) else value
-
-
-__all__ = ["HISTOGRAM", "Stats"]
