@@ -3,16 +3,24 @@
 SQLite (the default) runs in WAL mode; write transactions start with BEGIN IMMEDIATE,
 so a read-check-write sequence (a rate-limit admission) is atomic across processes.
 PostgreSQL write transactions lock the rows they read with SELECT ... FOR UPDATE.
+
+The few statements every request runs (key lookup, admission, token rows, release) are
+`Prepared` once and run in `quick` transactions on a DBAPI connection: the same SQL without
+SQLAlchemy's per-call work (building and compiling the statement, the pool checkout, result
+processing), which was about 90 % of their cost on SQLite (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections import namedtuple
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -30,6 +38,9 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _engine(url)
+        self._dbapi = self.engine.dialect.dbapi
+        self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, connection, lock)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -54,15 +65,120 @@ class Database:
         """An INSERT in this backend's dialect, so it can say ON CONFLICT (both backends support it)."""
         return (sqlite if self.is_sqlite else postgresql).insert(table)
 
+    def upsert(self, table: Table, keys: Sequence[str]) -> Any:
+        """INSERT `table`'s row, or add its other columns to the stored row with the same `keys`
+        (built once per table), so writers counting into the same row never race."""
+        cached = self._upserts.get((table.name, tuple(keys)))
+        if cached is None:
+            statement = self.insert(table)
+            sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
+            cached = self._upserts[(table.name, tuple(keys))] = statement.on_conflict_do_update(
+                index_elements=list(keys), set_=sums
+            )
+        return cached
+
     def add_counts(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
-        """Insert `rows`, or add their other columns to the stored row with the same `keys` (one upsert),
-        so writers counting into the same row never race."""
-        statement = self.insert(table)
-        sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
-        conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=sums), rows)
+        """Add `rows` to the counters of `table` (see `upsert`)."""
+        conn.execute(self.upsert(table, keys), rows)
+
+    def prepare(self, statement: Executable) -> Prepared:
+        return Prepared(statement, self.engine.dialect)
+
+    @contextmanager
+    def quick(self, *, write: bool = False) -> Iterator[Quick]:
+        """A transaction for `Prepared` statements on a DBAPI connection, committed at the end.
+
+        On SQLite each process keeps one connection for these (SQLite calls never yield to
+        gevent, so greenlets take turns without waiting); a read runs without BEGIN, each
+        statement in its own snapshot. PostgreSQL takes a pooled connection per transaction.
+        """
+        try:
+            if self.is_sqlite:
+                connection, lock = self._sqlite_connection()
+                with lock:
+                    yield from _transaction(connection, "BEGIN IMMEDIATE" if write else None)
+            else:
+                raw = self.engine.raw_connection()
+                try:
+                    yield from _transaction(raw.driver_connection, None)
+                finally:
+                    raw.close()
+        except self._dbapi.IntegrityError as exc:
+            raise Conflict("a unique value is already taken") from exc
+        except self._dbapi.Error as exc:
+            raise StorageError(f"database {'write' if write else 'read'} failed: {type(exc).__name__}") from exc
+
+    def _sqlite_connection(self) -> tuple[Any, threading.Lock]:
+        """This process's connection for quick transactions (a forked worker opens its own)."""
+        held = self._held
+        if held is None or held[0] != os.getpid():
+            raw = self.engine.raw_connection()  # configured by the engine's connect hook; kept checked out
+            held = self._held = (os.getpid(), raw.driver_connection, threading.Lock())
+        return held[1], held[2]
 
     def dispose(self) -> None:
+        self._held = None
         self.engine.dispose()
+
+
+class Prepared:
+    """A statement compiled once for one dialect; its parameters are the names of its bindparams
+    (an INSERT's are its columns), plus any literal values the statement holds."""
+
+    def __init__(self, statement: Executable, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
+        self.defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        self.row_type: Any = None
+
+    def args(self, params: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        values = {**self.defaults, **params} if self.defaults else params
+        return values if self.names is None else tuple(values[name] for name in self.names)
+
+
+class Quick:
+    """The cursor of a `Database.quick` transaction."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def execute(self, statement: Prepared, params: Mapping[str, Any] | None = None) -> int:
+        """Run `statement`; returns the number of rows it changed."""
+        self.cursor.execute(statement.sql, statement.args(params or {}))
+        return self.cursor.rowcount
+
+    def execute_many(self, statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.cursor.executemany(statement.sql, [statement.args(row) for row in rows])
+
+    def one(self, statement: Prepared, params: Mapping[str, Any] | None = None) -> tuple:
+        """The first row's values, as a plain tuple (the statement must return a row)."""
+        self.cursor.execute(statement.sql, statement.args(params or {}))
+        return tuple(self.cursor.fetchone())
+
+    def rows(self, statement: Prepared, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """All rows, as named tuples (fields named as the statement's columns)."""
+        self.cursor.execute(statement.sql, statement.args(params or {}))
+        if statement.row_type is None:
+            statement.row_type = namedtuple("Row", [d[0] for d in self.cursor.description])
+        make = statement.row_type._make
+        return [make(row) for row in self.cursor.fetchall()]
+
+
+def _transaction(connection: Any, begin: str | None) -> Iterator[Quick]:
+    """Yield a Quick cursor inside a transaction that commits, or rolls back on any error
+    (both are no-ops on an SQLite connection that began none)."""
+    cursor = connection.cursor()
+    try:
+        if begin is not None:
+            cursor.execute(begin)
+        yield Quick(cursor)
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.close()
 
 
 def _engine(url: str) -> Engine:

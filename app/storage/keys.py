@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 
 from app.storage import schema
 from app.storage.db import Conflict, Database
@@ -64,6 +64,7 @@ def hash_key(secret: str) -> str:
 class KeyRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._by_hash = db.prepare(select(schema.api_keys).where(schema.api_keys.c.key_hash == bindparam("digest")))
 
     def create(self, name: str, *, now: float, models: tuple[str, ...] = ("*",), **limits: Any) -> tuple[ApiKey, str]:
         """Store a new key; returns it with its plain value, which is never stored nor shown again."""
@@ -88,11 +89,11 @@ class KeyRepo:
     def by_secret(self, secret: str) -> ApiKey | None:
         """The key whose hash matches `secret` (compared in constant time), or None."""
         digest = hash_key(secret)
-        with self.db.read() as conn:
-            row = conn.execute(select(schema.api_keys).where(schema.api_keys.c.key_hash == digest)).first()
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
+        with self.db.quick() as q:
+            found = q.rows(self._by_hash, {"digest": digest})
+        if not found or not hmac.compare_digest(found[0].key_hash, digest):
             return None
-        return _key(row)
+        return _key(found[0])
 
     def get(self, key_id: str) -> ApiKey:
         with self.db.read() as conn:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, select
+from sqlalchemy import bindparam, case, delete, func, insert, select
 
 from app.storage import schema
-from app.storage.db import Database
+from app.storage.db import Database, Quick
 from app.storage.keys import ApiKey
 
 WINDOW = 60.0
@@ -71,9 +71,9 @@ def seconds_to_next_month(now: float) -> float:
     return first.timestamp() - now
 
 
-_R, _INF = schema.rate_seconds.c, schema.inflight.c
+_R, _INF, _M = schema.rate_seconds.c, schema.inflight.c, schema.monthly_usage.c
 _KEY, _SINCE, _STALE = bindparam("key_id"), bindparam("since"), bindparam("stale")
-# One round trip for the whole window (at most 61 rows of rate_seconds), built once.
+# One round trip for the whole window (at most 61 rows of rate_seconds).
 _WINDOW_QUERY = select(
     select(func.count()).where(_INF.key_id == _KEY, _INF.started_at > _STALE).scalar_subquery(),
     func.coalesce(func.sum(_R.requests), 0),
@@ -81,9 +81,19 @@ _WINDOW_QUERY = select(
     func.coalesce(func.sum(_R.tokens), 0),
     func.min(case((_R.tokens > 0, _R.second))),
 ).where(_R.key_id == _KEY, _R.second >= _SINCE)
-_LOCK_KEY = select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update()
-_ADD_INFLIGHT = insert(schema.inflight)
-_END_INFLIGHT = delete(schema.inflight).where(_INF.request_id == bindparam("admission_id"))
+
+
+class Statements:
+    """The admission's statements, prepared once for one database (see `Database.quick`)."""
+
+    def __init__(self, db: Database) -> None:
+        self.window = db.prepare(_WINDOW_QUERY)
+        self.lock_key = db.prepare(select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update())
+        self.add_inflight = db.prepare(insert(schema.inflight))
+        self.end_inflight = db.prepare(delete(schema.inflight).where(_INF.request_id == bindparam("admission_id")))
+        self.count = db.prepare(db.upsert(schema.rate_seconds, ["key_id", "second"]))
+        self.monthly = db.prepare(select(_M.tokens).where(_M.key_id == _KEY, _M.month == bindparam("month")))
+        self.add_monthly = db.prepare(db.upsert(schema.monthly_usage, ["key_id", "month"]))
 
 
 def _end(second: int | None) -> float | None:
@@ -101,57 +111,57 @@ class SqlLimiter:
     """The limiter on the database itself (the default: no Redis needed)."""
 
     def __init__(self, db: Database) -> None:
-        self.db = db
+        self.db, self.sql = db, Statements(db)
 
     def admit(self, key: ApiKey, now: float) -> Admission:
-        admission_id = uuid.uuid4().hex
-        with self.db.write() as conn:
+        admission_id, sql = uuid.uuid4().hex, self.sql
+        with self.db.quick(write=True) as q:
             if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
-                conn.execute(_LOCK_KEY, {"key_id": key.id})
-            check_budget(conn, key, now)
+                q.execute(sql.lock_key, {"key_id": key.id})
+            check_budget(q, sql, key, now)
             params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
-            running, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
+            running, count, oldest_req, used, oldest_tok = q.one(sql.window, params)
             if key.max_parallel is not None and running >= key.max_parallel:
                 message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
                 raise LimitExceeded("too_many_parallel_requests", message, 1.0)
             window = decide(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
             if key.rpm is not None:
-                self._count(conn, key.id, now, requests=1, tokens=0)
+                q.execute(sql.count, _second(key.id, now, requests=1, tokens=0))
             if key.max_parallel is not None:
-                conn.execute(_ADD_INFLIGHT, {"request_id": admission_id, "key_id": key.id, "started_at": now})
+                q.execute(sql.add_inflight, {"request_id": admission_id, "key_id": key.id, "started_at": now})
         return Admission(key, admission_id, window)
 
     def peek(self, key: ApiKey, now: float) -> Window:
         """The window as it stands, without counting anything (for responses that were not admitted)."""
         params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
-        with self.db.read() as conn:
-            _, count, oldest_req, used, oldest_tok = conn.execute(_WINDOW_QUERY, params).one()
+        with self.db.quick() as q:
+            _, count, oldest_req, used, oldest_tok = q.one(self.sql.window, params)
         return describe(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
-        key = admission.key
+        key, sql = admission.key, self.sql
         if key.max_parallel is None and (tokens <= 0 or (key.tpm is None and key.monthly_tokens is None)):
             return  # nothing to record: no write transaction at all
-        with self.db.write() as conn:
+        with self.db.quick(write=True) as q:
             if not self.db.is_sqlite and key.monthly_tokens is not None:
-                conn.execute(_LOCK_KEY, {"key_id": key.id})
+                q.execute(sql.lock_key, {"key_id": key.id})
             if key.max_parallel is not None:
-                conn.execute(_END_INFLIGHT, {"admission_id": admission.admission_id})
+                q.execute(sql.end_inflight, {"admission_id": admission.admission_id})
             if tokens > 0 and key.tpm is not None:
-                self._count(conn, key.id, now, requests=0, tokens=tokens)
+                q.execute(sql.count, _second(key.id, now, requests=0, tokens=tokens))
             if tokens > 0 and key.monthly_tokens is not None:
-                add_monthly(self.db, conn, key.id, month_of(now), tokens)
-
-    def _count(self, conn: Connection, key_id: str, now: float, *, requests: int, tokens: int) -> None:
-        """Add to this second's counters of the key (one upsert)."""
-        row = {"key_id": key_id, "second": math.floor(now), "requests": requests, "tokens": tokens}
-        self.db.add_counts(conn, schema.rate_seconds, [row], ["key_id", "second"])
+                add_monthly(q, sql, key.id, month_of(now), tokens)
 
     def prune(self, now: float) -> None:
         """Drop window rows that can no longer count (the queries ignore them anyway)."""
         with self.db.write() as conn:
             conn.execute(delete(schema.rate_seconds).where(_R.second < window_start(now)))
             conn.execute(delete(schema.inflight).where(_INF.started_at <= now - STALE_INFLIGHT))
+
+
+def _second(key_id: str, now: float, *, requests: int, tokens: int) -> dict[str, int | str]:
+    """A row for this second's counters of the key (added by the `count` upsert)."""
+    return {"key_id": key_id, "second": math.floor(now), "requests": requests, "tokens": tokens}
 
 
 def describe(
@@ -186,21 +196,18 @@ def decide(
     return window
 
 
-def check_budget(conn: Connection, key: ApiKey, now: float) -> None:
+def check_budget(q: Quick, sql: Statements, key: ApiKey, now: float) -> None:
     if key.monthly_tokens is None:
         return
-    t = schema.monthly_usage.c
-    used = conn.execute(select(t.tokens).where(t.key_id == key.id, t.month == month_of(now))).scalar() or 0
-    if used >= key.monthly_tokens:
+    found = q.rows(sql.monthly, {"key_id": key.id, "month": month_of(now)})
+    if found and found[0].tokens >= key.monthly_tokens:
         message = f"This key has used its monthly budget of {key.monthly_tokens} tokens."
         raise LimitExceeded("insufficient_quota", message, seconds_to_next_month(now))
 
 
-def add_monthly(db: Database, conn: Connection, key_id: str, month: str, tokens: int) -> None:
+def add_monthly(q: Quick, sql: Statements, key_id: str, month: str, tokens: int) -> None:
     """Add to the key's tokens of `month` (one upsert: concurrent first records of a month don't collide)."""
-    db.add_counts(
-        conn, schema.monthly_usage, [{"key_id": key_id, "month": month, "tokens": tokens}], ["key_id", "month"]
-    )
+    q.execute(sql.add_monthly, {"key_id": key_id, "month": month, "tokens": tokens})
 
 
 def format_reset(seconds: float) -> str:

@@ -17,6 +17,7 @@ from app.storage.limits import (
     WINDOW,
     Admission,
     LimitExceeded,
+    Statements,
     Window,
     add_monthly,
     check_budget,
@@ -57,14 +58,14 @@ class RedisLimiter:
         import redis  # lazy: only with SLUICE_REDIS_URL
 
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self.db = db
+        self.db, self.sql = db, Statements(db)
         self._admit = self.redis.register_script(ADMIT)
         self._errors = redis.RedisError
 
     def admit(self, key: ApiKey, now: float) -> Admission:
         if key.monthly_tokens is not None:
-            with self.db.read() as conn:
-                check_budget(conn, key, now)
+            with self.db.quick() as q:
+                check_budget(q, self.sql, key, now)
         admission_id = uuid.uuid4().hex
         args = [WINDOW, STALE_INFLIGHT, _arg(key.rpm), _arg(key.tpm), _arg(key.max_parallel), admission_id]
         try:
@@ -112,8 +113,8 @@ class RedisLimiter:
         except self._errors as exc:
             raise StorageError(f"redis release failed: {type(exc).__name__}") from exc
         if tokens > 0 and key.monthly_tokens is not None:
-            with self.db.write() as conn:
-                add_monthly(self.db, conn, key.id, month_of(now), tokens)
+            with self.db.quick(write=True) as q:
+                add_monthly(q, self.sql, key.id, month_of(now), tokens)
 
 
 def _keys(key_id: str) -> list[str]:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from app.storage import schema
 from app.storage.db import Database
@@ -46,6 +46,8 @@ class TokenRow:
 class TokenRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
+        every = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
+        self._all, self._of = db.prepare(every), db.prepare(every.where(t.upstream == bindparam("upstream")))
 
     def seed(self, tokens: list[tuple[str, str, str]], now: float) -> None:
         """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state.
@@ -60,11 +62,10 @@ class TokenRepo:
                 conn.execute(self.db.insert(schema.upstream_tokens).on_conflict_do_nothing(index_elements=["id"]), rows)
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
-        query = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
-        if upstream is not None:
-            query = query.where(t.upstream == upstream)
-        with self.db.read() as conn:
-            return [TokenRow(**row._mapping) for row in conn.execute(query)]
+        """Every token's row (of one upstream), read on each request to see other workers' cooldowns."""
+        with self.db.quick() as q:
+            found = q.rows(self._all) if upstream is None else q.rows(self._of, {"upstream": upstream})
+        return [_token(row) for row in found]
 
     def get(self, token_id: str) -> TokenRow | None:
         with self.db.read() as conn:
@@ -134,6 +135,11 @@ class TokenRepo:
         o = schema.upstream_overrides
         with self.db.write() as conn:
             return conn.execute(delete(o).where(o.c.upstream == upstream)).rowcount > 0
+
+
+def _token(row: Any) -> TokenRow:
+    """A row as read by a quick transaction (SQLite returns its booleans as 0 and 1)."""
+    return TokenRow(**{**row._asdict(), "enabled": bool(row.enabled), "removed": bool(row.removed)})
 
 
 def _new_row(

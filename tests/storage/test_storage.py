@@ -200,3 +200,26 @@ def test_token_counts_and_budgets_past_32_bits(db):
     assert refused.value.code == "insufficient_quota"
     with db.read() as conn:
         assert conn.execute(select(schema.monthly_usage.c.tokens)).scalar() == 6 * 10**9
+
+
+def test_quick_transactions_commit_or_leave_nothing(db):
+    """The request path's prepared statements: committed at the end, rolled back on any error,
+    and a broken unique constraint is a Conflict, on both backends."""
+    from sqlalchemy import insert
+
+    from app.storage.db import Conflict
+
+    key, _ = KeyRepo(db).create("quick", now=1000.0, max_parallel=5)
+    add = db.prepare(insert(schema.inflight))
+    count = db.prepare(select(schema.inflight.c.request_id).where(schema.inflight.c.key_id == key.id))
+    with db.quick(write=True) as q:
+        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0})
+    with pytest.raises(LimitExceeded), db.quick(write=True) as q:
+        q.execute(add, {"request_id": "b", "key_id": key.id, "started_at": 1.0})
+        raise LimitExceeded("rate_limit_exceeded", "refused after a write", 1.0)
+    with pytest.raises(Conflict), db.quick(write=True) as q:
+        q.execute(add, {"request_id": "c", "key_id": key.id, "started_at": 1.0})
+        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0})
+    with db.quick() as q:
+        assert [row.request_id for row in q.rows(count)] == ["a"]
+    assert SqlLimiter(db).admit(key, 1000.0).window.limit_requests is None  # the connection is still usable
