@@ -139,7 +139,7 @@ class TokenPool:
     def candidates(self, upstream: str) -> list[tuple[Token, TokenRow]]:
         """Enabled tokens of `upstream` whose value is known, in a stable order."""
         result = []
-        for row in self.rows(upstream):
+        for row in self._sorted(self.repo.states(upstream)):
             if row.enabled and not row.removed:
                 value = self._value(row)
                 if value is not False:
@@ -148,7 +148,9 @@ class TokenPool:
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
         """Stored token rows in config order (config tokens first, then run-time ones by age)."""
-        rows = self.repo.rows(upstream)
+        return self._sorted(self.repo.rows(upstream))
+
+    def _sorted(self, rows: list[TokenRow]) -> list[TokenRow]:
         return sorted(rows, key=lambda r: (r.upstream, self._order.get(r.id, len(self._order)), r.created_at))
 
     def value_of(self, row: TokenRow) -> str | None | bool:

@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
 
 from app.config import Config, UpstreamConfig
 from app.errors import ApiError
@@ -44,15 +46,40 @@ def build_session(trust_env: bool, pool_size: int = 1000) -> requests.Session:
     session = requests.Session()
     session.trust_env = trust_env
     session.headers.clear()  # build_upstream_headers decides every header
-    # One session serves every token and client: an upstream cookie set for one must never
-    # ride along on another's request, so the jar accepts nothing.
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    session.cookies = _NoCookies()
     # pool_size idle connections kept per upstream host: as many as concurrent streams,
     # so a busy worker neither reconnects for every request nor logs "pool is full".
     adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+class _NoCookies(RequestsCookieJar):
+    """One session serves every token and client: an upstream cookie set for one must never
+    ride along on another's request, so the session's jar keeps (and parses) nothing."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie, *args: object, **kwargs: object) -> None:
+        return None
+
+    def extract_cookies(self, response: object, request: object) -> None:  # type: ignore[override]
+        return None
+
+
+def send_prepared(
+    session: requests.Session, method: str, url: str, body: bytes, headers: Mapping[str, str], **options: Any
+) -> requests.Response:
+    """`session.request` without its per-call merging of session defaults (this session has no
+    default headers, cookies, auth or parameters to merge); the environment's proxies and CA
+    bundle are still honoured when the session trusts the environment."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare(method=method, url=url, headers=headers, data=body, cookies=session.cookies)
+    proxies = options.pop("proxies", None) or {}
+    if session.trust_env:
+        settings = session.merge_environment_settings(url, proxies, True, None, None)
+    else:
+        settings = {"proxies": proxies, "stream": True, "verify": session.verify, "cert": session.cert}
+    return session.send(prepared, allow_redirects=False, **settings, **options)
 
 
 @dataclass(frozen=True)
@@ -169,10 +196,8 @@ class UpstreamClient:
         timeout = (upstream.connect_timeout, call.read_timeout or upstream.read_timeout)
 
         def send() -> requests.Response:
-            return self.session.request(
-                call.method, upstream.base_url + call.path, data=call.body_for(upstream), headers=headers,
-                stream=True, timeout=timeout, proxies=proxies, allow_redirects=False,
-            )  # fmt: skip
+            url, body = upstream.base_url + call.path, call.body_for(upstream)
+            return send_prepared(self.session, call.method, url, body, headers, timeout=timeout, proxies=proxies)
 
         return Exchange(send, streaming=call.streaming)
 

@@ -12,7 +12,6 @@ processing), which was about 90 % of their cost on SQLite (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +22,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from app import process
+from app.storage import changes
 
 
 class StorageError(Exception):
@@ -41,6 +43,7 @@ class Database:
         self._dbapi = self.engine.dialect.dbapi
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, connection, lock)
+        self.changes = changes.for_sqlite(self.engine.url.database or "") if self.is_sqlite else changes.Changes(None)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -111,13 +114,14 @@ class Database:
     def _sqlite_connection(self) -> tuple[Any, threading.Lock]:
         """This process's connection for quick transactions (a forked worker opens its own)."""
         held = self._held
-        if held is None or held[0] != os.getpid():
+        if held is None or held[0] != process.pid():
             raw = self.engine.raw_connection()  # configured by the engine's connect hook; kept checked out
-            held = self._held = (os.getpid(), raw.driver_connection, threading.Lock())
+            held = self._held = (process.pid(), raw.driver_connection, threading.Lock())
         return held[1], held[2]
 
     def dispose(self) -> None:
         self._held = None
+        self.changes.close()
         self.engine.dispose()
 
 

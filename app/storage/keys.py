@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 
 from app.storage import schema
+from app.storage.changes import MAX_AGE
 from app.storage.db import Conflict, Database
 
 KEY_PREFIX = "sk-sluice-"
+CACHED_KEYS = 10_000  # per process; the cache starts over when full
 _DISPLAY_LENGTH = len(KEY_PREFIX) + 4
 
 
@@ -64,6 +67,7 @@ def hash_key(secret: str) -> str:
 class KeyRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._cache: dict[str, tuple[bytes, float, ApiKey]] = {}  # hash -> (mark, read at, key)
         self._by_hash = db.prepare(select(schema.api_keys).where(schema.api_keys.c.key_hash == bindparam("digest")))
 
     def create(self, name: str, *, now: float, models: tuple[str, ...] = ("*",), **limits: Any) -> tuple[ApiKey, str]:
@@ -84,16 +88,26 @@ class KeyRepo:
                 conn.execute(insert(schema.api_keys).values(**row))
         except Conflict:
             raise KeyConflict(f"a key named {name!r} already exists") from None
+        self.db.changes.signal("keys")
         return self.get(row["id"]), secret
 
     def by_secret(self, secret: str) -> ApiKey | None:
         """The key whose hash matches `secret` (compared in constant time), or None."""
         digest = hash_key(secret)
+        mark, now = self.db.changes.mark("keys"), time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] == mark and now - cached[1] < MAX_AGE:
+            return cached[2]
         with self.db.quick() as q:
             found = q.rows(self._by_hash, {"digest": digest})
         if not found or not hmac.compare_digest(found[0].key_hash, digest):
             return None
-        return _key(found[0])
+        key = _key(found[0])
+        if mark is not None:
+            if len(self._cache) >= CACHED_KEYS:
+                self._cache.clear()
+            self._cache[digest] = (mark, now, key)
+        return key
 
     def get(self, key_id: str) -> ApiKey:
         with self.db.read() as conn:
@@ -124,6 +138,7 @@ class KeyRepo:
             values["models"] = ",".join(values["models"])
         with self.db.write() as conn:
             result = conn.execute(update(schema.api_keys).where(schema.api_keys.c.id == key_id).values(**values))
+        self.db.changes.signal("keys")
         if result.rowcount == 0:
             raise KeyNotFound(key_id)
         return self.get(key_id)

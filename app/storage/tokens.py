@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from app.storage import schema
+from app.storage.changes import MAX_AGE
 from app.storage.db import Database
 
 t = schema.upstream_tokens.c
@@ -48,6 +50,7 @@ class TokenRepo:
         self.db = db
         every = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
         self._all, self._of = db.prepare(every), db.prepare(every.where(t.upstream == bindparam("upstream")))
+        self._cache: dict[str | None, tuple[bytes, float, list[TokenRow]]] = {}  # upstream -> (mark, read at, rows)
 
     def seed(self, tokens: list[tuple[str, str, str]], now: float) -> None:
         """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state.
@@ -60,12 +63,26 @@ class TokenRepo:
             rows = [_new_row(tid, upstream, masked, now) for tid, upstream, masked in tokens if tid not in known]
             if rows:
                 conn.execute(self.db.insert(schema.upstream_tokens).on_conflict_do_nothing(index_elements=["id"]), rows)
+        self.db.changes.signal("tokens")
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:
-        """Every token's row (of one upstream), read on each request to see other workers' cooldowns."""
+        """Every token's row (of one upstream), as stored now."""
         with self.db.quick() as q:
             found = q.rows(self._all) if upstream is None else q.rows(self._of, {"upstream": upstream})
         return [_token(row) for row in found]
+
+    def states(self, upstream: str) -> list[TokenRow]:
+        """The rows as `rows`, for choosing a token on every request: cached while no process has
+        changed a token's state since (app/storage/changes.py). Success counts don't signal, so
+        the counts in these rows may lag; flags, cooldowns and values never do."""
+        mark, now = self.db.changes.mark("tokens"), time.monotonic()
+        cached = self._cache.get(upstream)
+        if cached is not None and cached[0] == mark and now - cached[1] < MAX_AGE:
+            return cached[2]
+        rows = self.rows(upstream)
+        if mark is not None:
+            self._cache[upstream] = (mark, now, rows)
+        return rows
 
     def get(self, token_id: str) -> TokenRow | None:
         with self.db.read() as conn:
@@ -86,6 +103,7 @@ class TokenRepo:
             )
         with self.db.write() as conn:
             conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**values))
+        self.db.changes.signal("tokens")
 
     def add_successes(self, token_id: str, count: int, status: int | None, at: float) -> None:
         values = {"successes": t.successes + count, "last_status": status, "last_at": at}
@@ -105,18 +123,23 @@ class TokenRepo:
         with self.db.write() as conn:
             row = _new_row(token_id, upstream, masked, now, source="runtime", secret=cipher)
             conn.execute(insert(schema.upstream_tokens).values(**row))
+        self.db.changes.signal("tokens")
 
     def set_flags(self, token_id: str, **flags: bool | float) -> bool:
         with self.db.write() as conn:
-            return conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**flags)).rowcount > 0
+            changed = conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(**flags)).rowcount
+        self.db.changes.signal("tokens")
+        return changed > 0
 
     def delete(self, token_id: str) -> None:
         with self.db.write() as conn:
             conn.execute(delete(schema.upstream_tokens).where(t.id == token_id))
+        self.db.changes.signal("tokens")
 
     def set_cipher(self, token_id: str, cipher: str) -> None:
         with self.db.write() as conn:
             conn.execute(update(schema.upstream_tokens).where(t.id == token_id).values(secret=cipher))
+        self.db.changes.signal("tokens")
 
     def overrides(self) -> dict[str, tuple[str | None, dict[str, str] | None]]:
         o = schema.upstream_overrides.c

@@ -223,3 +223,54 @@ def test_quick_transactions_commit_or_leave_nothing(db):
     with db.quick() as q:
         assert [row.request_id for row in q.rows(count)] == ["a"]
     assert SqlLimiter(db).admit(key, 1000.0).window.limit_requests is None  # the connection is still usable
+
+
+def test_cached_key_and_token_state_follow_changes_made_by_another_process(db):
+    """Two handles on one database stand for two workers: what one changes, the other's next
+    read sees (on SQLite through the change signal, on PostgreSQL by reading every time)."""
+    from app.storage.db import Database
+
+    other_db = Database(db.url)
+    try:
+        mine, theirs = KeyRepo(db), KeyRepo(other_db)
+        key, secret = theirs.create("shared", now=1000.0, rpm=5)
+        assert mine.by_secret(secret).state(1000.0) == "active"
+        theirs.update(key.id, enabled=False)
+        assert mine.by_secret(secret).state(1000.0) == "disabled"
+        theirs.update(key.id, enabled=True, rpm=7)
+        assert mine.by_secret(secret).rpm == 7
+        theirs.update(key.id, revoked_at=1001.0)
+        assert mine.by_secret(secret).state(1002.0) == "revoked"
+
+        tokens, their_tokens = TokenRepo(db), TokenRepo(other_db)
+        tokens.seed([("up:aaa", "up", "...aaaa")], now=1.0)
+        assert tokens.states("up")[0].cooldown_until == 0.0
+        their_tokens.report("up:aaa", status=403, ok=False, cooldown=60, now=100.0)
+        assert tokens.states("up")[0].cooldown_until == 160.0
+        their_tokens.set_flags("up:aaa", enabled=False)
+        assert tokens.states("up")[0].enabled is False
+    finally:
+        other_db.dispose()
+
+
+def test_sqlite_caches_rows_until_the_signal_moves(tmp_path):
+    """The cache is real: a change that bypasses the repositories (no signal) is not read
+    until a signal moves the mark (or MAX_AGE passes)."""
+    from sqlalchemy import update
+
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path}/cache.db")
+    try:
+        upgrade(db)
+        keys = KeyRepo(db)
+        key, secret = keys.create("cached", now=1000.0, rpm=5)
+        assert keys.by_secret(secret).rpm == 5
+        with db.write() as conn:
+            conn.execute(update(schema.api_keys).where(schema.api_keys.c.id == key.id).values(rpm=9))
+        assert keys.by_secret(secret).rpm == 5
+        db.changes.signal("keys")
+        assert keys.by_secret(secret).rpm == 9
+        assert (tmp_path / "cache.db-changes").stat().st_size == 16
+    finally:
+        db.dispose()
