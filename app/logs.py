@@ -34,10 +34,8 @@ class SecretRedactor(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.redact(message)
-        if redacted is not message:
-            record.msg, record.args = redacted, None
+        # The final message replaces the template: the formatter need not format it again.
+        record.msg, record.args = self.redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = self.redact(_PLAIN.formatException(record.exc_info))
         return True

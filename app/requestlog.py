@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
+from app import process
 from app.services.headers import resolve_request_id
 from app.storage.limits import format_reset
 
@@ -90,7 +90,7 @@ def register_request_line(app: Flask, on_end: Callable[[RequestLine], None] | No
 
     @app.before_request
     def start_line() -> None:
-        request_id = resolve_request_id(request.headers.get("X-Request-ID"), lambda: f"req_{uuid.uuid4().hex}")
+        request_id = resolve_request_id(request.headers.get("X-Request-ID"), lambda: f"req_{process.unique_id()}")
         g.line = RequestLine(request_id, request.method, request.path, request.remote_addr or "-", on_end=on_end)
         if request.url_rule is not None:
             g.line.route = request.url_rule.rule

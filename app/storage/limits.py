@@ -13,13 +13,13 @@ already in flight).
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import bindparam, case, delete, func, insert, select
 
+from app import process
 from app.storage import schema
 from app.storage.db import Database, Quick
 from app.storage.keys import ApiKey
@@ -114,7 +114,7 @@ class SqlLimiter:
         self.db, self.sql = db, Statements(db)
 
     def admit(self, key: ApiKey, now: float) -> Admission:
-        admission_id, sql = uuid.uuid4().hex, self.sql
+        admission_id, sql = process.unique_id(), self.sql
         with self.db.quick(write=True) as q:
             if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
                 q.execute(sql.lock_key, {"key_id": key.id})

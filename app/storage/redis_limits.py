@@ -7,9 +7,9 @@ clock, so gateways on several machines agree. The monthly budget stays in the da
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
+from app import process
 from app.storage.db import Database, StorageError
 from app.storage.keys import ApiKey
 from app.storage.limits import (
@@ -66,7 +66,7 @@ class RedisLimiter:
         if key.monthly_tokens is not None:
             with self.db.quick() as q:
                 check_budget(q, self.sql, key, now)
-        admission_id = uuid.uuid4().hex
+        admission_id = process.unique_id()
         args = [WINDOW, STALE_INFLIGHT, _arg(key.rpm), _arg(key.tpm), _arg(key.max_parallel), admission_id]
         try:
             state, at, count, oldest_req, used, oldest_tok = self._admit(keys=_keys(key.id), args=args)
