@@ -80,10 +80,6 @@ class Database:
             )
         return cached
 
-    def add_counts(self, conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
-        """Add `rows` to the counters of `table` (see `upsert`)."""
-        conn.execute(self.upsert(table, keys), rows)
-
     def prepare(self, statement: Executable) -> Prepared:
         return Prepared(statement, self.engine.dialect)
 

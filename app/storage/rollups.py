@@ -1,6 +1,6 @@
 """Per-minute and per-hour roll-ups of the usage records, added in the records' own transaction.
 
-Each batch is summed in Python and added with one upsert per table (Database.add_counts), so
+Each batch is summed in Python and added with one upsert per table (Database.upsert), so
 workers writing the same minute never race.
 """
 
@@ -10,14 +10,13 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection
-
 from app.storage import schema
-from app.storage.db import Database
+from app.storage.db import Database, Quick
 
 CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
 BOUNDS = schema.TTFB_BOUNDS_MS
 HISTOGRAM = [f"ttfb_{i}" for i in range(len(BOUNDS) + 1)]
+HOUR_KEYS = ("hour", "key_name", "model", "upstream")
 
 
 def is_error(outcome: str) -> bool:
@@ -30,7 +29,25 @@ def ttfb_bucket(ms: float) -> int:
     return bisect.bisect_left(BOUNDS, ms)
 
 
-def add_rollups(db: Database, conn: Connection, records: Sequence[dict[str, Any]]) -> None:
+class Rollups:
+    """The roll-ups' upserts, prepared once for one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.minutes = db.prepare(db.upsert(schema.usage_minutes, ["minute"]))
+        self.hours = db.prepare(db.upsert(schema.usage_hours, HOUR_KEYS))
+
+    def add(self, q: Quick, records: Sequence[dict[str, Any]]) -> None:
+        """Add a batch of usage records to the minute and hour roll-ups (in the caller's transaction)."""
+        minutes, hours = summed(records)
+        if minutes:
+            q.execute_many(self.minutes, [{"minute": minute, **sums} for minute, sums in minutes.items()])
+        if hours:
+            rows = [{**dict(zip(HOUR_KEYS, key, strict=True)), **sums} for key, sums in hours.items()]
+            q.execute_many(self.hours, rows)
+
+
+def summed(records: Sequence[dict[str, Any]]) -> tuple[dict[int, dict[str, int]], dict[tuple, dict[str, int]]]:
+    """The records' counts per minute, and per (hour, key, model, upstream)."""
     minutes: dict[int, dict[str, int]] = {}
     hours: dict[tuple, dict[str, int]] = {}
     for r in records:
@@ -45,10 +62,4 @@ def add_rollups(db: Database, conn: Connection, records: Sequence[dict[str, Any]
         h["requests"] += 1
         for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
             h[field] += r.get(field, 0)
-    if minutes:
-        rows = [{"minute": minute, **sums} for minute, sums in minutes.items()]
-        db.add_counts(conn, schema.usage_minutes, rows, ["minute"])
-    if hours:
-        names = ("hour", "key_name", "model", "upstream")
-        rows = [{**dict(zip(names, key, strict=True)), **sums} for key, sums in hours.items()]
-        db.add_counts(conn, schema.usage_hours, rows, list(names))
+    return minutes, hours

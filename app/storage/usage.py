@@ -8,28 +8,32 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database, StorageError
-from app.storage.rollups import add_rollups
+from app.storage.rollups import Rollups
 
 log = logging.getLogger("sluice.usage")
 u = schema.usage.c
 GROUPS = ("key", "model", "upstream", "day")
 MAX_PENDING = 100_000  # records kept in memory while the database is unreachable
+BATCH = 200  # records that wake the writer before its interval ends (short transactions, short stalls)
+# A record's columns, with the defaults of those a record may leave out.
+FIELDS = {c.name: (c.default.arg if c.default is not None else None) for c in schema.usage.c if c.name != "id"}
 
 
 class UsageRepo:
     def __init__(self, db: Database) -> None:
-        self.db = db
+        self.db, self.rollups = db, Rollups(db)
+        self._insert = db.prepare(insert(schema.usage).values({name: bindparam(name) for name in FIELDS}))
 
     def insert_many(self, records: Sequence[dict[str, Any]]) -> None:
         """Store a batch of records and add them to the roll-ups, in one transaction."""
         if records:
-            with self.db.write() as conn:
-                conn.execute(insert(schema.usage), list(records))
-                add_rollups(self.db, conn, records)
+            with self.db.quick(write=True) as q:
+                q.execute_many(self._insert, [{**FIELDS, **record} for record in records])
+                self.rollups.add(q, records)
 
     def summary(self, since: float, by: str) -> list[dict[str, Any]]:
         """Requests and prompt/completion/total tokens since `since`, grouped `by` key|model|upstream|day."""
@@ -93,7 +97,10 @@ class UsageWriter:
         with self._lock:
             if len(self._pending) < MAX_PENDING:
                 self._pending.append(record)
+            full = len(self._pending) == BATCH
         self._ensure_thread()
+        if full:
+            self._wake.set()
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -127,6 +134,7 @@ class UsageWriter:
         last_run = {id(chore): time.monotonic() for _, chore in self._chores}
         while not self._closed:
             self._wake.wait(self.interval)
+            self._wake.clear()
             self.flush()
             for every, chore in self._chores:
                 if time.monotonic() - last_run.get(id(chore), 0.0) >= every:

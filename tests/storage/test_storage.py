@@ -189,6 +189,27 @@ def test_usage_writer_batches_and_flushes_on_close(db):
     assert len(usage.recent()) == 5
 
 
+def test_a_full_batch_is_written_before_the_interval_ends(db):
+    """BATCH pending records wake the writer: its transactions (and stalls) stay short."""
+    from app.storage.usage import BATCH
+
+    usage = UsageRepo(db)
+    writer = UsageWriter(usage, interval=60)
+    record = {"at": 1.0, "request_id": "r", "key_id": None, "key_name": "m", "model": "x", "endpoint": "chat",
+              "upstream": None, "upstreams": "", "token_ids": "", "status": 200, "outcome": "ok", "streamed": False,
+              "attempts": 1, "duration_ms": 1.0}  # fmt: skip
+    try:
+        for _ in range(BATCH):
+            writer.add(dict(record))
+        deadline = time.monotonic() + 10
+        while len(usage.recent(limit=BATCH + 1)) < BATCH and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stored = usage.recent(limit=BATCH + 1)
+        assert len(stored) == BATCH and stored[0]["bytes_sent"] == 0  # a left-out column takes its default
+    finally:
+        writer.close()
+
+
 def test_token_counts_and_budgets_past_32_bits(db):
     """A busy key's month passes 2**31 tokens: budgets and counters are 64-bit on every backend."""
     keys, limiter = KeyRepo(db), SqlLimiter(db)
