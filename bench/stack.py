@@ -146,8 +146,8 @@ def start_bare(workdir: Path, upstream: str, workers: int, connections: int) -> 
     """bench/bare_proxy.py under gunicorn's gevent worker: the floor."""
     port = free_port()
     log_path = workdir / f"bare-{port}.log"
-    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "--worker-connections",
-           str(connections), "-b", f"127.0.0.1:{port}", "--no-control-socket", "bench.bare_proxy:app"]  # fmt: skip
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "bench/bare_gunicorn.conf.py", "-k", "gevent", "-w", str(workers),
+           "--worker-connections", str(connections), "-b", f"127.0.0.1:{port}", "bench.bare_proxy:app"]  # fmt: skip
     process = launch("bare", cmd, clean_env(BARE_UPSTREAM=upstream, BARE_TOKEN=UPSTREAM_TOKEN), log_path)
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/healthz", process, log_path, 30)  # any answer (a 404) means it serves

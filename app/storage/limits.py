@@ -90,7 +90,9 @@ class Statements:
         self.window = db.prepare(_WINDOW_QUERY)
         self.lock_key = db.prepare(select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update())
         self.add_inflight = db.prepare(insert(schema.inflight))
-        self.end_inflight = db.prepare(delete(schema.inflight).where(_INF.request_id == bindparam("admission_id")))
+        self.end_inflight = db.prepare(
+            delete(schema.inflight).where(_INF.key_id == _KEY, _INF.request_id == bindparam("admission_id"))
+        )
         self.count = db.prepare(db.upsert(schema.rate_seconds, ["key_id", "second"]))
         self.monthly = db.prepare(select(_M.tokens).where(_M.key_id == _KEY, _M.month == bindparam("month")))
         self.add_monthly = db.prepare(db.upsert(schema.monthly_usage, ["key_id", "month"]))
@@ -146,7 +148,7 @@ class SqlLimiter:
             if not self.db.is_sqlite and key.monthly_tokens is not None:
                 q.execute(sql.lock_key, {"key_id": key.id})
             if key.max_parallel is not None:
-                q.execute(sql.end_inflight, {"admission_id": admission.admission_id})
+                q.execute(sql.end_inflight, {"key_id": key.id, "admission_id": admission.admission_id})
             if tokens > 0 and key.tpm is not None:
                 q.execute(sql.count, _second(key.id, now, requests=0, tokens=tokens))
             if tokens > 0 and key.monthly_tokens is not None:

@@ -36,13 +36,15 @@ rate_seconds = Table(
     Column("second", BigInteger, primary_key=True),  # UNIX second the events fell in
     Column("requests", Integer, nullable=False),
     Column("tokens", BigInteger, nullable=False),
+    sqlite_with_rowid=False,  # the key is the table: one B-tree to write per admission (revision 0003)
 )
 inflight = Table(
     "inflight",
     metadata,
+    Column("key_id", String(40), primary_key=True),
     Column("request_id", String(160), primary_key=True),
-    Column("key_id", String(40), nullable=False, index=True),
     Column("started_at", Float, nullable=False),
+    sqlite_with_rowid=False,
 )
 monthly_usage = Table(
     "monthly_usage",

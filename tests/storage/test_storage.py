@@ -19,7 +19,7 @@ from tests.services import race
 def test_migrations_are_idempotent(db):
     upgrade(db)
     with db.read() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
 
 
 def test_migrations_match_the_schema(db):
@@ -295,3 +295,34 @@ def test_sqlite_caches_rows_until_the_signal_moves(tmp_path):
         assert (tmp_path / "cache.db-changes").stat().st_size == 16
     finally:
         db.dispose()
+
+
+def test_revision_0003_keeps_the_windows_and_goes_back(empty_db):
+    """rate_seconds and inflight are rebuilt (SQLite: WITHOUT ROWID) with their rows kept;
+    the downgrade restores 0002's tables, rows included."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from app.storage.migrate import MIGRATIONS
+
+    upgrade(empty_db, "0002")
+    with empty_db.write() as conn:
+        conn.execute(text("INSERT INTO rate_seconds VALUES ('k1', 100, 2, 30)"))
+        conn.execute(text("INSERT INTO inflight (request_id, key_id, started_at) VALUES ('r1', 'k1', 99.5)"))
+    upgrade(empty_db)
+    limiter = SqlLimiter(empty_db)
+    with empty_db.quick() as q:
+        assert q.one(limiter.sql.window, {"key_id": "k1", "since": 50, "stale": 0.0}) == (1, 2, 100, 30, 100)
+    if empty_db.is_sqlite:
+        with empty_db.read() as conn:
+            sql = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all())
+        assert "WITHOUT ROWID" in sql["rate_seconds"] and "WITHOUT ROWID" in sql["inflight"]
+    with empty_db.write() as conn:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    with empty_db.read() as conn:
+        assert conn.execute(text("SELECT request_id, key_id FROM inflight")).all() == [("r1", "k1")]
+        assert conn.execute(text("SELECT requests, tokens FROM rate_seconds")).all() == [(2, 30)]
