@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from app.storage import schema
 from app.storage.db import Database
@@ -18,6 +18,10 @@ GROUP_COLUMNS = {"key": h.key_name, "model": h.model, "upstream": h.upstream}
 class Stats:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # The worker's report runs on its event loop every 2 s: prepared, it blocks it for microseconds.
+        self._forget = db.prepare(delete(schema.worker_status).where(w.worker == bindparam("worker")))
+        self._report = db.prepare(insert(schema.worker_status))
+        self._expire = db.prepare(delete(schema.worker_status).where(w.updated_at < bindparam("before")))
 
     def minutes(self, since: float) -> list[dict[str, Any]]:
         """Per minute from `since` on: requests, errors, tokens and the TTFB histogram (ttfb_0..)."""
@@ -46,13 +50,11 @@ class Stats:
     # live streams
     def report_worker(self, worker: str, active_streams: int, now: float) -> None:
         """Replace this worker's report; -1 removes it (the worker is exiting)."""
-        with self.db.write() as conn:
-            conn.execute(delete(schema.worker_status).where(w.worker == worker))
+        with self.db.quick(write=True) as q:
+            q.execute(self._forget, {"worker": worker})
             if active_streams >= 0:
-                conn.execute(
-                    insert(schema.worker_status).values(worker=worker, active_streams=active_streams, updated_at=now)
-                )
-            conn.execute(delete(schema.worker_status).where(w.updated_at < now - 3600))
+                q.execute(self._report, {"worker": worker, "active_streams": active_streams, "updated_at": now})
+            q.execute(self._expire, {"before": now - 3600})
 
     def live(self, now: float) -> tuple[int, int]:
         """(active streams, workers reporting) across every worker that reported in the last LIVE_FOR s."""

@@ -51,6 +51,14 @@ class TokenRepo:
         every = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
         self._all, self._of = db.prepare(every), db.prepare(every.where(t.upstream == bindparam("upstream")))
         self._cache: dict[str | None, tuple[bytes, float, list[TokenRow]]] = {}  # upstream -> (mark, read at, rows)
+        # Success counts are written from the event loop about once a second: prepared statements.
+        table, at, count = schema.upstream_tokens, bindparam("at"), bindparam("count")
+        mine = t.id == bindparam("token_id")
+        self._newer = db.prepare(
+            update(table).where(mine, t.last_at.is_(None) | (t.last_at <= at))
+            .values(successes=t.successes + count, last_status=bindparam("status"), last_at=at)
+        )  # fmt: skip
+        self._older = db.prepare(update(table).where(mine, t.last_at > at).values(successes=t.successes + count))
 
     def seed(self, tokens: list[tuple[str, str, str]], now: float) -> None:
         """Insert rows for config tokens (id, upstream, masked) not yet known; keeps existing state.
@@ -106,18 +114,10 @@ class TokenRepo:
         self.db.changes.signal("tokens")
 
     def add_successes(self, token_id: str, count: int, status: int | None, at: float) -> None:
-        values = {"successes": t.successes + count, "last_status": status, "last_at": at}
-        with self.db.write() as conn:
-            conn.execute(
-                update(schema.upstream_tokens)
-                .where(t.id == token_id, t.last_at.is_(None) | (t.last_at <= at))
-                .values(**values)
-            )
-            conn.execute(
-                update(schema.upstream_tokens)
-                .where(t.id == token_id, t.last_at > at)
-                .values(successes=t.successes + count)
-            )
+        params = {"token_id": token_id, "count": count, "status": status, "at": at}
+        with self.db.quick(write=True) as q:
+            q.execute(self._newer, params)
+            q.execute(self._older, {"token_id": token_id, "count": count, "at": at})
 
     def add_runtime(self, token_id: str, upstream: str, cipher: str, masked: str, now: float) -> None:
         with self.db.write() as conn:

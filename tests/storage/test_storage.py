@@ -326,3 +326,12 @@ def test_revision_0003_keeps_the_windows_and_goes_back(empty_db):
     with empty_db.read() as conn:
         assert conn.execute(text("SELECT request_id, key_id FROM inflight")).all() == [("r1", "k1")]
         assert conn.execute(text("SELECT requests, tokens FROM rate_seconds")).all() == [(2, 30)]
+
+
+def test_success_counts_add_up_and_never_move_last_seen_back(db):
+    repo = TokenRepo(db)
+    repo.seed([("up:aaa", "up", "...aaaa")], now=1.0)
+    repo.add_successes("up:aaa", 3, 200, at=100.0)
+    repo.add_successes("up:aaa", 2, 201, at=90.0)  # an older batch from a slower worker
+    row = repo.get("up:aaa")
+    assert (row.successes, row.last_status, row.last_at) == (5, 200, 100.0)
