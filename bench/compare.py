@@ -6,7 +6,9 @@ Measures, on 127.0.0.1 against the bundled mock upstream (a fresh one per system
 (a) the mock directly, (b) the bare Flask+requests+gevent proxy (bench/bare_proxy.py),
 (c) Sluice under gunicorn.conf.py with a managed key (limits, usage records, metrics on),
 (d) LiteLLM proxy when .venv-peers has it (`make bench-peers`). Every gateway gets the same
-worker count. Non-streaming requests/s and latency come from wrk (-t1, c=1 and c=10);
+worker count, and all run at once. Non-streaming requests/s and latency come from wrk
+(-t1, c=1 and c=10), in rounds taken in turns by every system (the median is kept), so a
+slow spell of the shared 2-core machine falls on all of them alike;
 streams from a raw-socket client: time to the first event (sequential), forwarding lag
 (receive time minus the mock's `mock_ts`, each event counted) and RSS with many streams
 held open. Prints a table and the target ratios (PASS/MISS) and writes a PNG chart.
@@ -21,6 +23,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,8 @@ SYSTEMS = ("direct", "bare", "sluice", "litellm")
 
 @dataclass(frozen=True)
 class Plan:
-    wrk_seconds: int = 10
+    wrk_seconds: int = 4  # per round; every system gets `wrk_rounds` rounds at each concurrency
+    wrk_rounds: int = 3
     warmup_seconds: int = 3
     ttfb_requests: int = 200
     lag_concurrency: int = 10
@@ -55,8 +59,8 @@ class Plan:
     settle: float = 1.0  # seconds between the last stream opening and the first RSS sample
 
 
-QUICK = Plan(wrk_seconds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1, lag_chunks=5,
-             lag_delay=0.01, open_streams=50, open_timeout=15.0, settle=0.3)  # fmt: skip
+QUICK = Plan(wrk_seconds=1, wrk_rounds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1,
+             lag_chunks=5, lag_delay=0.01, open_streams=50, open_timeout=15.0, settle=0.3)  # fmt: skip
 
 
 @dataclass
@@ -80,22 +84,37 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def measure(server: stack.Server, workdir: Path, plan: Plan, pgid: int | None) -> Measured:
-    """Every measurement against one running system."""
-    out = Measured()
+def warm_up(server: stack.Server, workdir: Path, plan: Plan) -> None:
     requests.post(f"{server.url}/v1/chat/completions", json={"model": stack.MODEL, "messages": [{"role": "user",
                   "content": "warm-up"}]}, headers={"Authorization": f"Bearer {server.key}"}, timeout=120)  # fmt: skip
     run_wrk(server.url, server.key, 10, plan.warmup_seconds, workdir)
+
+
+def measure_throughput(servers: dict[str, stack.Server], workdir: Path, plan: Plan, out: dict[str, Measured]) -> None:
+    """wrk rounds taken in turns (system after system, round after round) and the median of each
+    figure kept: a slow spell of the shared machine then lands on every system alike, not on
+    whichever ran during it."""
     for connections in (1, 10):
-        result = run_wrk(server.url, server.key, connections, plan.wrk_seconds, workdir)
-        out.values.update({f"c{connections}_rps": result.rps, f"c{connections}_p50": result.p50_ms,
-                           f"c{connections}_p99": result.p99_ms})  # fmt: skip
-        out.failures += result.errors
+        rounds: dict[str, list] = {name: [] for name in servers}
+        for _ in range(plan.wrk_rounds):
+            for name, server in servers.items():
+                result = run_wrk(server.url, server.key, connections, plan.wrk_seconds, workdir)
+                rounds[name].append(result)
+                out[name].failures += result.errors
+        for name, results in rounds.items():
+            out[name].values.update({
+                f"c{connections}_rps": statistics.median(r.rps for r in results),
+                f"c{connections}_p50": statistics.median(r.p50_ms for r in results),
+                f"c{connections}_p99": statistics.median(r.p99_ms for r in results),
+            })  # fmt: skip
+
+
+def measure_streams(server: stack.Server, plan: Plan, pgid: int | None, out: Measured) -> None:
+    """The streaming figures of one system, measured while the others stand idle."""
     measure_first_event(server, plan, out)
     measure_lag(server, plan, out)
     if pgid is not None:
         measure_rss(server, plan, pgid, out)
-    return out
 
 
 def measure_first_event(server: stack.Server, plan: Plan, out: Measured) -> None:
@@ -152,30 +171,52 @@ def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> N
     out.failures += plan.open_streams - out.streams_open
 
 
-def run_system(name: str, workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]) -> Measured:
-    """Start a fresh mock (and the system in front of it), measure, stop both."""
+def start_system(
+    name: str, workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]
+) -> tuple[stack.Server, stack.Server | None]:
+    """A fresh mock, and the system in front of it (None for "direct", the mock itself)."""
     mock = stack.start_mock(workdir)
-    server = None
     connections = max(1000, plan.open_streams + 100)
     try:
         if name == "direct":
-            return measure(mock, workdir, plan, pgid=None)
+            return mock, None
         if name == "bare":
-            server = stack.start_bare(workdir, mock.url, workers, connections)
-        elif name == "sluice":
-            server = stack.start_sluice(workdir, mock.url, workers, connections, key_limits)
-        else:
-            server = stack.start_litellm(workdir, mock.url, workers, connections)
-        measured = measure(server, workdir, plan, pgid=server.process.pid)
+            return mock, stack.start_bare(workdir, mock.url, workers, connections)
         if name == "sluice":
+            return mock, stack.start_sluice(workdir, mock.url, workers, connections, key_limits)
+        return mock, stack.start_litellm(workdir, mock.url, workers, connections)
+    except BaseException:
+        mock.stop()
+        raise
+
+
+def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]) -> dict:
+    """Start every system, measure throughput in turns, then each one's streams; stop them all."""
+    started: dict[str, tuple[stack.Server, stack.Server | None]] = {}
+    results = {name: Measured() for name in names}
+    try:
+        for name in names:
+            started[name] = start_system(name, workdir, plan, workers, key_limits)
+        targets_ = {name: server or mock for name, (mock, server) in started.items()}
+        for server in targets_.values():
+            warm_up(server, workdir, plan)
+        clock = time.monotonic()
+        measure_throughput(targets_, workdir, plan, results)
+        print(f"measured throughput in {time.monotonic() - clock:.0f} s", flush=True)
+        for name, (_mock, server) in started.items():
+            clock = time.monotonic()
+            measure_streams(targets_[name], plan, server.process.pid if server else None, results[name])
+            print(f"measured {name}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
+        if "sluice" in started:
             time.sleep(1.5)  # usage records are written in batches, about once a second
-            records, counted = stack.sluice_bookkeeping(server)
-            measured.notes.append(f"{records} usage records written, /metrics counting requests: {counted}")
-        return measured
+            records, counted = stack.sluice_bookkeeping(targets_["sluice"])
+            results["sluice"].notes.append(f"{records} usage records written, /metrics counting requests: {counted}")
     finally:
-        mock.stop()  # first: the gateway's held upstream streams end, so it stops at once
-        if server is not None:
-            server.stop()
+        for mock, server in started.values():
+            mock.stop()  # first: the gateway's held upstream streams end, so it stops at once
+            if server is not None:
+                server.stop()
+    return results
 
 
 ROWS = [
@@ -259,7 +300,8 @@ def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
         f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average {_load()}",
         f"machine: {cpu}, {os.cpu_count()} cores; Linux {platform.release()}; Python {platform.python_version()}",
         f"tools: {wrk}; {versions}{peer}",
-        f"plan: {workers} worker(s) per gateway; wrk -t1 {plan.wrk_seconds} s at c=1 and c=10; "
+        f"plan: {workers} worker(s) per gateway; wrk -t1 at c=1 and c=10, {plan.wrk_rounds} rounds of "
+        f"{plan.wrk_seconds} s per system taken in turns (medians); "
         f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
         f"{plan.lag_chunks} events; {plan.open_streams} streams held open",
     ]
@@ -304,12 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     header = describe_machine(args.workers, plan, names)
     header[-1] += f"; Sluice key limits: {args.key_limits}"
     print("\n".join(header), flush=True)
-    results: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
-        for name in names:
-            started = time.monotonic()
-            results[name] = run_system(name, Path(tmp), plan, args.workers, tuple(args.key_limits.split(",")))
-            print(f"measured {name} in {time.monotonic() - started:.0f} s", flush=True)
+        results = run_all(names, Path(tmp), plan, args.workers, tuple(args.key_limits.split(",")))
     print()
     print_table(results)
     verdicts = targets(results)

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 def test_bare_proxy_streams_through(tmp_path, mock):
     port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", f"127.0.0.1:{port}", "--no-control-socket",
-           "bench.bare_proxy:app"]  # fmt: skip
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "bench/bare_gunicorn.conf.py", "-k", "gevent",
+           "-b", f"127.0.0.1:{port}", "bench.bare_proxy:app"]  # fmt: skip
     env = {"BARE_UPSTREAM": mock.url}
     process = start(cmd, f"http://127.0.0.1:{port}/v1/models", tmp_path / "bare.log", env)
     server = Server(f"http://127.0.0.1:{port}", process, tmp_path / "bare.log")
