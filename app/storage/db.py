@@ -42,7 +42,7 @@ class Database:
         self.engine = _engine(url)
         self._dbapi = self.engine.dialect.dbapi
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, connection, lock)
+        self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, pooled connection, lock)
         self.changes = changes.for_sqlite(self.engine.url.database or "") if self.is_sqlite else changes.Changes(None)
 
     @contextmanager
@@ -111,12 +111,16 @@ class Database:
         """This process's connection for quick transactions (a forked worker opens its own)."""
         held = self._held
         if held is None or held[0] != process.pid():
-            raw = self.engine.raw_connection()  # configured by the engine's connect hook; kept checked out
-            held = self._held = (process.pid(), raw.driver_connection, threading.Lock())
-        return held[1], held[2]
+            # Configured by the engine's connect hook. The pool's handle is kept with it: dropped,
+            # it would check the connection back in for SQLAlchemy to share while we use it.
+            raw = self.engine.raw_connection()
+            held = self._held = (process.pid(), raw, threading.Lock())
+        return held[1].driver_connection, held[2]
 
     def dispose(self) -> None:
-        self._held = None
+        held, self._held = self._held, None
+        if held is not None and held[0] == process.pid():
+            held[1].close()
         self.changes.close()
         self.engine.dispose()
 

@@ -335,3 +335,22 @@ def test_success_counts_add_up_and_never_move_last_seen_back(db):
     repo.add_successes("up:aaa", 2, 201, at=90.0)  # an older batch from a slower worker
     row = repo.get("up:aaa")
     assert (row.successes, row.last_status, row.last_at) == (5, 200, 100.0)
+
+
+def test_the_quick_connection_is_never_lent_to_the_pool(tmp_path):
+    """SQLite's quick transactions keep their own connection checked out: if the pool got it
+    back, SQLAlchemy could begin (or roll back) on it in the middle of a quick transaction."""
+    import gc
+
+    from app.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path}/held.db")
+    try:
+        with db.quick() as q:
+            quick_connection = q.cursor.connection
+        gc.collect()
+        for _ in range(3):
+            with db.read() as conn:
+                assert conn.connection.driver_connection is not quick_connection
+    finally:
+        db.dispose()
