@@ -19,24 +19,29 @@ import logging
 import mmap
 import os
 import secrets
+import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 TOPICS = ("keys", "tokens")
 MAX_AGE = 1.0
 _SLOT = 8
 log = logging.getLogger("sluice.storage")
+V = TypeVar("V")
 
 
 class Changes:
     """Marks per topic; `mark` is None when no signal is available (nothing may be cached)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, database: Path | None) -> None:
+        """The signal beside the SQLite file `database` (None: no signal)."""
         self._map: mmap.mmap | None = None
-        if path is not None:
+        if database is not None:
             try:
-                self._map = _open(path)
+                self._map = _open(database)
             except OSError as exc:
-                log.warning("change signal %s unavailable (%s): every request reads the database", path, exc)
+                log.warning("change signal of %s unavailable (%s): every request reads the database", database, exc)
 
     def mark(self, topic: str) -> bytes | None:
         if self._map is None:
@@ -56,18 +61,40 @@ class Changes:
             self._map = None
 
 
+class Cache(Generic[V]):
+    """Values read under one topic's mark, used while that mark stands and for at most MAX_AGE
+    seconds; at most `size` of them (the cache starts over when full). Without a signal
+    nothing is kept. A `load` that finds nothing (None) is not kept either."""
+
+    def __init__(self, changes: Changes, topic: str, size: int = 10_000) -> None:
+        self._changes, self._topic, self._size = changes, topic, size
+        self._entries: dict[Hashable, tuple[bytes, float, V]] = {}  # key -> (mark, read at, value)
+
+    def get(self, key: Hashable, load: Callable[[], V | None]) -> V | None:
+        mark, now = self._changes.mark(self._topic), time.monotonic()  # the mark first, the rows second
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == mark and now - hit[1] < MAX_AGE:
+            return hit[2]
+        value = load()
+        if mark is not None and value is not None:
+            if len(self._entries) >= self._size:
+                self._entries.clear()
+            self._entries[key] = (mark, now, value)
+        return value
+
+
 def for_sqlite(database: str) -> Changes:
     """The signal beside an SQLite database file (none for an in-memory database)."""
     if not database or database == ":memory:":
         return Changes(None)
-    return Changes(Path(f"{database}-changes"))
+    return Changes(Path(database))
 
 
-def _open(path: Path) -> mmap.mmap:
-    """Map the signal file, creating it with the database file's owner and mode (as SQLite does
-    for its -wal and -shm files), so the CLI run as root does not lock out the server's user."""
+def _open(database: Path) -> mmap.mmap:
+    """Map `<database>-changes`, creating it with the database file's owner and mode (as SQLite
+    does for its -wal and -shm files), so the CLI run as root does not lock out the server's user."""
     size = len(TOPICS) * _SLOT
-    database = Path(str(path).removesuffix("-changes"))
+    path = Path(f"{database}-changes")
     mode = database.stat().st_mode & 0o666 if database.exists() else 0o644
     fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:

@@ -41,7 +41,6 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _engine(url)
         self._dbapi = self.engine.dialect.dbapi
-        self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, pooled connection, lock)
         self.changes = changes.for_sqlite(self.engine.url.database or "") if self.is_sqlite else changes.Changes(None)
 
@@ -69,16 +68,11 @@ class Database:
         return (sqlite if self.is_sqlite else postgresql).insert(table)
 
     def upsert(self, table: Table, keys: Sequence[str]) -> Any:
-        """INSERT `table`'s row, or add its other columns to the stored row with the same `keys`
-        (built once per table), so writers counting into the same row never race."""
-        cached = self._upserts.get((table.name, tuple(keys)))
-        if cached is None:
-            statement = self.insert(table)
-            sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
-            cached = self._upserts[(table.name, tuple(keys))] = statement.on_conflict_do_update(
-                index_elements=list(keys), set_=sums
-            )
-        return cached
+        """INSERT `table`'s row, or add its other columns to the stored row with the same `keys`,
+        so writers counting into the same row never race (callers prepare it once)."""
+        statement = self.insert(table)
+        sums = {c.name: c + statement.excluded[c.name] for c in table.c if c.name not in keys}
+        return statement.on_conflict_do_update(index_elements=list(keys), set_=sums)
 
     def prepare(self, statement: Executable) -> Prepared:
         return Prepared(statement, self.engine.dialect)

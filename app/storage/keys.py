@@ -5,18 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 
 from app.storage import schema
-from app.storage.changes import MAX_AGE
+from app.storage.changes import Cache
 from app.storage.db import Conflict, Database
 
 KEY_PREFIX = "sk-sluice-"
-CACHED_KEYS = 10_000  # per process; the cache starts over when full
 _DISPLAY_LENGTH = len(KEY_PREFIX) + 4
 
 
@@ -67,7 +65,7 @@ def hash_key(secret: str) -> str:
 class KeyRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._cache: dict[str, tuple[bytes, float, ApiKey]] = {}  # hash -> (mark, read at, key)
+        self._cache: Cache[ApiKey] = Cache(db.changes, "keys")  # by hash, per process
         self._by_hash = db.prepare(select(schema.api_keys).where(schema.api_keys.c.key_hash == bindparam("digest")))
 
     def create(self, name: str, *, now: float, models: tuple[str, ...] = ("*",), **limits: Any) -> tuple[ApiKey, str]:
@@ -92,22 +90,17 @@ class KeyRepo:
         return self.get(row["id"]), secret
 
     def by_secret(self, secret: str) -> ApiKey | None:
-        """The key whose hash matches `secret` (compared in constant time), or None."""
+        """The key whose hash matches `secret` (compared in constant time), or None; cached while
+        no process has changed a key since (app/storage/changes.py)."""
         digest = hash_key(secret)
-        mark, now = self.db.changes.mark("keys"), time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] == mark and now - cached[1] < MAX_AGE:
-            return cached[2]
+        return self._cache.get(digest, lambda: self._read(digest))
+
+    def _read(self, digest: str) -> ApiKey | None:
         with self.db.quick() as q:
             found = q.rows(self._by_hash, {"digest": digest})
         if not found or not hmac.compare_digest(found[0].key_hash, digest):
             return None
-        key = _key(found[0])
-        if mark is not None:
-            if len(self._cache) >= CACHED_KEYS:
-                self._cache.clear()
-            self._cache[digest] = (mark, now, key)
-        return key
+        return _key(found[0])
 
     def get(self, key_id: str) -> ApiKey:
         with self.db.read() as conn:

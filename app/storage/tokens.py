@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from app.storage import schema
-from app.storage.changes import MAX_AGE
+from app.storage.changes import Cache
 from app.storage.db import Database
 
 t = schema.upstream_tokens.c
@@ -50,7 +49,7 @@ class TokenRepo:
         self.db = db
         every = select(schema.upstream_tokens).order_by(t.upstream, t.created_at, t.id)
         self._all, self._of = db.prepare(every), db.prepare(every.where(t.upstream == bindparam("upstream")))
-        self._cache: dict[str | None, tuple[bytes, float, list[TokenRow]]] = {}  # upstream -> (mark, read at, rows)
+        self._cache: Cache[list[TokenRow]] = Cache(db.changes, "tokens")  # by upstream, per process
         # Success counts are written from the event loop about once a second: prepared statements.
         table, at, count = schema.upstream_tokens, bindparam("at"), bindparam("count")
         mine = t.id == bindparam("token_id")
@@ -83,14 +82,7 @@ class TokenRepo:
         """The rows as `rows`, for choosing a token on every request: cached while no process has
         changed a token's state since (app/storage/changes.py). Success counts don't signal, so
         the counts in these rows may lag; flags, cooldowns and values never do."""
-        mark, now = self.db.changes.mark("tokens"), time.monotonic()
-        cached = self._cache.get(upstream)
-        if cached is not None and cached[0] == mark and now - cached[1] < MAX_AGE:
-            return cached[2]
-        rows = self.rows(upstream)
-        if mark is not None:
-            self._cache[upstream] = (mark, now, rows)
-        return rows
+        return self._cache.get(upstream, lambda: self.rows(upstream)) or []
 
     def get(self, token_id: str) -> TokenRow | None:
         with self.db.read() as conn:
