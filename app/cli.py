@@ -33,14 +33,37 @@ def _admin() -> Admin:
 
 
 def _errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One-line errors, never a traceback: arguments that are not UTF-8 are refused before the command runs."""
+
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            _require_utf8(name, value)
         try:
             return command(*args, **kwargs)
         except AdminError as exc:
             raise click.ClickException(exc.message) from None
 
     return run
+
+
+def _require_utf8(name: str, value: object) -> None:
+    """On Linux, argv bytes that are not UTF-8 reach Python as lone surrogates, which no store can write."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.ClickException(f"{name.upper()}: not valid UTF-8 (check the terminal's encoding)") from None
+
+
+def _stdin_line(name: str) -> str:
+    """One line from stdin (a token or a password), refused with one line when it is not UTF-8."""
+    try:
+        line = sys.stdin.readline()
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{name.upper()}: stdin is not valid UTF-8") from None
+    _require_utf8(name, line)
+    return line
 
 
 def _when(value: float | None) -> str:
@@ -56,6 +79,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 @db_cli.command("upgrade")
+@_errors
 def db_upgrade() -> None:
     """Apply schema migrations (also done automatically at start-up)."""
     from app.storage.migrate import upgrade
@@ -87,6 +111,7 @@ def keys_create(name: str, rpm, tpm, models, max_parallel, monthly_tokens, expir
 
 @keys_cli.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@_errors
 def keys_list(as_json: bool) -> None:
     """List keys with their state and limits (never their values)."""
     rows = _admin().list_keys()
@@ -122,13 +147,14 @@ _key_action("revoke", lambda a, ref: a.revoke_key(ref), "revoked")
 def tokens_add(upstream: str, token: str) -> None:
     """Add a run-time token to UPSTREAM; TOKEN '-' reads it from stdin (out of shell history)."""
     if token == "-":
-        token = sys.stdin.readline().strip()
+        token = _stdin_line("token").strip()
     row = _admin().add_token(upstream, token)
     click.echo(f"added token {row['id']} ({row['masked']})")
 
 
 @tokens_cli.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@_errors
 def tokens_list(as_json: bool) -> None:
     """List upstream tokens, masked, with their state."""
     rows = _admin().list_tokens()
@@ -202,6 +228,7 @@ def tokens_validate(token_id: str) -> None:
 
 
 @admin_cli.command("hash-password", with_appcontext=False)
+@_errors
 def hash_password() -> None:
     """Print a hash of the dashboard password for SLUICE_ADMIN_PASSWORD_HASH (prompts go to stderr)."""
     from werkzeug.security import generate_password_hash
@@ -209,7 +236,8 @@ def hash_password() -> None:
     if sys.stdin.isatty():
         password = click.prompt("Dashboard password", hide_input=True, confirmation_prompt=True, err=True)
     else:
-        password = sys.stdin.readline().rstrip("\n")
+        password = _stdin_line("password").rstrip("\n")
+    _require_utf8("password", password)
     if len(password) < 12:
         raise click.ClickException("The password must be at least 12 characters.")
     click.echo(generate_password_hash(password))

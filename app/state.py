@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import click
 from flask import current_app
 
 from app.config import Config, Settings
@@ -62,8 +63,18 @@ def announce(config: Config, settings: Settings) -> None:
     names = ", ".join(f"{u.name} ({len(u.tokens)} tokens)" for u in config.upstreams)
     backend = "redis" if settings.redis_url else "database"
     log.info("sluice %s config=%s limits=%s upstreams: %s", __version__, config.source, backend, names)
-    if not settings.master_key:
+    if not settings.master_key and serving():
         log.warning(
             "no master key is configured: only managed keys (flask --app wsgi keys create) can call the API. "
             "Set SLUICE_MASTER_KEY (16+ characters) or SLUICE_MASTER_KEY_FILE."
         )
+
+
+def serving() -> bool:
+    """True unless a CLI command (other than `flask run`) built the app: gunicorn runs no click command.
+
+    A CLI command never needs the master key (the server's environment may hold one that the
+    shell running the command does not), so the warning about a missing one would be wrong there.
+    """
+    command = click.get_current_context(silent=True)
+    return command is None or command.info_name == "run"
