@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.jsontext import encodable
 from app.version import __version__
 
 DEFAULT_USER_AGENT = f"sluice/{__version__}"
@@ -38,8 +39,9 @@ RESERVED_HEADERS = {
     "upgrade": "hop-by-hop headers are managed by the HTTP client",
     "proxy-authorization": "put proxy credentials in the `proxy` URL",
 }
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Always used with fullmatch: `$` would also match before a final newline ("X-Foo\n").
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -62,6 +64,7 @@ class GatewayConfig:
     idle_timeout: float = 120.0  # longest gap between two events of a committed stream
     deadline: float = 900.0  # the whole client request, queueing and retries included
     on_client_disconnect: str = "cancel"  # or "drain": read the upstream to its end to record usage
+    body_timeout: float = 30.0  # the whole request body must arrive within this long after its headers
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Settings:
     secret_key: str | None = None
     secret_key_previous: str | None = None
     metrics_token: str | None = None
+    header_timeout: int = 15  # seconds for a request line and headers, from their first byte (app/worker.py)
     admin_password_hash: str | None = field(default=None, repr=False)  # werkzeug format
     # Identifies the configured password in every worker, so sessions of an old password end.
     admin_password_mark: str | None = field(default=None, repr=False)
@@ -117,6 +121,9 @@ def admin_password(env: Mapping[str, str]) -> dict[str, str | None]:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read SLUICE_* variables; raise ConfigError naming the variable when one is invalid."""
     env = os.environ if env is None else env
+    for name, value in env.items():
+        if name.startswith("SLUICE_") and not encodable(value):
+            raise ConfigError(f"{name}: is not valid UTF-8")
     log_level = env.get("SLUICE_LOG_LEVEL", "").upper() or (
         "DEBUG" if env.get("SLUICE_DEBUG", "") in ("1", "true", "yes") else "INFO"
     )
@@ -136,6 +143,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=_secret(env, "SLUICE_SECRET_KEY"),
         secret_key_previous=_secret(env, "SLUICE_SECRET_KEY_PREVIOUS"),
         metrics_token=_metrics_token(env),
+        header_timeout=_env_int(env, "SLUICE_HEADER_TIMEOUT", 15, minimum=1),
         **admin_password(env),
     )
 
@@ -256,6 +264,7 @@ def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
         idle_timeout=reader.number(raw, "gateway", "idle_timeout", 120.0),
         deadline=reader.number(raw, "gateway", "deadline", 900.0),
         on_client_disconnect=reader.choice(raw, "gateway", "on_client_disconnect", "cancel", ("cancel", "drain")),
+        body_timeout=reader.number(raw, "gateway", "body_timeout", 30.0),
     )
 
 
@@ -270,7 +279,7 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         raise reader.error(where, "must be a table")
     reader.no_unknown(raw, where, _UPSTREAM_KEYS)
     name = reader.string(raw, where, "name", required=True)
-    if not _UPSTREAM_NAME.match(name):
+    if not _UPSTREAM_NAME.fullmatch(name):
         raise reader.error(f"{where}.name", "use 1-64 of letters, digits, '_', '.', '-'")
     base_url = reader.url(raw, where, "base_url", required=True, schemes=("http", "https"))
     proxy = reader.url(raw, where, "proxy", required=False, schemes=("http", "https"))
@@ -326,7 +335,7 @@ def _parse_headers(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
         raise reader.error(where, "must be a table of header names to string values")
     headers: dict[str, str] = {}
     for name, value in raw.items():
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             raise reader.error(f"{where}.{name}", "is not a valid HTTP header name")
         if name.lower() in RESERVED_HEADERS:
             raise reader.error(f"{where}.{name}", f"may not be set here: {RESERVED_HEADERS[name.lower()]}")

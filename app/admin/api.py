@@ -14,6 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from app.auth import bearer_token
 from app.errors import ApiError, error_response
+from app.jsontext import JsonError, loads_object
 from app.services.admin import Admin, AdminError
 from app.state import gateway
 
@@ -46,10 +47,11 @@ _CODES = {404: "not_found", 409: "conflict"}
 
 
 def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_request_error")
-    return data
+    """The JSON object sent, parsed as strictly as API bodies (app/jsontext.py)."""
+    try:
+        return loads_object(request.get_data(cache=False))
+    except JsonError as exc:
+        raise ApiError(400, exc.message, param=exc.param, code="invalid_request_error") from None
 
 
 def _only(data: dict[str, Any], allowed: set[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Response, flash, g, redirect, render_template, request, url_for
 
 from app.admin.dashboard import bp
-from app.services.admin import AdminError
+from app.services.admin import LIMIT_MAX, AdminError
 from app.state import gateway
 
 Page = tuple[str, int]
@@ -137,8 +137,9 @@ def _int_field(name: str) -> int | None:
     raw = request.form.get(name, "").strip()
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdecimal()):
-        raise AdminError(400, f"'{name}' must be a positive whole number or empty.", name)
+    if not (raw.isascii() and raw.isdecimal()) or len(raw) > len(str(LIMIT_MAX[name])):
+        # The length is checked first: int() refuses more than 4,300 digits with a ValueError.
+        raise AdminError(400, f"'{name}' must be a whole number from 1 to {LIMIT_MAX[name]}, or empty.", name)
     return int(raw)
 
 

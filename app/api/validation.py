@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from app.errors import ApiError
+from app.jsontext import JsonError, loads_object
 
-MAX_JSON_DEPTH = 64
 _READ_SIZE = 64 * 1024
 
 try:  # gunicorn raises its own parse errors for a malformed chunked body
@@ -91,29 +90,11 @@ def _too_large(limit: int) -> ApiError:
 def parse_payload(body: bytes, kind: str) -> dict[str, Any]:
     """Decode and check a request body for endpoint `kind`; 400 with the offending param."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _invalid("The request body is not valid UTF-8.") from None
-    if not text.strip():
-        raise _invalid("The request body is empty: send a JSON object.")
-    try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise _invalid(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.") from None
-    except json.JSONDecodeError as exc:
-        raise _invalid(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
-    except ValueError as exc:  # NaN/Infinity, or an integer too long to convert
-        raise _invalid(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(payload, dict):
-        raise _invalid("The request body must be a JSON object.")
-    if _depth(payload) > MAX_JSON_DEPTH:
-        raise _invalid(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.")
+        payload = loads_object(body)
+    except JsonError as exc:
+        raise _invalid(exc.message, exc.param) from None
     _check_fields(payload, ENDPOINTS[kind])
     return payload
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_fields(payload: dict[str, Any], endpoint: Endpoint) -> None:
@@ -145,17 +126,6 @@ def _check_type(payload: dict[str, Any], name: str, types: tuple[type, ...]) -> 
     if not ok:
         expected = " or ".join(_TYPE_NAMES[t] for t in types if t in _TYPE_NAMES)
         raise _invalid(f"Invalid type for '{name}': expected {expected}.", name)
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of a parsed JSON value, iteratively (no recursion limit to hit)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _invalid(message: str, param: str | None = None) -> ApiError:

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.config import ConfigError, validate_overrides
+from app.jsontext import encodable
 from app.services.probe import ProbeResult, probe
-from app.services.secrets import SecretsUnavailable
+from app.services.secrets import SecretsUnavailable, is_secret_header
 from app.services.tokens import mask, token_id
 from app.state import Gateway
 from app.storage.keys import ApiKey, KeyConflict, KeyNotFound
@@ -22,8 +23,7 @@ from app.storage.usage import GROUPS, audit_log
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "monthly_tokens")
 LIMIT_MAX = {"rpm": 2**31 - 1, "max_parallel": 2**31 - 1, "tpm": 2**63 - 1, "monthly_tokens": 2**63 - 1}  # columns
 LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
-SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|signature|credential", re.IGNORECASE)
-_SINCE = re.compile(r"^(\d+)([mhd])$")
+_SINCE = re.compile(r"([0-9]{1,6})([mhd])")
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
@@ -133,7 +133,7 @@ class Admin:
         value = self.gw.pool.value_of(row)  # the decrypted value, never returned
         if value is False:
             raise AdminError(409, f"Token {tid} has no known value (not in the config file, or undecryptable).")
-        upstream = self.gw.pool.effective(self._upstream(row.upstream), self.gw.pool.repo.overrides())
+        upstream = self.gw.pool.effective(self._upstream(row.upstream), self.gw.pool.stored_overrides())
         result = probe(self.gw.client.session, upstream, value)  # type: ignore[arg-type]
         self.record("token.validate", f"{tid} -> {result.detail}")
         return result
@@ -156,7 +156,7 @@ class Admin:
     # upstream overrides
     def list_upstreams(self) -> list[dict[str, Any]]:
         """Upstreams with their effective user agent and headers; secret-looking header values masked."""
-        overrides = self.gw.pool.repo.overrides()
+        overrides = self.gw.pool.stored_overrides()
         result = []
         for upstream in self.gw.config.upstreams:
             effective = self.gw.pool.effective(upstream, overrides)
@@ -172,7 +172,7 @@ class Admin:
         """Override the user agent and/or the extra headers; a header sent back in its hidden form
         (as list_upstreams shows it) keeps its current value."""
         upstream = self._upstream(name)
-        overrides = self.gw.pool.repo.overrides()
+        overrides = self.gw.pool.stored_overrides()
         current = overrides.get(upstream.name, (None, None))
         if isinstance(headers, dict):
             known = self.gw.pool.effective(upstream, overrides).headers
@@ -183,7 +183,10 @@ class Admin:
             raise AdminError(400, str(exc)) from None
         user_agent = user_agent if user_agent is not None else current[0]
         headers = headers if headers is not None else current[1]
-        self.gw.pool.repo.set_override(upstream.name, user_agent, headers, time.time())
+        try:
+            self.gw.pool.save_override(upstream.name, user_agent, headers, time.time())
+        except SecretsUnavailable as exc:
+            raise AdminError(400, f"Cannot store secret-looking headers: {exc}.", "headers") from None
         self.record("upstream.override", upstream.name)
         return next(u for u in self.list_upstreams() if u["name"] == upstream.name)
 
@@ -211,13 +214,17 @@ class Admin:
                 except SecretsUnavailable as exc:
                     raise AdminError(400, f"Cannot rotate {row.id}: {exc}.") from None
                 count += 1
-        self.record("secrets.rotate", f"{count} tokens")
+        try:
+            count += self.gw.pool.reseal_overrides()
+        except SecretsUnavailable as exc:
+            raise AdminError(400, f"Cannot re-encrypt header overrides: {exc}.") from None
+        self.record("secrets.rotate", f"{count} tokens and header overrides")
         return count
 
 
 def hide_header(name: str, value: str) -> str:
     """A header value as shown to operators: masked when its name says it carries a secret."""
-    return f"(hidden) {mask(value)}" if SECRET_HEADER.search(name) else value
+    return f"(hidden) {mask(value)}" if is_secret_header(name) else value
 
 
 def key_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +244,7 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
         if (
             not isinstance(models, list)
             or not models
-            or not all(isinstance(m, str) and m and "," not in m for m in models)
+            or not all(isinstance(m, str) and m and "," not in m and len(m) <= 200 and encodable(m) for m in models)
         ):
             raise AdminError(400, "'models' must be a non-empty list of model ids or globs.", "models")
         values["models"] = tuple(models)
@@ -249,10 +256,19 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_time(value: Any, param: str) -> float | None:
-    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        return None if value is None else float(value)
+    """An ISO 8601 time or UNIX seconds (between 1970 and 9999) -> UNIX seconds; AdminError(400) if not."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Compared before converting: float() of a 400-digit integer raises OverflowError.
+        if not 0 <= value <= LATEST_TIME:  # NaN fails this too
+            raise AdminError(400, f"'{param}' must be UNIX seconds before the year 10000 (0 to {LATEST_TIME:.0f}).", param)
+        return float(value)
+    text = str(value)
     try:
-        moment = datetime.fromisoformat(str(value))
+        if len(text) > 64:
+            raise ValueError(text[:10])
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise AdminError(400, f"'{param}' must be an ISO 8601 time, e.g. 2027-01-31T00:00:00Z.", param) from None
     if moment.tzinfo is None:
@@ -261,11 +277,16 @@ def parse_time(value: Any, param: str) -> float | None:
 
 
 def parse_since(value: Any, now: float) -> float:
-    """'30m', '24h', '7d' or an ISO 8601 time -> a UNIX time."""
-    match = _SINCE.match(str(value))
+    """'30m', '24h', '7d' (up to 6 digits) or an ISO 8601 time -> a UNIX time."""
+    match = _SINCE.fullmatch(str(value))
     if match:
         return now - int(match.group(1)) * _UNITS[match.group(2)]
-    parsed = parse_time(value, "since")
+    try:
+        parsed = parse_time(value, "since")
+    except AdminError:
+        raise AdminError(
+            400, "'since' must be a duration such as 30m, 24h or 7d (at most 6 digits), or an ISO 8601 time.", "since"
+        ) from None
     return parsed if parsed is not None else now - 86400
 
 

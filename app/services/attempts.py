@@ -186,7 +186,17 @@ class Attempts:
             broken: StreamBroken = message.value
             kind = "read_timeout" if broken.code == "upstream_timeout" else "stream_broken"
             return self._attempt_failed(self._failure(kind))
-        return self._attempt_failed(self.client.transport_failure(message.value))
+        return self._transport_failed(message.value)
+
+    def _transport_failed(self, exc: Exception) -> Failed | object:
+        """The request could not be sent or answered: say why once (tokens are redacted by the log filter)."""
+        current = self.current
+        assert current is not None
+        log.warning(
+            "upstream request failed request_id=%s upstream=%s token=%s: %s: %s",
+            self.call.request_id, current.upstream.name, current.token.masked, type(exc).__name__, exc,
+        )  # fmt: skip
+        return self._attempt_failed(self.client.transport_failure(exc))
 
     def _failure(self, kind: str) -> Failure:
         return Failure(classify(None, kind, None, self.client.clock()), None)

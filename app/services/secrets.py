@@ -1,4 +1,5 @@
-"""Encryption at rest for run-time upstream tokens (Fernet, keys derived from SLUICE_SECRET_KEY).
+"""Encryption at rest for run-time upstream tokens and secret-looking header overrides (Fernet,
+keys derived from SLUICE_SECRET_KEY).
 
 `SLUICE_SECRET_KEY_PREVIOUS` keeps old ciphertexts readable during a rotation;
 `flask --app wsgi secrets rotate` re-encrypts them all under the current key.
@@ -7,6 +8,8 @@
 from __future__ import annotations
 
 import base64
+import re
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -51,3 +54,31 @@ class SecretBox:
             return self._box.rotate(cipher.encode()).decode()
         except InvalidToken:
             raise SecretsUnavailable("a stored upstream token opens with neither key") from None
+
+
+# Header names that carry credentials: their values are masked when shown, sealed at rest
+# when set at run time, and given to the log redactor.
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|signature|credential", re.IGNORECASE)
+_SEALED = "sealed"  # stored form of a secret header value: {"sealed": "<Fernet ciphertext>"}
+
+
+def is_secret_header(name: str) -> bool:
+    return SECRET_HEADER.search(name) is not None
+
+
+def seal_headers(box: SecretBox, headers: dict[str, str]) -> dict[str, Any]:
+    """Headers as stored: secret-looking values encrypted (SecretsUnavailable without a key)."""
+    return {k: {_SEALED: box.encrypt(v)} if is_secret_header(k) else v for k, v in headers.items()}
+
+
+def open_headers(box: SecretBox, stored: dict[str, Any]) -> dict[str, str]:
+    """Stored headers as sent (values stored in plain text by earlier versions are read as they are)."""
+    return {k: box.decrypt(v[_SEALED]) if isinstance(v, dict) else v for k, v in stored.items()}
+
+
+def reseal_headers(box: SecretBox, stored: dict[str, Any]) -> dict[str, Any]:
+    """Stored headers under the current key; plain secret-looking values get sealed too."""
+    return {
+        k: {_SEALED: box.rotate(v[_SEALED])} if isinstance(v, dict) else seal_headers(box, {k: v})[k]
+        for k, v in stored.items()
+    }

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 
 from app.config import UpstreamConfig
-from app.services.secrets import SecretBox, SecretsUnavailable
+from app.services.secrets import (
+    SecretBox,
+    SecretsUnavailable,
+    is_secret_header,
+    open_headers,
+    reseal_headers,
+    seal_headers,
+)
 from app.storage.tokens import TokenRepo, TokenRow
 
 log = logging.getLogger("sluice.tokens")
@@ -134,7 +141,9 @@ class TokenPool:
         self._overrides: tuple[float, Mapping[str, tuple]] = (float("-inf"), {})
 
     def secrets(self) -> list[str]:
-        return [v for v in self._values.values() if v]
+        """Token values and the config file's secret-looking header values (for the log redactor)."""
+        headers = [v for u in self.upstreams.values() for k, v in u.headers.items() if _redactable(k, v)]
+        return [v for v in self._values.values() if v] + headers
 
     def candidates(self, upstream: str) -> list[tuple[Token, TokenRow]]:
         """Enabled tokens of `upstream` whose value is known, in a stable order."""
@@ -206,8 +215,43 @@ class TokenPool:
     def overrides(self, now: float) -> Mapping[str, tuple]:
         """Run-time upstream overrides, re-read at most once a second."""
         if now - self._overrides[0] >= 1.0:
-            self._overrides = (now, self.repo.overrides())
+            self._overrides = (now, self.stored_overrides())
         return self._overrides[1]
+
+    def stored_overrides(self) -> dict[str, tuple[str | None, dict[str, str] | None]]:
+        """Run-time overrides as read now, secret header values opened (and given to the redactor)."""
+        opened = {}
+        for upstream, (user_agent, stored) in self.repo.overrides().items():
+            headers = None
+            if stored is not None:
+                headers = {}
+                for name, value in stored.items():
+                    try:
+                        headers[name] = open_headers(self.box, {name: value})[name]
+                    except SecretsUnavailable as exc:
+                        log.warning("header %s of upstream %s not sent: %s", name, upstream, exc)
+                        continue
+                    if _redactable(name, headers[name]):
+                        self.on_secret(headers[name])
+            opened[upstream] = (user_agent, headers)
+        return opened
+
+    def save_override(self, upstream: str, user_agent: str | None, headers: dict[str, str] | None, now: float) -> None:
+        """Store overrides with secret-looking header values sealed (SecretsUnavailable without a key)."""
+        sealed = None if headers is None else seal_headers(self.box, headers)
+        for name, value in (headers or {}).items():
+            if _redactable(name, value):
+                self.on_secret(value)
+        self.repo.set_override(upstream, user_agent, sealed, now)
+
+    def reseal_overrides(self) -> int:
+        """Re-encrypt stored header overrides under the current key (sealing plain secret ones); the count."""
+        count = 0
+        for upstream, (user_agent, stored) in self.repo.overrides().items():
+            if stored:
+                self.repo.set_override(upstream, user_agent, reseal_headers(self.box, stored), time.time())
+                count += 1
+        return count
 
     def usable_count(self, upstream: str, now: float) -> int:
         return sum(1 for _, row in self.candidates(upstream) if row.cooldown_until <= now)
@@ -227,3 +271,9 @@ class TokenPool:
             user_agent=user_agent or upstream.user_agent,
             headers=upstream.headers if headers is None else headers,
         )
+
+
+def _redactable(name: str, value: str) -> bool:
+    """A header value the log redactor should hide: a secret-looking name and a value long enough
+    not to be an ordinary word ("on", "true") that would be masked everywhere."""
+    return is_secret_header(name) and len(value) >= 8
