@@ -203,3 +203,18 @@ def test_requests_header_check_is_what_we_rely_on():
     """requests refuses a header name ending in a newline at prepare time (the log test's premise)."""
     with pytest.raises(requests.exceptions.InvalidHeader):
         requests.Request("GET", "http://127.0.0.1/", headers={"X-Foo\n": "v"}).prepare()
+
+
+def test_header_bytes_that_are_not_utf8_are_refused_or_ignored_never_a_500(client, auth, upstream):
+    """WSGI hands header bytes over as latin-1 text: always encodable, never forwarded unless printable ASCII."""
+    odd = "\xed\xa0\x80"  # the UTF-8 form of a lone surrogate, as latin-1
+    assert_openai_error(
+        client.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {odd}"}), 401
+    )
+    upstream.post(f"{BASE}/chat/completions", json=OK)
+    resp = client.post(
+        "/v1/chat/completions", json=chat(), headers={**auth, "X-Request-Id": odd, "OpenAI-Organization": odd}
+    )
+    assert resp.status_code == 200 and odd not in resp.headers["X-Request-Id"]
+    sent = upstream.calls[0].request.headers
+    assert all(odd not in value for value in sent.values())
