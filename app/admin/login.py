@@ -12,7 +12,7 @@ import secrets
 import time
 from datetime import timedelta
 
-from flask import Flask, Request, request, session
+from flask import Flask, Request, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash
 
@@ -61,8 +61,12 @@ def csrf_ok(req: Request) -> bool:
 
 
 def signed_in(gw: Gateway) -> bool:
-    sid = session.get("sid")
-    return isinstance(sid, str) and gw.admin_sessions.is_valid(sid, time.time(), _password_mark(gw))
+    """Whether this request carries a live sign-in; looked up once per request (the body limit
+    asks before the dashboard's guard does)."""
+    if "signed_in" not in g:
+        sid = session.get("sid")
+        g.signed_in = isinstance(sid, str) and gw.admin_sessions.is_valid(sid, time.time(), _password_mark(gw))
+    return g.signed_in
 
 
 def _password_mark(gw: Gateway) -> str:
@@ -83,6 +87,7 @@ def sign_in(gw: Gateway) -> None:
     session.permanent = True
     session["sid"] = gw.admin_sessions.create(time.time(), SESSION_TTL, _password_mark(gw))
     session["csrf"] = secrets.token_urlsafe(32)  # a fresh token after sign-in
+    g.pop("signed_in", None)
 
 
 def sign_out(gw: Gateway) -> None:
@@ -90,3 +95,4 @@ def sign_out(gw: Gateway) -> None:
     if isinstance(sid, str):
         gw.admin_sessions.end(sid)
     session.clear()
+    g.pop("signed_in", None)
