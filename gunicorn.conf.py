@@ -111,6 +111,19 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    # Not while the whole server stops (no listeners left): its workers release their own slots
+    # on the way out, and a worker killed at the end of the grace period leaves slots that
+    # expire at their requests' deadlines; a reaper per worker would only delay the exit.
+    if server.LISTENERS:
+        # In a child process, like the migration: the master must not import the drivers.
+        reaper = [sys.executable, "-m", "app.storage.reaper", "--pid", str(worker.pid)]
+        try:
+            done = subprocess.run(reaper, check=False, timeout=15)
+        except subprocess.TimeoutExpired:
+            server.log.error("freeing the slots of worker %s took too long; they expire on their own", worker.pid)
+            return
+        if done.returncode != 0:
+            server.log.error("could not free the slots of worker %s (see above)", worker.pid)
 
 
 def worker_exit(server, worker):

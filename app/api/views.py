@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.api.responses import write_response
+from app.api.slots import read_holding_slot
 from app.api.validation import ENDPOINTS, parse_payload, read_body
 from app.auth import Identity, authenticate
 from app.errors import ApiError
@@ -20,7 +21,8 @@ from app.services.router import route
 from app.services.upstream import UpstreamCall
 from app.state import gateway
 from app.storage.db import StorageError
-from app.storage.limits import LimitExceeded
+from app.storage.keys import ApiKey
+from app.storage.limits import SLOT_MARGIN, Limiter, LimitExceeded
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("sluice.api")
@@ -85,21 +87,20 @@ def _proxy(kind: str) -> Response:
     gw = gateway()
     line: RequestLine = g.line
     line.endpoint = kind
-    body = read_body(
-        request.stream, request.content_length, request.headers.get("Content-Type"), gw.config.gateway.max_body_bytes
-    )
+    settings = gw.config.gateway
+    slot_expires = line.started_at + settings.deadline + SLOT_MARGIN  # a slot outlives its request
+    body = _read(line, g.identity.key, slot_expires)
     payload = parse_payload(body, kind)
     line.model, line.streaming = payload["model"], bool(payload.get("stream"))
     upstreams = route(gw.config.upstreams, line.model)
     if not upstreams or not g.identity.allows(line.model):
         raise _model_not_found(line.model)
-    _admit(line, g.identity)
+    _admit(line, g.identity, slot_expires)
     usage_body = _usage_body(payload) if line.streaming else None
     call = UpstreamCall(
         "POST", ENDPOINTS[kind].path, body, line.streaming, upstreams, line.request_id,
         client_headers=forwardable(request.headers.items()), usage_body=usage_body,
     )  # fmt: skip
-    settings = gw.config.gateway
     attempts = gw.client.start(call, deadline=line.started_at + settings.deadline)
     # A stream waits one heartbeat interval for its first event before committing the 200;
     # a plain request waits until its answer (or the deadline).
@@ -108,18 +109,43 @@ def _proxy(kind: str) -> Response:
     return write_response(attempts, outcome, line, settings, injected_usage=usage_body is not None)
 
 
-def _admit(line: RequestLine, identity: Identity) -> None:
-    """Count the request against the key's limits (managed keys only; the master key has none)."""
+def _read(line: RequestLine, key: ApiKey | None, slot_expires: float) -> bytes:
+    """The request body; a key with max_parallel takes its slot if the body is slow to arrive."""
+    gw = gateway()
+
+    def read() -> bytes:
+        content_type, limit = request.headers.get("Content-Type"), gw.config.gateway.max_body_bytes
+        return read_body(request.stream, request.content_length, content_type, limit)
+
+    if key is None or key.max_parallel is None:
+        return read()
+    return read_holding_slot(read, lambda: _hold(gw.limiter, line, key, slot_expires))
+
+
+def _hold(limiter: Limiter, line: RequestLine, key: ApiKey, expires_at: float) -> None:
+    """Take the key's slot while its body arrives (in a helper greenlet: no flask globals here)."""
+    try:
+        line.admission = limiter.hold(key, time.time(), expires_at)
+    except LimitExceeded as exc:
+        raise _refused(line, exc) from None
+
+
+def _admit(line: RequestLine, identity: Identity, expires_at: float) -> None:
+    """Count the request against the key's limits (managed keys only; the master key has none).
+    A slot held while the body arrived is kept in `line.admission` (released at the end) either way."""
     if identity.key is None:
         return
     try:
-        line.admission = gateway().limiter.admit(identity.key, time.time())
+        line.admission = gateway().limiter.admit(identity.key, time.time(), expires_at, held=line.admission)
     except LimitExceeded as exc:
-        line.window = exc.window
-        raise ApiError(
-            429, exc.message, code=exc.code, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-        ) from None
+        raise _refused(line, exc) from None
     line.window = line.admission.window
+
+
+def _refused(line: RequestLine, exc: LimitExceeded) -> ApiError:
+    line.window = exc.window
+    retry_after = str(max(1, math.ceil(exc.retry_after)))
+    return ApiError(429, exc.message, code=exc.code, headers={"Retry-After": retry_after})
 
 
 def _usage_body(payload: dict[str, Any]) -> bytes | None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from app.requestlog import RequestLine
 from app.services import metrics
+from app.services.releases import Releases
 from app.services.usage import USAGE_FIELDS
-from app.storage.db import StorageError
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
 
@@ -69,15 +69,14 @@ class Accounting:
         self, limiter: Limiter, writer: UsageWriter, records: bool = True, clock: Callable[[], float] = time.time
     ) -> None:
         self.limiter, self.writer, self.records, self.clock = limiter, writer, records, clock
+        self.releases = Releases(limiter, clock)
+        writer.every(1.0, self.releases.retry)  # failed releases, off the request path
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""
         total = line.usage.get("total_tokens", 0)
         if line.admission is not None:
-            try:
-                self.limiter.release(line.admission, total, self.clock())
-            except StorageError as exc:
-                log.error("could not release admission request_id=%s: %s", line.request_id, exc)
+            self.releases.release(line.admission, total, line.request_id)
         if line.endpoint is not None and self.records:
             self.writer.add(self.record(line))
         observe(line)

@@ -8,11 +8,17 @@ request go early, and an admission reads at most 61 rows whatever the request ra
 Token counts are only known when a response ends: `release` records them, and `tpm` admits
 while the window's recorded tokens are under the limit (overshoot is bounded by the requests
 already in flight).
+
+A max_parallel slot (an `inflight` row) names the worker holding it and frees itself at its
+request's deadline plus SLOT_MARGIN: a release that never lands (a worker killed, the store
+down while the request ended) cannot keep the slot longer, and `free_worker` frees a dead
+worker's slots at once (app/storage/reaper.py, run by gunicorn's master).
 """
 
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -25,7 +31,16 @@ from app.storage.db import Database, Quick
 from app.storage.keys import ApiKey
 
 WINDOW = 60.0
-STALE_INFLIGHT = 3600.0  # an in-flight row older than this is from a crashed worker
+# A slot outlives its request's deadline by this much: a stream's end (its last write to the
+# client, the usage chunk, the release itself) comes just after the deadline at the latest.
+SLOT_MARGIN = 10.0
+DEFAULT_SLOT_TTL = 3600.0  # for callers that know no deadline (the CLI, tests)
+_HOST = socket.gethostname()
+
+
+def worker_name(pid: int | None = None) -> str:
+    """A worker's name in the slots it holds: "<host>:<pid>" (this process's by default)."""
+    return f"{_HOST}:{process.pid() if pid is None else pid}"[:100]
 
 
 @dataclass(frozen=True)
@@ -42,9 +57,16 @@ class Window:
 
 @dataclass(frozen=True)
 class Admission:
+    """A request's hold on its key: the slot (max_parallel) and, once admitted, its window.
+
+    `hold` gives one with no window yet (a slot taken while the body still arrives);
+    `admit(..., held=...)` completes it under the same id."""
+
     key: ApiKey
     admission_id: str
-    window: Window
+    window: Window | None
+    expires_at: float  # the slot frees itself then, released or not
+    worker: str  # the process holding the slot (worker_name)
 
 
 class LimitExceeded(Exception):
@@ -54,11 +76,17 @@ class LimitExceeded(Exception):
 
 
 class Limiter(Protocol):
-    def admit(self, key: ApiKey, now: float) -> Admission: ...
+    def hold(self, key: ApiKey, now: float, expires_at: float) -> Admission: ...
+
+    def admit(
+        self, key: ApiKey, now: float, expires_at: float | None = None, held: Admission | None = None
+    ) -> Admission: ...
 
     def peek(self, key: ApiKey, now: float) -> Window: ...
 
     def release(self, admission: Admission, tokens: int, now: float) -> None: ...
+
+    def free_worker(self, worker: str) -> int: ...
 
 
 def month_of(now: float) -> str:
@@ -72,10 +100,11 @@ def seconds_to_next_month(now: float) -> float:
 
 
 _R, _INF, _M = schema.rate_seconds.c, schema.inflight.c, schema.monthly_usage.c
-_KEY, _SINCE, _STALE = bindparam("key_id"), bindparam("since"), bindparam("stale")
+_KEY, _SINCE, _NOW = bindparam("key_id"), bindparam("since"), bindparam("now")
+_RUNNING = select(func.count()).where(_INF.key_id == _KEY, _INF.expires_at > _NOW)
 # One round trip for the whole window (at most 61 rows of rate_seconds).
 _WINDOW_QUERY = select(
-    select(func.count()).where(_INF.key_id == _KEY, _INF.started_at > _STALE).scalar_subquery(),
+    _RUNNING.scalar_subquery(),
     func.coalesce(func.sum(_R.requests), 0),
     func.min(case((_R.requests > 0, _R.second))),
     func.coalesce(func.sum(_R.tokens), 0),
@@ -88,11 +117,13 @@ class Statements:
 
     def __init__(self, db: Database) -> None:
         self.window = db.prepare(_WINDOW_QUERY)
+        self.running = db.prepare(_RUNNING)
         self.lock_key = db.prepare(select(schema.api_keys.c.id).where(schema.api_keys.c.id == _KEY).with_for_update())
         self.add_inflight = db.prepare(insert(schema.inflight))
         self.end_inflight = db.prepare(
             delete(schema.inflight).where(_INF.key_id == _KEY, _INF.request_id == bindparam("admission_id"))
         )
+        self.free_worker = db.prepare(delete(schema.inflight).where(_INF.worker == bindparam("worker")))
         self.count = db.prepare(db.upsert(schema.rate_seconds, ["key_id", "second"]))
         self.monthly = db.prepare(select(_M.tokens).where(_M.key_id == _KEY, _M.month == bindparam("month")))
         self.add_monthly = db.prepare(db.upsert(schema.monthly_usage, ["key_id", "month"]))
@@ -115,32 +146,58 @@ class SqlLimiter:
     def __init__(self, db: Database) -> None:
         self.db, self.sql = db, Statements(db)
 
-    def admit(self, key: ApiKey, now: float) -> Admission:
-        admission_id, sql = process.unique_id(), self.sql
+    def hold(self, key: ApiKey, now: float, expires_at: float) -> Admission:
+        """Take one of the key's max_parallel slots (before its request is admitted), or refuse."""
+        admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
         with self.db.quick(write=True) as q:
-            if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
-                q.execute(sql.lock_key, {"key_id": key.id})
+            self._lock(q, key)
+            check_parallel(key, q.one(self.sql.running, {"key_id": key.id, "now": now})[0])
+            self._add_slot(q, admission, now)
+        return admission
+
+    def admit(
+        self, key: ApiKey, now: float, expires_at: float | None = None, held: Admission | None = None
+    ) -> Admission:
+        """Count the request, or refuse it (LimitExceeded); with `held`, its slot is taken already."""
+        sql = self.sql
+        if held is None:
+            expires_at = now + DEFAULT_SLOT_TTL if expires_at is None else expires_at
+            admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
+        else:
+            admission = held
+        with self.db.quick(write=True) as q:
+            self._lock(q, key)
             check_budget(q, sql, key, now)
-            params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
+            params = {"key_id": key.id, "since": window_start(now), "now": now}
             running, count, oldest_req, used, oldest_tok = q.one(sql.window, params)
-            if key.max_parallel is not None and running >= key.max_parallel:
-                message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
-                raise LimitExceeded("too_many_parallel_requests", message, 1.0)
-            window = decide(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
+            if held is None:
+                check_parallel(key, running)
+            this = _end(math.floor(now))  # the admitted request's own second
+            window = decide(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok), this)
             if key.rpm is not None:
                 q.execute(sql.count, _second(key.id, now, requests=1, tokens=0))
-            if key.max_parallel is not None:
-                q.execute(sql.add_inflight, {"request_id": admission_id, "key_id": key.id, "started_at": now})
-        return Admission(key, admission_id, window)
+            if held is None:
+                self._add_slot(q, admission, now)
+        return Admission(key, admission.admission_id, window, admission.expires_at, admission.worker)
+
+    def _lock(self, q: Quick, key: ApiKey) -> None:
+        if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
+            q.execute(self.sql.lock_key, {"key_id": key.id})
+
+    def _add_slot(self, q: Quick, admission: Admission, now: float) -> None:
+        if admission.key.max_parallel is not None:
+            row = {"request_id": admission.admission_id, "key_id": admission.key.id, "started_at": now}
+            q.execute(self.sql.add_inflight, {**row, "worker": admission.worker, "expires_at": admission.expires_at})
 
     def peek(self, key: ApiKey, now: float) -> Window:
         """The window as it stands, without counting anything (for responses that were not admitted)."""
-        params = {"key_id": key.id, "since": window_start(now), "stale": now - STALE_INFLIGHT}
+        params = {"key_id": key.id, "since": window_start(now), "now": now}
         with self.db.quick() as q:
             _, count, oldest_req, used, oldest_tok = q.one(self.sql.window, params)
         return describe(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok))
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
+        """Free the slot and record the tokens. Safe to repeat after a StorageError (it rolled back)."""
         key, sql = admission.key, self.sql
         if key.max_parallel is None and (tokens <= 0 or (key.tpm is None and key.monthly_tokens is None)):
             return  # nothing to record: no write transaction at all
@@ -154,11 +211,16 @@ class SqlLimiter:
             if tokens > 0 and key.monthly_tokens is not None:
                 add_monthly(q, sql, key.id, month_of(now), tokens)
 
+    def free_worker(self, worker: str) -> int:
+        """Free every slot `worker` holds (it died: its releases will never come); returns how many."""
+        with self.db.quick(write=True) as q:
+            return q.execute(self.sql.free_worker, {"worker": worker})
+
     def prune(self, now: float) -> None:
         """Drop window rows that can no longer count (the queries ignore them anyway)."""
         with self.db.write() as conn:
             conn.execute(delete(schema.rate_seconds).where(_R.second < window_start(now)))
-            conn.execute(delete(schema.inflight).where(_INF.started_at <= now - STALE_INFLIGHT))
+            conn.execute(delete(schema.inflight).where(_INF.expires_at <= now))
 
 
 def _second(key_id: str, now: float, *, requests: int, tokens: int) -> dict[str, int | str]:
@@ -183,10 +245,20 @@ def describe(
 
 
 def decide(
-    key: ApiKey, now: float, count: int, oldest_req: float | None, used: int, oldest_tok: float | None
+    key: ApiKey,
+    now: float,
+    count: int,
+    oldest_req: float | None,
+    used: int,
+    oldest_tok: float | None,
+    this_req: float,
 ) -> Window:
-    """Refuse (LimitExceeded) or describe the window after admitting one more request."""
-    window = describe(key, now, count + 1, oldest_req, used, oldest_tok)
+    """Refuse (LimitExceeded) or describe the window after admitting one more request.
+
+    `this_req` is where the admitted request itself counts from (as an `oldest_req`): in an
+    empty window it is the oldest, so the window resets when it leaves, not now."""
+    first = oldest_req if oldest_req is not None else this_req
+    window = describe(key, now, count + 1, first, used, oldest_tok)
     reset_req, reset_tok = window.reset_requests, window.reset_tokens
     if key.rpm is not None and count >= key.rpm:
         refused = Window(key.rpm, 0, window.reset_requests, key.tpm, window.remaining_tokens, window.reset_tokens)
@@ -196,6 +268,16 @@ def decide(
         message = f"Rate limit reached: {key.tpm} tokens per minute for this key."
         raise LimitExceeded("rate_limit_exceeded", message, max(reset_tok, 0.001), window)
     return window
+
+
+def check_parallel(key: ApiKey, running: int) -> None:
+    if key.max_parallel is not None and running >= key.max_parallel:
+        raise too_many_parallel(key)
+
+
+def too_many_parallel(key: ApiKey) -> LimitExceeded:
+    message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
+    return LimitExceeded("too_many_parallel_requests", message, 1.0)
 
 
 def check_budget(q: Quick, sql: Statements, key: ApiKey, now: float) -> None:

@@ -13,10 +13,9 @@ from app import process
 from app.storage.db import Database, StorageError
 from app.storage.keys import ApiKey
 from app.storage.limits import (
-    STALE_INFLIGHT,
+    DEFAULT_SLOT_TTL,
     WINDOW,
     Admission,
-    LimitExceeded,
     Statements,
     Window,
     add_monthly,
@@ -24,30 +23,46 @@ from app.storage.limits import (
     decide,
     describe,
     month_of,
+    too_many_parallel,
+    worker_name,
 )
 
+# KEYS: the key's requests, tokens and in-flight zsets, and the worker's hash of the slots it
+# holds (slot id -> in-flight zset). ARGV: window, slot ttl, rpm, tpm, max_parallel (-1: none,
+# or the slot is held already), slot id. An in-flight entry's score is when it expires.
 ADMIT = """
-local req, tok, inf = KEYS[1], KEYS[2], KEYS[3]
+local req, tok, inf, owner = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local window, stale = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rpm, tpm, maxp, id = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-redis.call('ZREMRANGEBYSCORE', req, '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', tok, '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', inf, '-inf', now - stale)
-if maxp >= 0 and redis.call('ZCARD', inf) >= maxp then
-  return {'parallel', tostring(now), 0, '', 0, ''}
+local function keep(name, seconds)
+  if redis.call('TTL', name) < seconds then redis.call('EXPIRE', name, seconds) end
 end
-local count = redis.call('ZCARD', req)
-local oldest_req = redis.call('ZRANGE', req, 0, 0, 'WITHSCORES')[2] or ''
-local used = 0
-local members = redis.call('ZRANGE', tok, 0, -1, 'WITHSCORES')
-for i = 1, #members, 2 do used = used + tonumber(string.match(members[i], ':(%d+)$')) end
-local oldest_tok = members[2] or ''
+if maxp >= 0 then
+  redis.call('ZREMRANGEBYSCORE', inf, '-inf', now)
+  if redis.call('ZCARD', inf) >= maxp then return {'parallel', tostring(now), 0, '', 0, ''} end
+end
+local count, oldest_req, used, oldest_tok = 0, '', 0, ''
+if rpm >= 0 or tpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', req, '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', tok, '-inf', now - window)
+  count = redis.call('ZCARD', req)
+  oldest_req = redis.call('ZRANGE', req, 0, 0, 'WITHSCORES')[2] or ''
+  local members = redis.call('ZRANGE', tok, 0, -1, 'WITHSCORES')
+  for i = 1, #members, 2 do used = used + tonumber(string.match(members[i], ':(%d+)$')) end
+  oldest_tok = members[2] or ''
+end
 local admitted = (rpm < 0 or count < rpm) and (tpm < 0 or used < tpm)
 if admitted then
   if rpm >= 0 then redis.call('ZADD', req, now, id); redis.call('EXPIRE', req, math.ceil(window) + 1) end
-  if maxp >= 0 then redis.call('ZADD', inf, now, id); redis.call('EXPIRE', inf, math.ceil(stale)) end
+  if maxp >= 0 then
+    local seconds = math.ceil(ttl) + 1
+    redis.call('ZADD', inf, now + ttl, id)
+    keep(inf, seconds)
+    redis.call('HSET', owner, id, inf)
+    keep(owner, seconds)
+  end
 end
 return {admitted and 'ok' or 'limited', tostring(now), count, oldest_req, used, oldest_tok}
 """
@@ -62,28 +77,46 @@ class RedisLimiter:
         self._admit = self.redis.register_script(ADMIT)
         self._errors = redis.RedisError
 
-    def admit(self, key: ApiKey, now: float) -> Admission:
+    def hold(self, key: ApiKey, now: float, expires_at: float) -> Admission:
+        """Take one of the key's max_parallel slots (before its request is admitted), or refuse."""
+        admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
+        self._run(admission, now, -1, -1, _arg(key.max_parallel))
+        return admission
+
+    def admit(
+        self, key: ApiKey, now: float, expires_at: float | None = None, held: Admission | None = None
+    ) -> Admission:
+        """Count the request, or refuse it (LimitExceeded); with `held`, its slot is taken already."""
         if key.monthly_tokens is not None:
             with self.db.quick() as q:
                 check_budget(q, self.sql, key, now)
-        admission_id = process.unique_id()
-        args = [WINDOW, STALE_INFLIGHT, _arg(key.rpm), _arg(key.tpm), _arg(key.max_parallel), admission_id]
+        if held is None:
+            expires_at = now + DEFAULT_SLOT_TTL if expires_at is None else expires_at
+            admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
+        else:
+            admission = held
+        parallel = _arg(key.max_parallel) if held is None else -1
+        at, count, oldest_req, used, oldest_tok = self._run(admission, now, _arg(key.rpm), _arg(key.tpm), parallel)
+        # `count` and `used` are the window before this request: decide() adds it.
+        window = decide(key, at, count, _float(oldest_req), used, _float(oldest_tok), at)
+        return Admission(key, admission.admission_id, window, admission.expires_at, admission.worker)
+
+    def _run(self, admission: Admission, now: float, rpm: int, tpm: int, parallel: int) -> tuple:
+        """Run the admission script: Redis's clock, the window's counts; LimitExceeded for no free slot."""
+        key = admission.key
+        ttl = max(1.0, admission.expires_at - now)  # the slot's life, on Redis's clock
+        args = [WINDOW, ttl, rpm, tpm, parallel, admission.admission_id]
         try:
-            state, at, count, oldest_req, used, oldest_tok = self._admit(keys=_keys(key.id), args=args)
+            state, at, count, oldest_req, used, oldest_tok = self._admit(_keys(key.id, admission.worker), args)
         except self._errors as exc:
             raise StorageError(f"redis admission failed: {type(exc).__name__}") from exc
-        now = float(at)
         if state == b"parallel":
-            message = f"This key allows {key.max_parallel} requests in flight; wait for one to finish."
-            raise LimitExceeded("too_many_parallel_requests", message, 1.0)
-        # `count` includes this request when admitted: decide() counts the window before it.
-        before = int(count)
-        window = decide(key, now, before, _float(oldest_req, None), int(used), _float(oldest_tok, None))
-        return Admission(key, admission_id, window)
+            raise too_many_parallel(key)
+        return float(at), int(count), oldest_req, int(used), oldest_tok
 
     def peek(self, key: ApiKey, now: float) -> Window:
         """The window as it stands, without counting anything."""
-        req, tok, _ = _keys(key.id)
+        req, tok = _keys(key.id, "")[:2]
         try:
             seconds, micros = self.redis.time()
             now = seconds + micros / 1_000_000
@@ -100,13 +133,15 @@ class RedisLimiter:
         return describe(key, now, int(count), oldest_req, used, tokens[0][1] if tokens else None)
 
     def release(self, admission: Admission, tokens: int, now: float) -> None:
+        """Free the slot and record the tokens. Safe to repeat after a StorageError (every step is)."""
         key = admission.key
-        req, tok, inf = _keys(key.id)
+        _, tok, inf, owner = _keys(key.id, admission.worker)
         pipe = self.redis.pipeline()
         if key.max_parallel is not None:
             pipe.zrem(inf, admission.admission_id)
+            pipe.hdel(owner, admission.admission_id)
         if tokens > 0 and key.tpm is not None:
-            pipe.zadd(tok, {f"{admission.admission_id}:{tokens}": now})
+            pipe.zadd(tok, {f"{admission.admission_id}:{tokens}": now})  # the same member if repeated
             pipe.expire(tok, int(WINDOW) + 1)
         try:
             pipe.execute()
@@ -116,14 +151,33 @@ class RedisLimiter:
             with self.db.quick(write=True) as q:
                 add_monthly(q, self.sql, key.id, month_of(now), tokens)
 
+    def free_worker(self, worker: str) -> int:
+        """Free every slot `worker` holds (it died: its releases will never come); returns how many."""
+        owner = _owner(worker)
+        try:
+            slots = self.redis.hgetall(owner)
+            pipe = self.redis.pipeline()
+            for slot, inflight in slots.items():
+                pipe.zrem(inflight, slot)
+            pipe.delete(owner)
+            pipe.execute()
+        except self._errors as exc:
+            raise StorageError(f"redis release failed: {type(exc).__name__}") from exc
+        return len(slots)
 
-def _keys(key_id: str) -> list[str]:
-    return [f"sluice:rl:{key_id}:req", f"sluice:rl:{key_id}:tok", f"sluice:rl:{key_id}:inflight"]
+
+def _keys(key_id: str, worker: str) -> list[str]:
+    return [f"sluice:rl:{key_id}:req", f"sluice:rl:{key_id}:tok", f"sluice:rl:{key_id}:inflight", _owner(worker)]
+
+
+def _owner(worker: str) -> str:
+    """The hash of the slots `worker` holds: slot id -> its key's in-flight zset."""
+    return f"sluice:worker:{worker}:slots"
 
 
 def _arg(limit: int | None) -> int:
     return -1 if limit is None else limit
 
 
-def _float(value: Any, default: float | None) -> float | None:
-    return float(value) if value not in (b"", "", None) else default
+def _float(value: Any) -> float | None:
+    return float(value) if value not in (b"", "", None) else None

@@ -38,12 +38,18 @@ rate_seconds = Table(
     Column("tokens", BigInteger, nullable=False),
     sqlite_with_rowid=False,  # the key is the table: one B-tree to write per admission (revision 0003)
 )
+# A key's requests in flight (max_parallel): each row frees itself at expires_at (its request's
+# deadline and a margin) and names the worker that holds it ("<host>:<pid>"), so the slots of a
+# worker that died are freed when gunicorn's master sees it go (revision 0004). No index on
+# worker: the table holds only the requests running now, and an index would cost every admission.
 inflight = Table(
     "inflight",
     metadata,
     Column("key_id", String(40), primary_key=True),
     Column("request_id", String(160), primary_key=True),
     Column("started_at", Float, nullable=False),
+    Column("worker", String(100), nullable=False),
+    Column("expires_at", Float, nullable=False),
     sqlite_with_rowid=False,
 )
 monthly_usage = Table(

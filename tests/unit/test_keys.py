@@ -8,6 +8,8 @@ import time
 import pytest
 import responses
 
+from app.errors import ApiError
+from app.storage.limits import LimitExceeded
 from tests.conftest import BASE, TOKENS, chat
 
 USAGE = {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
@@ -129,3 +131,126 @@ def test_cli_adds_encrypted_tokens_with_a_secret_key(make_app):
     assert row.secret and "new-token" not in row.secret
     assert runner.invoke(args=["tokens", "remove", row.id]).exit_code == 0
     assert runner.invoke(args=["secrets", "rotate"]).output.startswith("re-encrypted 0 tokens")
+
+
+def test_the_first_request_of_a_window_resets_when_it_leaves(client, keys, upstream):
+    """Issue #10 item 13: the admitted request is the window's oldest, so reset is ~60 s, not 0ms."""
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    _, secret = keys.create("first", now=0.0, rpm=5)
+    for remaining in ("4", "3"):
+        resp = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+        assert resp.headers["x-ratelimit-remaining-requests"] == remaining
+        reset = resp.headers["x-ratelimit-reset-requests"]
+        assert reset in ("1m0s", "1m1s", "59s"), reset  # the window holds its second until 61 s later
+
+
+@pytest.mark.parametrize("oldest", [None, 1000.0])
+def test_decide_counts_the_admitted_request_as_oldest_of_an_empty_window(oldest):
+    from app.storage.keys import ApiKey
+    from app.storage.limits import decide
+
+    key = ApiKey("id", "k", "sk-sluice-x", 0.0, None, True, None, ("*",), 10, None, None, None)
+    window = decide(key, 1030.0, 0 if oldest is None else 3, oldest, 0, None, this_req=1030.0)
+    assert window.remaining_requests == (9 if oldest is None else 6)
+    assert window.reset_requests == pytest.approx(60.0 if oldest is None else 30.0)
+
+
+def test_a_release_the_store_refused_is_retried_until_it_lands(app, keys, logs):
+    """Issue #10 item 2: the slot comes back once the store does, off the request path."""
+    from app.requestlog import RequestLine
+    from app.storage.db import StorageError
+
+    gw = app.extensions["sluice"]
+    key, _ = keys.create("parallel", now=0.0, max_parallel=1)
+    limiter, now = gw.limiter, time.time()
+    line = RequestLine("req_1", "POST", "/v1/chat/completions", admission=limiter.admit(key, now, now + 900))
+    real_release, failures = limiter.release, []
+
+    def broken(*args):
+        failures.append(args)
+        raise StorageError("database write failed: OperationalError")
+
+    limiter.release = broken
+    gw.accounting.finish(line)
+    releases = gw.accounting.releases
+    releases.retry()
+    assert len(failures) == 1 and releases.pending() == 1  # the store is not asked again at once
+    with pytest.raises(LimitExceeded) as info:
+        limiter.admit(key, time.time())
+    assert info.value.code == "too_many_parallel_requests"
+    limiter.release = real_release
+    releases._resume_at = 0.0  # skip the pause
+    for _ in range(50):  # the writer's thread may be running the same retry
+        releases.retry()
+        if releases.pending() == 0:
+            break
+        time.sleep(0.05)
+    assert releases.pending() == 0
+    limiter.admit(key, time.time())  # the slot is free again
+    assert "could not release admission request_id=req_1 (will retry)" in logs.getvalue()
+
+
+def test_a_release_is_given_up_once_its_slot_has_expired(app, keys):
+    from app.services.releases import Releases
+    from app.storage.db import StorageError
+
+    key, _ = keys.create("parallel", now=0.0, max_parallel=1)
+    clock = [1000.0]
+    limiter = app.extensions["sluice"].limiter
+    admission = limiter.admit(key, 1000.0, 1005.0)
+    releases = Releases(limiter, clock=lambda: clock[0])
+    limiter.release = lambda *args: (_ for _ in ()).throw(StorageError("down"))
+    releases.release(admission, 0, "req_2")
+    clock[0] = 1005.0
+    releases.retry()
+    assert releases.pending() == 0
+    del limiter.release
+    limiter.admit(key, 1005.0)  # expired on its own: the key is free
+
+
+class _Body:
+    """A request body that arrives after `delay` seconds (gevent's clock), and what took the slot."""
+
+    def __init__(self, delay: float, take_delay: float = 0.0, refuse: bool = False) -> None:
+        self.delay, self.take_delay, self.refuse = delay, take_delay, refuse
+        self.taken = 0
+
+    def read(self) -> bytes:
+        import gevent
+
+        gevent.sleep(self.delay)
+        return b"{}"
+
+    def take(self) -> None:
+        import gevent
+
+        gevent.sleep(self.take_delay)
+        self.taken += 1
+        if self.refuse:
+            raise ApiError(429, "no free slot", code="too_many_parallel_requests")
+
+
+@pytest.mark.parametrize(
+    ("body", "taken"),
+    [
+        (_Body(0.0), 0),  # arrived at once: no slot before admission (no extra transaction)
+        (_Body(0.3), 1),  # still arriving: the slot is taken meanwhile
+        (_Body(0.08, take_delay=0.1), 1),  # arrived while the slot was being taken: it is kept
+    ],
+)
+def test_a_slow_body_takes_its_slot_while_it_arrives(body, taken, monkeypatch):
+    from app.api import slots
+
+    monkeypatch.setattr(slots, "cooperative", lambda: True)
+    assert slots.read_holding_slot(body.read, body.take, after=0.05) == b"{}"
+    assert body.taken == taken
+
+
+def test_a_slow_body_with_no_free_slot_is_cut_short_with_the_429(monkeypatch):
+    from app.api import slots
+
+    monkeypatch.setattr(slots, "cooperative", lambda: True)
+    body, started = _Body(5.0, refuse=True), time.monotonic()
+    with pytest.raises(ApiError) as info:
+        slots.read_holding_slot(body.read, body.take, after=0.05)
+    assert info.value.code == "too_many_parallel_requests" and time.monotonic() - started < 1.0
