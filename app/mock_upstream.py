@@ -1,6 +1,6 @@
 """The bundled OpenAI-compatible fake upstream, used by `make run`, the tests and bench/.
 
-    python -m app.mock_upstream --port 9100 [--chunks 8] [--delay 0.05] [--strict-edge]
+    python -m app.mock_upstream --port 9100 [--port-file PATH] [--chunks 8] [--delay 0.05] [--strict-edge]
 
 Behaviour per token prefix: `revoked-` -> 403, `expired-` -> 401, `limited-` -> 429
 with `Retry-After: <seconds>`, `limiteddate-` -> 429 with an HTTP-date Retry-After,
@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -307,7 +309,8 @@ class _Handler(WSGIHandler):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.mock_upstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--port", type=int, default=9100, help="0: any free port (see --port-file)")
+    parser.add_argument("--port-file", help="write the port once listening (`make run` picks a free one this way)")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per reply (default 8)")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds between stream chunks (default 0.05)")
     parser.add_argument("--drop-after", type=int, default=None, help="cut every stream after N chunks")
@@ -320,7 +323,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     options = Options(args.chunks, args.delay, args.drop_after, args.status, args.strict_edge)
     server = WSGIServer((args.host, args.port), MockUpstream(options), handler_class=_Handler, log=None)
-    print(f"mock upstream listening on http://{args.host}:{args.port}/v1", flush=True)
+    try:
+        server.start()
+    except OSError as exc:  # e.g. the port is taken by another `make run`: one line, not a traceback
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        parser.exit(1, f"mock upstream: cannot listen on {args.host}:{args.port}: {reason}\n")
+    if args.port_file:  # written whole, then renamed: a reader never sees half a number
+        Path(f"{args.port_file}.tmp").write_text(f"{server.server_port}\n")
+        Path(f"{args.port_file}.tmp").replace(args.port_file)
+    print(f"mock upstream listening on http://{args.host}:{server.server_port}/v1", flush=True)
     server.serve_forever()
 
 

@@ -16,6 +16,10 @@ if [ -z "${SLUICE_MASTER_KEY:-}" ] && [ -z "${SLUICE_MASTER_KEY_FILE:-}" ]; then
     export SLUICE_MASTER_KEY_FILE="$key_file"
 fi
 key="${SLUICE_MASTER_KEY:-$(cat "${SLUICE_MASTER_KEY_FILE}")}"
+admin_note='curl -H "Authorization: Bearer $SLUICE_MASTER_KEY" ...  (your key)'
+if [ -z "${SLUICE_MASTER_KEY:-}" ]; then
+    admin_note="export SLUICE_MASTER_KEY=\"\$(cat $SLUICE_MASTER_KEY_FILE)\"   (then the README's curl lines work)"
+fi
 
 # The dashboard: a demo password and a secret key (signs its sessions, encrypts added tokens).
 demo_secret() {  # file bytes -> a random value kept in the file (created once, readable by you only)
@@ -37,11 +41,38 @@ if [ -z "${SLUICE_ADMIN_PASSWORD:-}" ] && [ -z "${SLUICE_ADMIN_PASSWORD_HASH:-}"
 fi
 
 mock_pid=""
-cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null || true; }
+port_file=""
+cleanup() {
+    if [ -n "$mock_pid" ]; then kill "$mock_pid" 2>/dev/null || true; fi
+    if [ -n "$port_file" ]; then rm -f "$port_file"; fi
+}
 trap cleanup EXIT
-if [ -z "${SLUICE_CONFIG:-}" ] && [ ! -f sluice.toml ]; then
-    python -m app.mock_upstream --port "${SLUICE_DEMO_MOCK_PORT:-9100}" &
+
+# The bundled mock on SLUICE_DEMO_MOCK_PORT, else on a free port, so a second `make run` (another
+# SLUICE_BIND) gets its own mock; the gateway's built-in config reads the port from the same variable.
+start_mock() {
+    port_file="$(mktemp)"
+    python -m app.mock_upstream --port "${SLUICE_DEMO_MOCK_PORT:-0}" --port-file "$port_file" >/dev/null &
     mock_pid=$!
+    for _ in $(seq 100); do  # up to 10 s
+        if [ -s "$port_file" ]; then
+            SLUICE_DEMO_MOCK_PORT="$(cat "$port_file")"
+            export SLUICE_DEMO_MOCK_PORT
+            mock_note="http://127.0.0.1:$SLUICE_DEMO_MOCK_PORT/v1"
+            return 0
+        fi
+        if ! kill -0 "$mock_pid" 2>/dev/null; then  # it said why (e.g. the port is taken), in one line
+            mock_pid=""
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "make run: the bundled mock upstream did not start within 10 s" >&2
+    exit 1
+}
+mock_note="not started (a config file is in use)"
+if [ -z "${SLUICE_CONFIG:-}" ] && [ ! -f sluice.toml ]; then
+    start_mock
 fi
 
 cat <<MSG
@@ -59,6 +90,10 @@ cat <<MSG
 
   The dashboard: http://$bind/dashboard
   Password: $password_note
+
+  The CLI (uses the same data and secrets):  ./sluice keys list
+  The admin API:  $admin_note
+  The mock upstream: $mock_note
 
 MSG
 SLUICE_BIND="$bind" gunicorn -c gunicorn.conf.py wsgi:app
