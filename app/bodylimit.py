@@ -50,13 +50,9 @@ class BodyTimeout(ApiError):
     """The body did not arrive before its deadline: 408. Not an OSError: Werkzeug makes those 400s."""
 
     def __init__(self, timeout: float) -> None:
-        # Connection: close: a client this slow is not worth waiting for again.
-        super().__init__(
-            408,
-            f"The request body did not arrive within {timeout:g} seconds.",
-            code="request_timeout",
-            headers={"Connection": "close"},
-        )
+        # gunicorn then drains the rest of the body for the next request, under the head
+        # timer of app/headwait.py: SLUICE_HEADER_TIMEOUT more at most, then it closes.
+        super().__init__(408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout")
 
 
 def _gevent_timeout(seconds: float, error: BodyTimeout) -> contextlib.AbstractContextManager[Any]:

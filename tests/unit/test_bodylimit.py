@@ -150,7 +150,6 @@ def test_a_body_that_trickles_in_past_the_deadline_gets_408(client, auth, path, 
     started = time.monotonic()
     resp = raw_post(client, path, Trickle(4000, 0.02), content_type, length=4000, **extra)
     assert_openai_error(resp, 408, "request_timeout")
-    assert resp.headers["Connection"] == "close"
     assert time.monotonic() - started < 5  # refused at the deadline, not after the whole body
     resp = raw_post(client, path, Trickle(4000, 0.02), content_type, **extra)  # chunked
     assert_openai_error(resp, 408, "request_timeout")
