@@ -133,3 +133,14 @@ def test_cli_as_a_process_gives_one_line_errors_and_no_master_key_warning(tmp_pa
         assert "no master key" not in err
     listed = subprocess.run([*flask, "keys", "list", "--json"], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+
+
+def test_the_sluice_wrapper_says_what_to_do_before_make_run(tmp_path):
+    """`./sluice` in a checkout without .venv: one line naming the fix, not bash's 'No such file'."""
+    wrapper = tmp_path / "sluice"
+    wrapper.write_bytes((ROOT / "sluice").read_bytes())
+    wrapper.chmod(0o755)
+    done = subprocess.run([str(wrapper), "keys", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "sluice: no virtual environment yet; run 'make run' (or 'make test') once first"
+    ]
