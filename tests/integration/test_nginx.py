@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -37,8 +38,13 @@ def start_nginx(tmp_path, sluice_address: str) -> Server:
     config = config.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     prefix = tmp_path / f"nginx-{port}"
     prefix.mkdir()
+    # A client-body temp directory the workers cannot reach (pytest's tmp dirs are private to
+    # root), as when a packaged nginx's workers may not write its temp path: the config must
+    # never need one.
+    config = config.replace("http {", f"http {{\n    client_body_temp_path {prefix}/client_body;", 1)
     (prefix / "nginx.conf").write_text(config)
-    globals_ = f"daemon off; pid {prefix}/nginx.pid;" + (" user root;" if os.geteuid() == 0 else "")
+    # As the packaged service runs it: a root master, workers as an unprivileged user.
+    globals_ = f"daemon off; pid {prefix}/nginx.pid;" + (" user nobody nogroup;" if os.geteuid() == 0 else "")
     cmd = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", globals_]
     process = start(cmd, f"http://127.0.0.1:{port}/healthz", prefix / "nginx.log")
     return Server(f"http://127.0.0.1:{port}", process, prefix / "nginx.log")
@@ -106,6 +112,44 @@ def test_nginx_own_errors_are_openai_shaped(proxied, tmp_path):
         dead.stop()
 
 
+@pytest.mark.parametrize(("size", "status"), [(2_000_000, 200), (11_000_000, 413)])
+def test_bodies_above_nginxs_buffer_are_proxied_or_refused_in_json(proxied, size, status):
+    """Over client_body_buffer_size: proxied to Sluice (2 MB) or refused (11 MB > 10 MiB) by
+    workers that cannot write a temp file (they answered 500 when the body was buffered)."""
+    nginx, _ = proxied
+    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "x" * size}]}
+    resp = requests.post(f"{nginx.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert resp.status_code == status, resp.text[:300]
+    if status == 413:
+        assert resp.json()["error"]["code"] == "request_too_large"
+    else:
+        assert resp.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: sluice\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\nHost: sluice\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large"),
+        (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: bogus\r\n\r\n", 501, "not_implemented"),
+    ],
+)
+def test_nginxs_answers_to_malformed_requests_are_openai_shaped(proxied, request_bytes, status, code):
+    nginx, _ = proxied
+    host, port = nginx.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split()[1] == str(status).encode(), answer[:300]
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == code and set(error) == {"message", "type", "param", "code"}
+
+
 def test_forwarded_for_is_trusted_for_exactly_one_hop(proxied):
     nginx, gateway = proxied
     requests.get(f"{nginx.url}/v1/models", headers={**AUTH, "X-Forwarded-For": "198.51.100.7", "X-Request-ID": "xff-1"})
@@ -117,6 +161,7 @@ def test_forwarded_for_is_trusted_for_exactly_one_hop(proxied):
 def test_config_has_the_required_settings():
     config = (ROOT / "deploy" / "nginx.conf").read_text()
     for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-                      "proxy_read_timeout 960s;", "client_max_body_size 11m;", "X-Forwarded-For"):  # fmt: skip
+                      "proxy_read_timeout 960s;", "client_max_body_size 10m;", "proxy_request_buffering off;",
+                      "X-Forwarded-For"):  # fmt: skip
         assert directive in config
     assert subprocess.run([nginx_binary(), "-v"], capture_output=True).returncode == 0
