@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
@@ -306,10 +307,29 @@ class _Handler(WSGIHandler):
         return environ
 
 
+def _listen(host: str, port: int) -> gsocket.socket:
+    """A listening gevent socket, closed again when it cannot bind (gevent's own would be leaked)."""
+    sock = gsocket.socket(gsocket.AF_INET6 if ":" in host else gsocket.AF_INET)
+    try:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(WSGIServer.backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535):  # else bind() raises
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.mock_upstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100, help="0: any free port (see --port-file)")
+    parser.add_argument("--port", type=_port, default=9100, help="0: any free port (see --port-file)")
     parser.add_argument("--port-file", help="write the port once listening (`make run` picks a free one this way)")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per reply (default 8)")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds between stream chunks (default 0.05)")
@@ -322,12 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     options = Options(args.chunks, args.delay, args.drop_after, args.status, args.strict_edge)
-    server = WSGIServer((args.host, args.port), MockUpstream(options), handler_class=_Handler, log=None)
     try:
-        server.start()
+        listener = _listen(args.host, args.port)
     except OSError as exc:  # e.g. the port is taken by another `make run`: one line, not a traceback
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         parser.exit(1, f"mock upstream: cannot listen on {args.host}:{args.port}: {reason}\n")
+    server = WSGIServer(listener, MockUpstream(options), handler_class=_Handler, log=None)
     if args.port_file:  # written whole, then renamed: a reader never sees half a number
         Path(f"{args.port_file}.tmp").write_text(f"{server.server_port}\n")
         Path(f"{args.port_file}.tmp").replace(args.port_file)

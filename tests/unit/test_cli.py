@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import click
 import pytest
 
+from app import mock_upstream
 from app.state import announce, serving
 from app.storage.usage import audit_entries
 from tests.conftest import make_config
@@ -144,3 +146,18 @@ def test_the_sluice_wrapper_says_what_to_do_before_make_run(tmp_path):
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         "sluice: no virtual environment yet; run 'make run' (or 'make test') once first"
     ]
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "abc", "9" * 5000, "busy"])
+def test_the_mock_refuses_a_port_it_cannot_listen_on_in_one_line(capsys, port):
+    """`make run` with SLUICE_DEMO_MOCK_PORT taken or odd: one line and an exit, never a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if port == "busy":
+            port = str(taken.getsockname()[1])
+        with pytest.raises(SystemExit) as exit_:
+            mock_upstream.main(["--port", port])
+    assert exit_.value.code != 0
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Address already in use" in message or "is not a port (0-65535)" in message, message
