@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from app.config import load_settings
+from tests.services import program
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
@@ -40,8 +47,33 @@ def test_sluice_environment_is_valid_and_stops_gracefully():
     assert settings.workers == 4 and settings.trusted_proxies == 1
     assert settings.database_url.startswith("postgresql+psycopg://") and settings.redis_url == "redis://redis:6379/0"
     grace = int(env["SLUICE_GRACE_SECONDS"])
-    assert seconds(sluice["stop_grace_period"]) > grace
+    assert seconds(sluice["stop_grace_period"]) >= grace + EXIT_MARGIN
     assert seconds(COMPOSE["services"]["nginx"]["stop_grace_period"]) > grace
+
+
+def test_compose_redis_persists_rate_limit_windows():
+    """Append-only, in a named volume: a Redis restart keeps every key's window (issue #10, item 11)."""
+    redis = COMPOSE["services"]["redis"]
+    args = redis["command"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in COMPOSE["volumes"]
+
+
+@pytest.mark.integration
+def test_compose_redis_command_keeps_a_window_across_a_restart(tmp_path):
+    """The compose file's own redis-server arguments, run for real: a key with a TTL outlives a restart."""
+    import redis
+
+    binary = program("Redis", "redis-server", "redis-server")
+    args = COMPOSE["services"]["redis"]["command"][1:]
+    port = free_port()
+    client = redis.Redis(port=port, socket_timeout=5)
+    with _redis_server(binary, args, port, tmp_path):
+        client.set("sluice:rl:key-1:window", 40, ex=60)
+    with _redis_server(binary, args, port, tmp_path):
+        assert client.get("sluice:rl:key-1:window") == b"40"
+        assert 0 < client.ttl("sluice:rl:key-1:window") <= 60
+    client.close()
 
 
 def test_nginx_service_rewrites_the_shipped_config():
@@ -51,12 +83,60 @@ def test_nginx_service_rewrites_the_shipped_config():
         assert original in config and original in command
 
 
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+DOCKER_STOP_TIMEOUT = 10  # `docker stop` sends SIGKILL after this many seconds unless told otherwise
+# After the grace period gunicorn's master still stops its workers and exits: leave it this long.
+EXIT_MARGIN = 2
+
+
 def test_dockerfile_is_slim_non_root_with_healthcheck():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
-    assert re.search(r"^USER sluice$", dockerfile, re.M)
-    assert "SLUICE_BIND=0.0.0.0:8000" in dockerfile and "HEALTHCHECK" in dockerfile and 'VOLUME ["/data"]' in dockerfile
-    assert 'ENTRYPOINT ["./deploy/entrypoint.sh"]' in dockerfile
+    assert DOCKERFILE.startswith("#")
+    assert re.search(r"^USER sluice$", DOCKERFILE, re.M)
+    assert "SLUICE_BIND=0.0.0.0:8000" in DOCKERFILE and "HEALTHCHECK" in DOCKERFILE and 'VOLUME ["/data"]' in DOCKERFILE
+    assert 'ENTRYPOINT ["./deploy/entrypoint.sh"]' in DOCKERFILE
+
+
+def test_dockerfile_base_is_pinned_by_digest_and_replaceable():
+    """A rebuild gets the same base; BASE_IMAGE lets the image test build without a registry."""
+    pin = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE, re.M)
+    assert pin, "the base image is a build argument"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", pin.group(1)), pin.group(1)
+    assert re.findall(r"^FROM .*$", DOCKERFILE, re.M) == ["FROM ${BASE_IMAGE}"]
+
+
+def test_dockerfile_user_and_group_have_the_fixed_ids():
+    """gid 10001 too (a --system group got 999), so a bind-mounted /data can be chowned 10001:10001."""
+    assert re.search(r"groupadd [^\n]*--gid 10001 sluice", DOCKERFILE)
+    assert re.search(r"useradd [^\n]*--uid 10001 --gid 10001 [^\n]*sluice", DOCKERFILE)
+
+
+def image_grace() -> int:
+    match = re.search(r"\bSLUICE_GRACE_SECONDS=(\d+)\b", DOCKERFILE)
+    assert match, "the image sets SLUICE_GRACE_SECONDS (gunicorn's default, 30, outlasts docker stop)"
+    return int(match.group(1))
+
+
+def test_image_grace_fits_inside_docker_stop():
+    """A plain `docker stop` (10 s) must not SIGKILL running streams before they end with an error event."""
+    assert image_grace() + EXIT_MARGIN <= DOCKER_STOP_TIMEOUT
+
+
+def readme_docker_runs() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Docker\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.sub(r"\\\n\s*", " ", section)  # join continued lines
+    return [line for line in commands.splitlines() if line.lstrip().startswith("docker run")]
+
+
+def test_readme_docker_runs_stop_within_their_grace():
+    runs = readme_docker_runs()
+    assert len(runs) >= 2 and any("--stop-timeout" in run for run in runs), runs
+    for run in runs:
+        grace = re.search(r"SLUICE_GRACE_SECONDS=(\d+)", run)
+        stop = re.search(r"--stop-timeout[ =](\d+)", run)
+        grace_seconds = int(grace.group(1)) if grace else image_grace()
+        stop_seconds = int(stop.group(1)) if stop else DOCKER_STOP_TIMEOUT
+        assert grace_seconds + EXIT_MARGIN <= stop_seconds, run
 
 
 def test_grafana_dashboard_uses_only_metrics_sluice_exports():
@@ -72,3 +152,30 @@ def test_grafana_dashboard_uses_only_metrics_sluice_exports():
     }
     assert used and used <= exported, used - exported
     assert {"sluice_requests", "sluice_active_streams", "sluice_time_to_first_byte_seconds"} <= used
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _redis_server(binary: str, args: list[str], port: int, data: Path) -> Iterator[None]:
+    """redis-server with `args` in `data` on 127.0.0.1:`port`; stopped with SIGTERM, as `docker stop` does."""
+    cmd = [binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(port):
+            assert process.poll() is None and time.monotonic() < deadline, f"{cmd} did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
