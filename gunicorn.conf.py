@@ -5,16 +5,16 @@ Every value comes from a SLUICE_* variable (see app/config.py and the README).
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 
+from app import metrics_dir
 from app.config import ConfigError, load_config, load_settings
 
 # prometheus-client's multiprocess mode: every worker writes its samples here, /metrics
-# merges them. Set before the workers start (they inherit it); emptied in on_starting.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"sluice-metrics-{os.getpid()}"))
+# merges them. Set before the workers start (they inherit it); emptied in on_starting,
+# removed in on_exit (app/metrics_dir.py).
+_metrics_dir = metrics_dir.choose(os.environ, os.getpid())
 
 try:
     _settings = load_settings()
@@ -23,7 +23,9 @@ except ConfigError as _exc:
 
 bind = _settings.bind
 workers = _settings.workers
-worker_class = "gevent"
+# gunicorn's gevent worker, but a graceful stop waits for running requests only, not for idle
+# keep-alive connections (app/worker.py).
+worker_class = "app.worker.GracefulGeventWorker"
 # Each open stream holds one client connection (and one upstream connection).
 worker_connections = int(os.environ.get("SLUICE_WORKER_CONNECTIONS", "1000"))
 # Recycling workers is off by default; when set, a recycled worker stops gracefully (within
@@ -71,43 +73,35 @@ def on_starting(server):
         load_config(_settings.config_path)
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
-    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir, exist_ok=True)
     # In a child process, so the master never imports the database drivers (or ssl)
     # before the gevent workers monkey-patch them.
     done = subprocess.run([sys.executable, "-m", "app.storage.migrate"], check=False)
     if done.returncode != 0:
         sys.exit("sluice: database migration failed (see above)")
     os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check
+    for stale in metrics_dir.remove_stale():
+        server.log.info("removed %s (its gunicorn master is gone)", stale)
+    metrics_dir.prepare(_metrics_dir)
+
+
+def on_exit(server):
+    """In the master, last: remove this run's metrics directory."""
+    metrics_dir.remove(_metrics_dir)
 
 
 def post_worker_init(worker):
-    """Freeze the loaded app's objects out of the garbage collector's way; let running streams
-    know the grace deadline when the worker is told to stop."""
+    """Freeze the loaded app's objects out of the garbage collector's way."""
     import gc
-    import signal
-    import time
 
     # The app, its libraries and their caches (~10^5 objects) never die: without this, every
     # full collection walks them all, a stall of milliseconds on the worker's event loop.
     gc.collect()
     gc.freeze()
 
-    from app.services.lifecycle import begin_shutdown
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):
-        begin_shutdown(graceful_timeout, time.time())
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges (active streams) from the merged metrics."""
+    """Drop a dead worker's live gauges (active streams) from the merged metrics, and free the
+    max_parallel slots it still holds (a killed worker never releases them)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

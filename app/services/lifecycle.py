@@ -1,9 +1,9 @@
 """Graceful stop: when the worker is told to stop, running streams learn by when to end.
 
-gunicorn's `post_worker_init` hook wraps the worker's SIGTERM handler to call
-`begin_shutdown(grace)`. Streams still running `SHUTDOWN_MARGIN` seconds before the grace
-period ends send the error event and `data: [DONE]` themselves, so no client sees a
-stream cut without a word, and usage is flushed before the worker exits.
+The gunicorn worker (app/worker.py) calls `begin_shutdown(grace)` on SIGTERM. Streams still
+running `SHUTDOWN_MARGIN` seconds before the grace period ends send the error event and
+`data: [DONE]` themselves, so no client sees a stream cut without a word, and usage is
+flushed before the worker exits.
 """
 
 from __future__ import annotations

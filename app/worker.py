@@ -1,0 +1,86 @@
+"""gunicorn's gevent worker for Sluice: a graceful stop that waits for running requests only,
+and (HeadWaitMixin, app/headwait.py) a bounded wait for request heads and JSON error pages.
+
+gunicorn's own gevent worker keeps serving a keep-alive connection until its client sends
+another request or `keepalive` (75 s) passes, and its graceful stop waits for every open
+connection: one idle `requests.Session` or browser tab held the stop for the whole grace
+period, until the master killed the worker (usage records still queued were lost). Here a
+stop closes the idle connections at once, and every other one as soon as its request ends.
+
+gunicorn.conf.py names this class in `worker_class`; the master imports it (gunicorn imports
+its own gevent worker there too), the worker patches with gevent before the app loads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+from app.headwait import HeadWaitMixin
+from app.services.lifecycle import begin_shutdown
+
+
+class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
+    # Keyed by the connection's greenlet: the socket object changes on the way down (HeadWaitMixin wraps it).
+    _connections: dict[Any, socket.socket]  # open client connections
+    _busy: set[Any]  # those serving a request now
+    _quitting = False
+
+    def init_process(self) -> None:
+        self._connections, self._busy = {}, set()
+        super().init_process()
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        current = gevent.getcurrent()
+        self._connections[current] = client
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            del self._connections[current]
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        current = gevent.getcurrent()
+        self._busy.add(current)
+        try:
+            keep_open = super().handle_request(listener_name, req, sock, addr)
+        finally:
+            self._busy.discard(current)
+        # Marked idle before reading `alive`: a stop signal between the two lines finds the
+        # connection idle and closes it; one before them is seen here.
+        if not self.alive:
+            raise StopIteration  # gunicorn's connection loop closes the connection
+        return keep_open
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop accepting (gunicorn), tell running streams the deadline, drop idle connections."""
+        self.alive = False
+        begin_shutdown(self.cfg.graceful_timeout, time.time())
+        for current, client in list(self._connections.items()):
+            if current not in self._busy:
+                _close_idle(client)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGINT/SIGQUIT: quick exit, once. Ctrl-C signals the worker and then the master signals it
+        again; a second `sys.exit` in a greenlet during interpreter shutdown printed a traceback."""
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
+
+
+def _close_idle(client: socket.socket) -> None:
+    """Wake the greenlet waiting for the connection's next request: it reads the end and closes.
+
+    Shut down through a duplicate descriptor (same connection): gevent's own `shutdown` would
+    cancel the waiting read with EBADF, which gunicorn logs as a socket error with a traceback.
+    """
+    try:
+        with socket.socket(fileno=os.dup(client.fileno())) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the client closed it already
