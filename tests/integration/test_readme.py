@@ -104,6 +104,10 @@ def run_sh(demo: Demo, command: str, stdin: str | None = None) -> subprocess.Com
     )  # fmt: skip
 
 
+def master(demo: Demo) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(demo.workdir / 'data' / 'demo-key').read_text().strip()}"}
+
+
 def stream(url: str, key: str) -> list[str]:
     body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
     with requests.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
@@ -130,7 +134,7 @@ def test_readme_sdk_example_streams(demo):
 
 def test_readme_cli_and_admin_api_examples_run_as_written(demo):
     """Item 15: after `make run`, the CLI (./sluice) and the admin API examples work with no manual step."""
-    examples = blocks("sh", "./sluice ") + blocks("sh", "/admin/api/")
+    examples = list(dict.fromkeys(blocks("sh", "./sluice ") + blocks("sh", "/admin/api/")))
     assert len(examples) >= 4
     for example in examples:
         done = run_sh(demo, example, stdin="tok-readme-000000000007\n")  # the token `read -rs TOKEN` gets
@@ -142,15 +146,9 @@ def test_readme_cli_and_admin_api_examples_run_as_written(demo):
     assert added["masked"].endswith("0007")
     checked = requests.post(f"{demo.url}/admin/api/tokens/{added['id']}/validate", headers=master(demo), timeout=30)
     assert checked.status_code == 200 and checked.json()["ok"], checked.text
-    names = {
-        k["name"]: k
-        for k in requests.get(f"{demo.url}/admin/api/keys", headers=master(demo), timeout=10).json()["data"]
-    }
-    assert names["team-a"]["state"] == "disabled" and "team-b" in names
-
-
-def master(demo: Demo) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(demo.workdir / 'data' / 'demo-key').read_text().strip()}"}
+    keys = requests.get(f"{demo.url}/admin/api/keys", headers=master(demo), timeout=10).json()["data"]
+    states = {k["name"]: k["state"] for k in keys}
+    assert states["team-a"] == "disabled" and "team-b" in states
 
 
 def test_a_second_demo_on_another_bind_gets_its_own_mock(demo):
