@@ -91,16 +91,19 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     else:
         limiter = SqlLimiter(db)
     usage = UsageRepo(db)
-    usage.prune(time.time() - config.gateway.usage_retention_days * 86400)
+    retention = config.gateway.usage_retention_days * 86400
+    usage.prune(time.time() - retention)
+    # One supervised scheduler runs every background chore of the process (app/scheduler.py);
+    # the names are the `chore` label of sluice_background_errors_total.
     writer = UsageWriter(usage)
-    writer.every(1.0, pool.flush)  # token success counts
-    writer.every(3600.0, lambda: usage.prune(time.time() - config.gateway.usage_retention_days * 86400))
+    writer.every(1.0, pool.flush, "token_counts")
+    writer.every(3600.0, lambda: usage.prune(time.time() - retention), "usage_pruning")
     if isinstance(limiter, SqlLimiter):
-        writer.every(30.0, lambda: limiter.prune(time.time()))
+        writer.every(30.0, lambda: limiter.prune(time.time()), "limits_pruning")
     stats, sessions = Stats(db), SessionStore(db)
     worker = f"{socket.gethostname()}:{os.getpid()}"[:100]
-    writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()))
-    writer.every(600.0, lambda: sessions.prune(time.time()))
+    writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()), "live_report")
+    writer.every(600.0, lambda: sessions.prune(time.time()), "session_pruning")
     gw = Gateway(
         config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),

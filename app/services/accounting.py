@@ -54,7 +54,7 @@ RATE_LIMIT_CODES = ("rate_limit_exceeded", "too_many_parallel_requests", "insuff
 def observe(line: RequestLine) -> None:
     """The request's Prometheus samples."""
     upstream = line.attempts[-1].upstream if line.attempts else "-"
-    model = metrics.model_label(line.model)
+    model = metrics.model_label(line.model, routed=bool(line.attempts))  # attempts: the model matched a route
     metrics.REQUESTS.labels(route=line.route, status=str(line.status), model=model, upstream=upstream).inc()
     metrics.DURATION.labels(route=line.route, streamed=str(line.streaming).lower()).observe(line.elapsed_ms() / 1000)
     ttfb = line.ttfb_ms()

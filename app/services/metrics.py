@@ -2,8 +2,10 @@
 
 gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers
 start; each worker writes its samples there and /metrics merges them. Without it (tests, the
-Flask CLI) the registry is the ordinary in-process one. Label values that come from clients
-(model names) are bounded so a caller cannot create unlimited time series.
+Flask CLI) the registry is the ordinary in-process one. No label carries a string a client
+chose freely: a request that reached no upstream counts under the model "unrouted", and the
+model names of routed requests (they matched a configured glob, which may be "*") are
+bounded per process, so a caller cannot create unlimited time series.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 MAX_MODELS = 200  # distinct model label values per process; the rest are "other"
+UNROUTED = "unrouted"  # the model label of requests that reached no upstream (unknown model, refused)
 
 REQUESTS = Counter("sluice_requests_total", "Client requests by route, status, model and upstream",
                    ["route", "status", "model", "upstream"])  # fmt: skip
@@ -34,20 +37,34 @@ TTFB = Histogram("sluice_time_to_first_byte_seconds", "Time to the first byte se
                  buckets=BUCKETS)  # fmt: skip
 DURATION = Histogram("sluice_request_duration_seconds", "Client request duration", ["route", "streamed"],
                      buckets=BUCKETS)  # fmt: skip
+BACKGROUND_ERRORS = Counter("sluice_background_errors_total", "Background chores that raised (they carry on)",
+                            ["chore"])  # fmt: skip
 
 _models: set[str] = set()
 _lock = threading.Lock()
 
 
-def model_label(model: str) -> str:
-    """The model as a label value, or "other" once MAX_MODELS distinct ones have been seen."""
+def model_label(model: str, routed: bool) -> str:
+    """The label value of a request's model: "unrouted" when no upstream was tried, else the
+    model, or "other" once MAX_MODELS distinct ones have been seen (or for a name no exposition
+    can carry: too long, or not encodable as UTF-8, which made /metrics answer 500)."""
+    if not routed:
+        return UNROUTED
     if model in _models:
         return model
     with _lock:
-        if len(_models) < MAX_MODELS and len(model) <= 100:
+        if len(_models) < MAX_MODELS and len(model) <= 100 and _encodable(model):
             _models.add(model)
             return model
     return "other"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON)
+        return False
+    return True
 
 
 def render() -> bytes:

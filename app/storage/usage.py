@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
+from app.scheduler import Scheduler
 from app.storage import schema
 from app.storage.db import Database, StorageError
 from app.storage.rollups import Rollups
@@ -78,75 +78,72 @@ class UsageRepo:
 
 
 class UsageWriter:
-    """Queues usage records and writes them in batches from a background thread (a greenlet under gevent).
+    """Queues usage records and writes them in batches from the process's background scheduler.
 
-    `close()` writes what is pending: gunicorn's worker_exit hook and atexit call it, so
-    a graceful stop loses nothing. A hard kill loses at most the last `interval` seconds.
+    `close()` closes the scheduler, whose last turn writes what is pending: gunicorn's
+    worker_exit hook and atexit call it, so a graceful stop loses nothing. A hard kill loses
+    at most the last `interval` seconds.
     """
 
-    def __init__(self, repo: UsageRepo, interval: float = 1.0) -> None:
+    CHORE = "usage_records"
+
+    def __init__(self, repo: UsageRepo, interval: float = 1.0, scheduler: Scheduler | None = None) -> None:
         self.repo, self.interval = repo, interval
-        self._chores: list[tuple[float, Callable[[], None]]] = []  # (every seconds, function)
+        self.scheduler = scheduler or Scheduler()
+        self.scheduler.every(interval, self.flush, name=self.CHORE)
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     def add(self, record: dict[str, Any]) -> None:
         with self._lock:
             if len(self._pending) < MAX_PENDING:
                 self._pending.append(record)
             full = len(self._pending) == BATCH
-        self._ensure_thread()
+        self.scheduler.start()  # the scheduler's thread, or a new one should it have ended
         if full:
-            self._wake.set()
+            self.scheduler.wake(self.CHORE)
 
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="sluice-usage", daemon=True)
-                self._thread.start()
-
-    def every(self, seconds: float, chore: Callable[[], None]) -> None:
-        """Also run `chore` from the writer's thread every `seconds` (and once at close)."""
-        self._chores.append((seconds, chore))
-        self._ensure_thread()
+    def every(self, seconds: float, chore: Callable[[], None], name: str | None = None) -> None:
+        """Also run `chore` from the scheduler every `seconds` (and once at close)."""
+        self.scheduler.every(seconds, chore, name)
+        self.scheduler.start()
 
     def flush(self) -> None:
+        """Write the pending records; raises what went wrong (the scheduler logs and counts it).
+
+        The database being away keeps the batch for the next turn. Anything else is a bad
+        record, which must not take its batch with it, nor stay queued for ever: the records
+        are then written one by one and a record that still fails is dropped.
+        """
         with self._lock:
             batch, self._pending = self._pending, []
         try:
             self.repo.insert_many(batch)
-        except StorageError as exc:
-            log.error("could not write %d usage records (will retry): %s", len(batch), exc)
-            with self._lock:
-                self._pending[:0] = batch[: MAX_PENDING - len(self._pending)]
+        except StorageError:
+            self._requeue(batch)
+            raise
+        except Exception:
+            self._write_one_by_one(batch)
+            raise
+
+    def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        for index, record in enumerate(batch):
+            try:
+                self.repo.insert_many([record])
+            except StorageError:
+                self._requeue(batch[index:])
+                raise
+            except Exception:
+                log.exception("dropped a usage record that cannot be stored request_id=%s", record.get("request_id"))
+
+    def _requeue(self, batch: list[dict[str, Any]]) -> None:
+        log.error("could not write %d usage records (will retry)", len(batch))
+        with self._lock:
+            self._pending[:0] = batch[: MAX_PENDING - len(self._pending)]
 
     def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        self.flush()
-        for _, chore in self._chores:
-            self._run_chore(chore)
-
-    def _run(self) -> None:
-        last_run = {id(chore): time.monotonic() for _, chore in self._chores}
-        while not self._closed:
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            self.flush()
-            for every, chore in self._chores:
-                if time.monotonic() - last_run.get(id(chore), 0.0) >= every:
-                    last_run[id(chore)] = time.monotonic()
-                    self._run_chore(chore)
-
-    @staticmethod
-    def _run_chore(chore: Callable[[], None]) -> None:
-        try:
-            chore()
-        except StorageError as exc:
-            log.error("background write failed (will retry): %s", exc)
+        self.scheduler.close()
+        self.flush()  # records added since (a drain that ended late); a second close writes them
 
 
 def record_audit(conn: Connection, *, at: float, actor: str, action: str, target: str) -> None:
