@@ -17,7 +17,8 @@ set -euo pipefail
 SUITE=bookworm
 PACKAGES=python3-pip,python-is-python3 # python3 comes with pip
 CA_BUNDLE=${SLUICE_BASE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-CACHE=${SLUICE_BASE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/podman-base}
+USER_CACHE=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}
+CACHE=${SLUICE_BASE_CACHE:-${USER_CACHE:-/var/cache}/sluice/podman-base}
 
 say() { echo "podman-base: $*" >&2; }
 
@@ -87,41 +88,54 @@ drop_older_images() {
     done
 }
 
-main() {
-    local mirror recipe tree index extra timeout key image
-    mirror=${SLUICE_BASE_MIRROR:-$(apt_mirror | head -n 1)}
-    mirror=${mirror:-http://deb.debian.org/debian}
-    recipe=$(printf '%s\n' "$(cat "${BASH_SOURCE[0]}")" "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)
+# What `podman import` sets on the tree: PATH and locale as in python:*-slim, pip's trust and index.
+image_changes() {
+    local index extra
     index=$(pip_setting index-url)
     extra=$(pip_setting extra-index-url)
-    timeout=${PIP_DEFAULT_TIMEOUT:-60}
-    key=$(printf '%s\n' "$recipe" "$(sha256sum <"$CA_BUNDLE")" "$index" "$extra" "$timeout" | sha256sum | cut -c1-16)
-    image="localhost/sluice-podman-base:$key"
-    if podman image exists "$image"; then
-        echo "$image"
-        return
-    fi
+    printf '%s\n' \
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        "ENV LANG=C.UTF-8" \
+        "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
+        "ENV PIP_DEFAULT_TIMEOUT=${PIP_DEFAULT_TIMEOUT:-60}" \
+        'CMD ["python3"]'
+    [ -z "$index" ] || echo "ENV PIP_INDEX_URL=$index"
+    [ -z "$extra" ] || echo "ENV PIP_EXTRA_INDEX_URL=$extra"
+}
+
+# The debootstrap tree for `recipe`, made once (under a lock: one debootstrap at a time).
+cached_tree() {
+    local recipe=$1 mirror=$2 tree="$CACHE/$SUITE-$1"
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
-    flock 9 # one debootstrap at a time
-    tree="$CACHE/$SUITE-$recipe"
+    flock 9
     if [ ! -d "$tree" ]; then
         rm -rf "$CACHE/$SUITE"-* # trees of an older recipe
         debootstrap_tree "$tree" "$mirror"
     fi
-    cp "$CA_BUNDLE" "$tree/etc/ssl/certs/ca-certificates.crt"
-    local changes=(
-        --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        --change "ENV LANG=C.UTF-8"
-        --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
-        --change "ENV PIP_DEFAULT_TIMEOUT=$timeout"
-        --change 'CMD ["python3"]'
-    )
-    [ -z "$index" ] || changes+=(--change "ENV PIP_INDEX_URL=$index")
-    [ -z "$extra" ] || changes+=(--change "ENV PIP_EXTRA_INDEX_URL=$extra")
-    say "importing $tree as $image"
-    tar -C "$tree" --numeric-owner -cf - . | podman import --quiet "${changes[@]}" - "$image" >/dev/null
-    drop_older_images "$image"
+    echo "$tree"
+}
+
+main() {
+    local mirror recipe tree key image change changes args=()
+    [ -r "$CA_BUNDLE" ] || {
+        say "no CA bundle at $CA_BUNDLE (Debian package ca-certificates; or set SLUICE_BASE_CA_BUNDLE)"
+        exit 1
+    }
+    mirror=${SLUICE_BASE_MIRROR:-$(apt_mirror | head -n 1)}
+    mirror=${mirror:-http://deb.debian.org/debian}
+    recipe=$(printf '%s\n' "$(declare -f debootstrap_tree)" "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)
+    mapfile -t changes < <(image_changes)
+    key=$(printf '%s\n' "$recipe" "$(sha256sum <"$CA_BUNDLE")" "${changes[@]}" | sha256sum | cut -c1-16)
+    image="localhost/sluice-podman-base:$key"
+    if ! podman image exists "$image"; then
+        tree=$(cached_tree "$recipe" "$mirror")
+        cp "$CA_BUNDLE" "$tree/etc/ssl/certs/ca-certificates.crt"
+        for change in "${changes[@]}"; do args+=(--change "$change"); done
+        say "importing $tree as $image"
+        tar -C "$tree" --numeric-owner -cf - . | podman import --quiet "${args[@]}" - "$image" >/dev/null
+        drop_older_images "$image"
+    fi
     echo "$image"
 }
 
