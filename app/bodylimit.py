@@ -50,8 +50,8 @@ class BodyTimeout(ApiError):
     """The body did not arrive before its deadline: 408. Not an OSError: Werkzeug makes those 400s."""
 
     def __init__(self, timeout: float) -> None:
-        # gunicorn then drains the rest of the body for the next request, under the head
-        # timer of app/headwait.py: SLUICE_HEADER_TIMEOUT more at most, then it closes.
+        # gunicorn then discards the rest of the body under app/headwait.py's timer for the
+        # next request (it ignores an application's Connection: close).
         super().__init__(408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout")
 
 
