@@ -1,4 +1,4 @@
-"""The container entrypoint, run directly (no Docker engine here): demo config + mock, a working stream."""
+"""The container entrypoint, run directly (the image itself runs in test_image.py): demo config + mock, a stream."""
 
 from __future__ import annotations
 
