@@ -55,6 +55,7 @@ class RequestWait:
         self._head = head
         self._expired = _WaitOver()
         self._in_head = fresh
+        self._over = False
         self._timer = gevent.Timeout(head if fresh else idle, self._expired)
 
     def __enter__(self) -> RequestWait:
@@ -62,13 +63,16 @@ class RequestWait:
         return self
 
     def data_arrived(self) -> None:
-        if not self._in_head:
+        # Not once the head is parsed: a timer started while the body is read would later
+        # interrupt the request itself.
+        if not self._in_head and not self._over:
             self._in_head = True
             self._timer.close()
             self._timer = gevent.Timeout(self._head, self._expired)
             self._timer.start()
 
     def __exit__(self, typ: Any, value: BaseException | None, tb: Any) -> bool:
+        self._over = True
         self._timer.close()
         return value is self._expired
 
