@@ -254,3 +254,26 @@ def test_a_slow_body_with_no_free_slot_is_cut_short_with_the_429(monkeypatch):
     with pytest.raises(ApiError) as info:
         slots.read_holding_slot(body.read, body.take, after=0.05)
     assert info.value.code == "too_many_parallel_requests" and time.monotonic() - started < 1.0
+
+
+def test_a_slot_taken_before_admission_is_given_back_whatever_the_answer(app, client, keys, upstream, monkeypatch):
+    """The slow-body path (slot first, admission after): refused or failed requests free it too."""
+    from sqlalchemy import func, select
+
+    from app.storage import schema
+
+    def slow_body(read, take):  # as if the body were still arriving: the slot is taken first
+        take()
+        return read()
+
+    monkeypatch.setattr("app.api.views.read_holding_slot", slow_body)
+    upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+    key, secret = keys.create("slow", now=0.0, rpm=1, max_parallel=1, models=("gpt-*",))
+    assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200
+    limited = client.post("/v1/chat/completions", json=chat(), headers=bearer(secret))
+    assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "rate_limit_exceeded"
+    unknown = client.post("/v1/chat/completions", json=chat(model="nope-x"), headers=bearer(secret))
+    assert unknown.status_code == 404, unknown.get_json()
+    with app.extensions["sluice"].db.read() as conn:
+        running = conn.execute(select(func.count()).where(schema.inflight.c.key_id == key.id)).scalar()
+    assert running == 0
