@@ -13,7 +13,7 @@ from typing import Any
 
 from app.requestlog import RequestLine
 from app.services import metrics
-from app.services.releases import Releases
+from app.services.releases import RETRY_EVERY, Releases
 from app.services.usage import USAGE_FIELDS
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
@@ -70,7 +70,7 @@ class Accounting:
     ) -> None:
         self.limiter, self.writer, self.records, self.clock = limiter, writer, records, clock
         self.releases = Releases(limiter, clock)
-        writer.every(1.0, self.releases.retry)  # failed releases, off the request path
+        writer.every(RETRY_EVERY, self.releases.retry)  # failed releases, off the request path
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""

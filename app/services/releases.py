@@ -3,8 +3,9 @@
 A release frees the key's max_parallel slot and records the request's tokens. When the store
 fails at that moment (Redis paused, SQLite locked by another process), the slot would stay
 taken until it expires; instead the release waits here and the usage writer's thread retries
-it every second, in order, until it lands or its slot has expired anyway (the request's
-deadline plus a margin: by then the slot is free, and the tokens are dropped with a log line).
+it every RETRY_EVERY seconds (and once at exit), in order, until it lands or its slot has
+expired anyway (the request's deadline plus a margin: by then the slot is free, and the tokens
+are dropped with a log line).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from app.storage.limits import Admission, Limiter
 
 log = logging.getLogger("sluice.accounting")
 MAX_PENDING = 10_000  # releases kept while the store is unreachable (each is a few hundred bytes)
-PAUSE_AFTER_FAILURE = 2.0  # seconds: a store that refuses is not asked again at once
+RETRY_EVERY = 2.0  # seconds; a failed SQLite attempt blocks its worker for up to 5 s: not every second
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,6 @@ class Releases:
         self.limiter, self.clock = limiter, clock
         self._pending: deque[_Pending] = deque()
         self._lock = threading.Lock()  # one retry pass at a time (close() may race the writer thread)
-        self._resume_at = 0.0
 
     def release(self, admission: Admission, tokens: int, request_id: str) -> None:
         """Release now; on a StorageError keep it for `retry`."""
@@ -46,14 +46,13 @@ class Releases:
         except StorageError as exc:
             log.error("could not release admission request_id=%s (will retry): %s", request_id, exc)
             self._keep(_Pending(admission, tokens, now))
-            self._resume_at = now + PAUSE_AFTER_FAILURE
 
     def pending(self) -> int:
         return len(self._pending)
 
     def retry(self) -> None:
         """Retry the kept releases, oldest first; stop at the first failure (the store is still down)."""
-        if not self._pending or self.clock() < self._resume_at or not self._lock.acquire(blocking=False):
+        if not self._pending or not self._lock.acquire(blocking=False):
             return
         try:
             while self._pending:
@@ -65,7 +64,6 @@ class Releases:
                     )  # fmt: skip
                 elif not self._released(item):
                     self._pending.appendleft(item)
-                    self._resume_at = self.clock() + PAUSE_AFTER_FAILURE
                     return
         finally:
             self._lock.release()

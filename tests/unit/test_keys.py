@@ -173,13 +173,13 @@ def test_a_release_the_store_refused_is_retried_until_it_lands(app, keys, logs):
     limiter.release = broken
     gw.accounting.finish(line)
     releases = gw.accounting.releases
+    assert len(failures) == 1 and releases.pending() == 1
     releases.retry()
-    assert len(failures) == 1 and releases.pending() == 1  # the store is not asked again at once
+    assert len(failures) >= 2 and releases.pending() == 1  # still failing: kept
     with pytest.raises(LimitExceeded) as info:
         limiter.admit(key, time.time())
     assert info.value.code == "too_many_parallel_requests"
     limiter.release = real_release
-    releases._resume_at = 0.0  # skip the pause
     for _ in range(50):  # the writer's thread may be running the same retry
         releases.retry()
         if releases.pending() == 0:
