@@ -63,6 +63,10 @@ class Scheduler:
                 self._thread = threading.Thread(target=self._loop, name="sluice-scheduler", daemon=True)
                 self._thread.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Stop the loop and run every chore once more (pending usage records, token counts).
         A second call does nothing."""
@@ -73,6 +77,12 @@ class Scheduler:
         self._wake.set()
         for chore in self._chores:
             self._run(chore)
+
+    def run(self, name: str) -> None:
+        """Run the chore `name` now, in the caller's thread, guarded like a turn of the loop."""
+        for chore in self._chores:
+            if chore.name == name:
+                self._run(chore)
 
     def run_due(self) -> float:
         """Run the chores whose turn has come; returns the seconds until the next one."""

@@ -24,12 +24,15 @@ from gunicorn.workers.ggevent import GeventWorker
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
 
+SWEEP = 0.5  # seconds between looks for idle connections while the worker stops
+
 
 class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
     # Keyed by the connection's greenlet: the socket object changes on the way down (HeadWaitMixin wraps it).
     _connections: dict[Any, socket.socket]  # open client connections
     _busy: set[Any]  # those serving a request now
     _quitting = False
+    _sweeper: Any = None  # the greenlet closing idle connections while the worker stops
 
     def init_process(self) -> None:
         self._connections, self._busy = {}, set()
@@ -48,20 +51,44 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
         self._busy.add(current)
         try:
             keep_open = super().handle_request(listener_name, req, sock, addr)
-        finally:
+        finally:  # also when gunicorn ends the connection (StopIteration), as on its last request
             self._busy.discard(current)
-        # Marked idle before reading `alive`: a stop signal between the two lines finds the
-        # connection idle and closes it; one before them is seen here.
+            # Marked idle before reading `alive`: a stop signal between the two lines finds the
+            # connection idle and closes it; one before them is seen here.
+            if not self.alive:  # stopping, or recycled by max_requests (gunicorn cleared `alive`)
+                self._stop_idling()  # a recycled worker is replaced only once it has exited
         if not self.alive:
-            raise StopIteration  # gunicorn's connection loop closes the connection
+            raise StopIteration  # gunicorn's connection loop closes this connection
         return keep_open
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop accepting (gunicorn), tell running streams the deadline, drop idle connections."""
         self.alive = False
         begin_shutdown(self.cfg.graceful_timeout, time.time())
-        for current, client in list(self._connections.items()):
-            if current not in self._busy:
+        self._stop_idling()
+
+    def _stop_idling(self) -> None:
+        """Close the idle connections now, and those accepted until gunicorn closes the listener
+        (up to a second later) once they have sent nothing for SWEEP seconds."""
+        if self._sweeper is None:
+            self._drop(self._idle())
+            self._sweeper = gevent.spawn(self._sweep)
+
+    def _sweep(self) -> None:
+        seen: set[Any] = set()
+        while True:
+            gevent.sleep(SWEEP)
+            idle = self._idle()
+            self._drop(idle & seen)
+            seen = idle
+
+    def _idle(self) -> set[Any]:
+        return set(self._connections) - self._busy
+
+    def _drop(self, greenlets: set[Any]) -> None:
+        for current in greenlets:
+            client = self._connections.get(current)
+            if client is not None:
                 _close_idle(client)
 
     def handle_quit(self, sig: int, frame: Any) -> None:

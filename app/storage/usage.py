@@ -142,8 +142,11 @@ class UsageWriter:
             self._pending[:0] = batch[: MAX_PENDING - len(self._pending)]
 
     def close(self) -> None:
-        self.scheduler.close()
-        self.flush()  # records added since (a drain that ended late); a second close writes them
+        """Write what is pending (never raises: a failure is logged and counted like any turn)."""
+        if self.scheduler.closed:  # a second close: records added since (a drain that ended late)
+            self.scheduler.run(self.CHORE)
+        else:
+            self.scheduler.close()  # its last turn writes what is pending
 
 
 def record_audit(conn: Connection, *, at: float, actor: str, action: str, target: str) -> None:

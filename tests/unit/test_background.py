@@ -154,3 +154,22 @@ def _failing_once(name: str, real: Callable[[], None], runs: dict[str, int]) -> 
         real()
 
     return run
+
+
+def test_close_never_raises_and_writes_late_records(repo, monkeypatch):
+    """worker_exit and atexit close the writer: a failing database is logged and counted there too."""
+    writer = UsageWriter(repo, interval=60)
+    writer.add({**RECORD, "request_id": "before-close"})
+    insert = repo.insert_many
+
+    def unreachable(records) -> None:
+        raise StorageError("database write failed: OperationalError")
+
+    monkeypatch.setattr(repo, "insert_many", unreachable)
+    before = errors(UsageWriter.CHORE)
+    writer.close()  # does not raise; the record stays queued
+    assert errors(UsageWriter.CHORE) == before + 1
+    monkeypatch.setattr(repo, "insert_many", insert)
+    writer.add({**RECORD, "request_id": "late"})  # a drain that ended after the first close
+    writer.close()
+    assert sorted(r["request_id"] for r in repo.recent()) == ["before-close", "late"]
