@@ -54,7 +54,8 @@ class _Race:
 
     def __init__(self, reader: Any, take: Callable[[], None]) -> None:
         self.reader, self.take = reader, take
-        self.reading, self.helper = True, None  # helper: the greenlet running take(), once started
+        self.reading = True
+        self.helper: Any = None  # the greenlet running take(), once the timer fired
         self.error: Exception | None = None
 
     def start(self) -> None:

@@ -18,6 +18,7 @@ worker's slots at once (app/storage/reaper.py, run by gunicorn's master).
 from __future__ import annotations
 
 import math
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,12 +36,24 @@ WINDOW = 60.0
 # client, the usage chunk, the release itself) comes just after the deadline at the latest.
 SLOT_MARGIN = 10.0
 DEFAULT_SLOT_TTL = 3600.0  # for callers that know no deadline (the CLI, tests)
-_HOST = socket.gethostname()
+
+
+def _machine() -> str:
+    """This host's name, with its pid namespace: containers on the host's network share the
+    hostname but not their pids (both may have a worker 7), and must not free each other's slots."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux, or /proc hidden: the hostname alone
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_MACHINE = _machine()
 
 
 def worker_name(pid: int | None = None) -> str:
-    """A worker's name in the slots it holds: "<host>:<pid>" (this process's by default)."""
-    return f"{_HOST}:{process.pid() if pid is None else pid}"[:100]
+    """A worker's name in the slots it holds: "<host>/<pid namespace>:<pid>" (this process's by default)."""
+    return f"{_MACHINE}:{process.pid() if pid is None else pid}"[:100]
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ rate_seconds = Table(
     sqlite_with_rowid=False,  # the key is the table: one B-tree to write per admission (revision 0003)
 )
 # A key's requests in flight (max_parallel): each row frees itself at expires_at (its request's
-# deadline and a margin) and names the worker that holds it ("<host>:<pid>"), so the slots of a
-# worker that died are freed when gunicorn's master sees it go (revision 0004). No index on
+# deadline and a margin) and names the worker holding it (limits.worker_name), so the slots of
+# a worker that died are freed when gunicorn's master sees it go (revision 0004). No index on
 # worker: the table holds only the requests running now, and an index would cost every admission.
 inflight = Table(
     "inflight",

@@ -1,7 +1,7 @@
 """In-flight slots name their worker and expire with their request: inflight gains `worker`
-("<host>:<pid>", so gunicorn's master frees the slots of a worker that died) and `expires_at`
-(the request's deadline plus a margin, instead of a fixed hour after the start). Rows already
-there keep the old rule: they expire an hour after they started, and name no worker.
+(host, pid namespace and pid, so gunicorn's master frees the slots of a worker that died) and
+`expires_at` (the request's deadline plus a margin, instead of a fixed hour after the start).
+Rows already there keep the old rule: they expire an hour after they started, and name no worker.
 
 The server defaults stay: a gateway still running the previous revision (a rolling upgrade on
 several machines) inserts rows without the new columns; its slots then count as expired.
