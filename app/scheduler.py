@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.services import metrics
 from app.storage.db import StorageError
@@ -29,7 +29,7 @@ class Chore:
     every: float
     run: Callable[[], None]
     due: float = 0.0  # time.monotonic() of its next turn
-    failures: int = field(default=0)  # in a row
+    failures: int = 0  # in a row
 
 
 class Scheduler:
