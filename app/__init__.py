@@ -97,13 +97,13 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     # the names are the `chore` label of sluice_background_errors_total.
     writer = UsageWriter(usage)
     writer.every(1.0, pool.flush, "token_counts")
-    writer.every(3600.0, lambda: usage.prune(time.time() - retention), "usage_pruning")
+    writer.every(3600.0, lambda: usage.prune(time.time() - retention), "usage_pruning", final=False)
     if isinstance(limiter, SqlLimiter):
-        writer.every(30.0, lambda: limiter.prune(time.time()), "limits_pruning")
+        writer.every(30.0, lambda: limiter.prune(time.time()), "limits_pruning", final=False)
     stats, sessions = Stats(db), SessionStore(db)
     worker = f"{socket.gethostname()}:{os.getpid()}"[:100]
     writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()), "live_report")
-    writer.every(600.0, lambda: sessions.prune(time.time()), "session_pruning")
+    writer.every(600.0, lambda: sessions.prune(time.time()), "session_pruning", final=False)
     gw = Gateway(
         config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),

@@ -29,6 +29,7 @@ class Chore:
     every: float
     run: Callable[[], None]
     due: float = 0.0  # time.monotonic() of its next turn
+    final: bool = True  # run once more at close
     failures: int = 0  # in a row
 
 
@@ -40,11 +41,12 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def every(self, seconds: float, run: Callable[[], None], name: str | None = None) -> None:
-        """Run `run` every `seconds` (first after `seconds`), and once more at close. `name` (by
-        default the function's qualified name) becomes a metric label: a fixed string, never data."""
+    def every(self, seconds: float, run: Callable[[], None], name: str | None = None, final: bool = True) -> None:
+        """Run `run` every `seconds` (first after `seconds`), and once more at close if `final`
+        (pruning need not delay a worker's exit). `name` (by default the function's qualified
+        name) becomes a metric label: a fixed string, never data."""
         name = name or getattr(run, "__qualname__", "chore")
-        self._chores.append(Chore(name, seconds, run, due=time.monotonic() + seconds))
+        self._chores.append(Chore(name, seconds, run, due=time.monotonic() + seconds, final=final))
 
     def wake(self, name: str) -> None:
         """Run the chore `name` at once instead of at its turn."""
@@ -68,7 +70,7 @@ class Scheduler:
         return self._closed
 
     def close(self) -> None:
-        """Stop the loop and run every chore once more (pending usage records, token counts).
+        """Stop the loop and run the final chores once more (pending usage records, token counts).
         A second call does nothing."""
         with self._lock:
             if self._closed:
@@ -76,7 +78,8 @@ class Scheduler:
             self._closed = True
         self._wake.set()
         for chore in self._chores:
-            self._run(chore)
+            if chore.final:
+                self._run(chore)
 
     def run(self, name: str) -> None:
         """Run the chore `name` now, in the caller's thread, guarded like a turn of the loop."""

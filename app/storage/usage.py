@@ -103,9 +103,9 @@ class UsageWriter:
         if full:
             self.scheduler.wake(self.CHORE)
 
-    def every(self, seconds: float, chore: Callable[[], None], name: str | None = None) -> None:
-        """Also run `chore` from the scheduler every `seconds` (and once at close)."""
-        self.scheduler.every(seconds, chore, name)
+    def every(self, seconds: float, chore: Callable[[], None], name: str | None = None, final: bool = True) -> None:
+        """Also run `chore` from the scheduler every `seconds` (and once at close if `final`)."""
+        self.scheduler.every(seconds, chore, name, final)
         self.scheduler.start()
 
     def flush(self) -> None:

@@ -173,3 +173,14 @@ def test_close_never_raises_and_writes_late_records(repo, monkeypatch):
     writer.add({**RECORD, "request_id": "late"})  # a drain that ended after the first close
     writer.close()
     assert sorted(r["request_id"] for r in repo.recent()) == ["before-close", "late"]
+
+
+def test_close_runs_the_final_chores_once_and_skips_pruning():
+    """A worker's exit writes what is pending; pruning waits for the next worker's turn."""
+    scheduler = Scheduler()
+    flush, prune = Flaky(RuntimeError(), failures=0), Flaky(RuntimeError(), failures=0)
+    scheduler.every(60, flush, "flush")
+    scheduler.every(60, prune, "prune", final=False)
+    scheduler.close()
+    scheduler.close()
+    assert (flush.runs, prune.runs) == (1, 0)
