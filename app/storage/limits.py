@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -80,6 +80,12 @@ class Admission:
     window: Window | None
     expires_at: float  # the slot frees itself then, released or not
     worker: str  # the process holding the slot (worker_name)
+
+
+def new_admission(key: ApiKey, now: float, expires_at: float | None = None) -> Admission:
+    """A new hold on `key` by this worker; its slot expires at `expires_at` (or DEFAULT_SLOT_TTL from now)."""
+    expires = now + DEFAULT_SLOT_TTL if expires_at is None else expires_at
+    return Admission(key, process.unique_id(), None, expires, worker_name())
 
 
 class LimitExceeded(Exception):
@@ -161,7 +167,7 @@ class SqlLimiter:
 
     def hold(self, key: ApiKey, now: float, expires_at: float) -> Admission:
         """Take one of the key's max_parallel slots (before its request is admitted), or refuse."""
-        admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
+        admission = new_admission(key, now, expires_at)
         with self.db.quick(write=True) as q:
             self._lock(q, key)
             check_parallel(key, q.one(self.sql.running, {"key_id": key.id, "now": now})[0])
@@ -172,12 +178,7 @@ class SqlLimiter:
         self, key: ApiKey, now: float, expires_at: float | None = None, held: Admission | None = None
     ) -> Admission:
         """Count the request, or refuse it (LimitExceeded); with `held`, its slot is taken already."""
-        sql = self.sql
-        if held is None:
-            expires_at = now + DEFAULT_SLOT_TTL if expires_at is None else expires_at
-            admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
-        else:
-            admission = held
+        sql, admission = self.sql, held or new_admission(key, now, expires_at)
         with self.db.quick(write=True) as q:
             self._lock(q, key)
             check_budget(q, sql, key, now)
@@ -185,13 +186,13 @@ class SqlLimiter:
             running, count, oldest_req, used, oldest_tok = q.one(sql.window, params)
             if held is None:
                 check_parallel(key, running)
-            this = _end(math.floor(now))  # the admitted request's own second
+            this = math.floor(now) + 1.0  # the admitted request's own second, as `_end` gives it
             window = decide(key, now, int(count), _end(oldest_req), int(used), _end(oldest_tok), this)
             if key.rpm is not None:
                 q.execute(sql.count, _second(key.id, now, requests=1, tokens=0))
             if held is None:
                 self._add_slot(q, admission, now)
-        return Admission(key, admission.admission_id, window, admission.expires_at, admission.worker)
+        return replace(admission, window=window)
 
     def _lock(self, q: Quick, key: ApiKey) -> None:
         if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does

@@ -7,13 +7,12 @@ clock, so gateways on several machines agree. The monthly budget stays in the da
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from app import process
 from app.storage.db import Database, StorageError
 from app.storage.keys import ApiKey
 from app.storage.limits import (
-    DEFAULT_SLOT_TTL,
     WINDOW,
     Admission,
     Statements,
@@ -23,8 +22,8 @@ from app.storage.limits import (
     decide,
     describe,
     month_of,
+    new_admission,
     too_many_parallel,
-    worker_name,
 )
 
 # KEYS: the key's requests, tokens and in-flight zsets, and the worker's hash of the slots it
@@ -79,7 +78,7 @@ class RedisLimiter:
 
     def hold(self, key: ApiKey, now: float, expires_at: float) -> Admission:
         """Take one of the key's max_parallel slots (before its request is admitted), or refuse."""
-        admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
+        admission = new_admission(key, now, expires_at)
         self._run(admission, now, -1, -1, _arg(key.max_parallel))
         return admission
 
@@ -90,16 +89,12 @@ class RedisLimiter:
         if key.monthly_tokens is not None:
             with self.db.quick() as q:
                 check_budget(q, self.sql, key, now)
-        if held is None:
-            expires_at = now + DEFAULT_SLOT_TTL if expires_at is None else expires_at
-            admission = Admission(key, process.unique_id(), None, expires_at, worker_name())
-        else:
-            admission = held
+        admission = held or new_admission(key, now, expires_at)
         parallel = _arg(key.max_parallel) if held is None else -1
         at, count, oldest_req, used, oldest_tok = self._run(admission, now, _arg(key.rpm), _arg(key.tpm), parallel)
         # `count` and `used` are the window before this request: decide() adds it.
         window = decide(key, at, count, _float(oldest_req), used, _float(oldest_tok), at)
-        return Admission(key, admission.admission_id, window, admission.expires_at, admission.worker)
+        return replace(admission, window=window)
 
     def _run(self, admission: Admission, now: float, rpm: int, tpm: int, parallel: int) -> tuple:
         """Run the admission script: Redis's clock, the window's counts; LimitExceeded for no free slot."""
