@@ -70,7 +70,7 @@ class Accounting:
     ) -> None:
         self.limiter, self.writer, self.records, self.clock = limiter, writer, records, clock
         self.releases = Releases(limiter, clock)
-        writer.every(RETRY_EVERY, self.releases.retry)  # failed releases, off the request path
+        writer.every(RETRY_EVERY, self.releases.retry, "limits_release_retries")  # off the request path
 
     def finish(self, line: RequestLine) -> None:
         """Called once per request when its response (or stream) is over."""
