@@ -209,8 +209,10 @@ def _trickling(gateway: Server, key: str) -> socket.socket:
     return sock
 
 
-def test_slow_bodies_hold_no_more_connections_than_max_parallel(tmp_path, mock):
-    gateway = _gateway(tmp_path, mock)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_slow_bodies_hold_no_more_connections_than_max_parallel(tmp_path, mock, backend, request):
+    env = {"SLUICE_REDIS_URL": request.getfixturevalue("own_redis")} if backend == "redis" else {}
+    gateway = _gateway(tmp_path, mock, **env)
     socks: list[socket.socket] = []
     try:
         key = _key(gateway, max_parallel=2)
