@@ -19,7 +19,7 @@ from tests.services import race
 def test_migrations_are_idempotent(db):
     upgrade(db)
     with db.read() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
 
 
 def test_migrations_match_the_schema(db):
@@ -234,13 +234,13 @@ def test_quick_transactions_commit_or_leave_nothing(db):
     add = db.prepare(insert(schema.inflight))
     count = db.prepare(select(schema.inflight.c.request_id).where(schema.inflight.c.key_id == key.id))
     with db.quick(write=True) as q:
-        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0})
+        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0, "worker": "w", "expires_at": 2.0})
     with pytest.raises(LimitExceeded), db.quick(write=True) as q:
-        q.execute(add, {"request_id": "b", "key_id": key.id, "started_at": 1.0})
+        q.execute(add, {"request_id": "b", "key_id": key.id, "started_at": 1.0, "worker": "w", "expires_at": 2.0})
         raise LimitExceeded("rate_limit_exceeded", "refused after a write", 1.0)
     with pytest.raises(Conflict), db.quick(write=True) as q:
-        q.execute(add, {"request_id": "c", "key_id": key.id, "started_at": 1.0})
-        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0})
+        q.execute(add, {"request_id": "c", "key_id": key.id, "started_at": 1.0, "worker": "w", "expires_at": 2.0})
+        q.execute(add, {"request_id": "a", "key_id": key.id, "started_at": 1.0, "worker": "w", "expires_at": 2.0})
     with db.quick() as q:
         assert [row.request_id for row in q.rows(count)] == ["a"]
     assert SqlLimiter(db).admit(key, 1000.0).window.limit_requests is None  # the connection is still usable
@@ -313,7 +313,7 @@ def test_revision_0003_keeps_the_windows_and_goes_back(empty_db):
     upgrade(empty_db)
     limiter = SqlLimiter(empty_db)
     with empty_db.quick() as q:
-        assert q.one(limiter.sql.window, {"key_id": "k1", "since": 50, "stale": 0.0}) == (1, 2, 100, 30, 100)
+        assert q.one(limiter.sql.window, {"key_id": "k1", "since": 50, "now": 0.0}) == (1, 2, 100, 30, 100)
     if empty_db.is_sqlite:
         with empty_db.read() as conn:
             sql = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all())
