@@ -262,7 +262,8 @@ def parse_time(value: Any, param: str) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         # Compared before converting: float() of a 400-digit integer raises OverflowError.
         if not 0 <= value <= LATEST_TIME:  # NaN fails this too
-            raise AdminError(400, f"'{param}' must be UNIX seconds before the year 10000 (0 to {LATEST_TIME:.0f}).", param)
+            message = f"'{param}' must be UNIX seconds before the year 10000 (0 to {LATEST_TIME:.0f})."
+            raise AdminError(400, message, param)
         return float(value)
     text = str(value)
     try:

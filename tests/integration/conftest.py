@@ -51,7 +51,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM; after `grace` seconds (idle keep-alive clients hold gunicorn's graceful stop), SIGKILL all."""
+        """SIGTERM; after `grace` seconds (a stream still running, or a mock that ignores it), SIGKILL all."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
