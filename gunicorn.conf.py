@@ -68,14 +68,15 @@ forwarded_allow_ips = ""
 
 
 def on_starting(server):
-    """In the master, before any worker: validate the config file, then migrate the schema once."""
+    """In the master, before any worker: validate the config file, migrate the schema once and free
+    the slots of workers of an earlier run that was killed whole (app/storage/startup.py)."""
     try:
         load_config(_settings.config_path)
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
     # In a child process, so the master never imports the database drivers (or ssl)
     # before the gevent workers monkey-patch them.
-    done = subprocess.run([sys.executable, "-m", "app.storage.migrate"], check=False)
+    done = subprocess.run([sys.executable, "-m", "app.storage.startup"], check=False)
     if done.returncode != 0:
         sys.exit("sluice: database migration failed (see above)")
     os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check

@@ -7,6 +7,23 @@ data_dir="${SLUICE_DATA_DIR:-./data}"
 bind="${SLUICE_BIND:-127.0.0.1:8000}"
 mkdir -p "$data_dir"
 
+# One line, not gunicorn's retries and traceback, when the address is taken (another `make run`?).
+bind_free() {
+    python - "$1" <<'PY'
+import socket, sys
+host, _, port = sys.argv[1].rpartition(":")
+host = host.strip("[]") or "0.0.0.0"
+try:
+    info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.bind(info[4])
+except (OSError, ValueError) as exc:
+    sys.exit(f"make run: cannot listen on {sys.argv[1]} ({exc.strerror or exc}); set SLUICE_BIND=HOST:PORT")
+PY
+}
+bind_free "$bind"
+
 if [ -z "${SLUICE_MASTER_KEY:-}" ] && [ -z "${SLUICE_MASTER_KEY_FILE:-}" ]; then
     key_file="$data_dir/demo-key"
     if [ ! -s "$key_file" ]; then

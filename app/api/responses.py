@@ -42,9 +42,12 @@ def write_response(
         headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
 
     client_socket = request.environ.get("gunicorn.socket")
+    before_write = None
     if client_socket is not None:
-        # A client that stops reading must not hold the stream past the deadline: bound each write.
-        client_socket.settimeout(max(1.0, attempts.deadline - time.time()))
+        # A client that stops reading must not hold the stream (and its connection) past the
+        # deadline, when its max_parallel slot expires: each write gets only the time left.
+        def before_write(until: float) -> None:
+            client_socket.settimeout(max(1.0, until - time.time()))
 
     def finish(stats: StreamStats) -> None:
         if client_socket is not None:
@@ -66,7 +69,8 @@ def write_response(
     )
     hide = injected_usage and all(u.inject_usage for u in attempts.call.upstreams)
     metrics.ACTIVE_STREAMS.inc()
-    return Response(StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits), status=200, headers=headers)
+    body = StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits, before_write=before_write)
+    return Response(body, status=200, headers=headers)
 
 
 def _plain(outcome: Accepted, line: RequestLine) -> Response:

@@ -151,9 +151,12 @@ class StreamBody:
         hide_usage: bool,
         limits: StreamLimits,
         clock: Callable[[], float] = time.time,
+        before_write: Callable[[float], None] | None = None,
     ) -> None:
         self.attempts, self.accepted, self.on_finish = attempts, accepted, on_finish
         self.hide_usage, self.limits, self.clock = hide_usage, limits, clock
+        # Told, before each write, by when the write must be done (the deadline or the shutdown's).
+        self.before_write = before_write
         self.stats = StreamStats()
         self._draining = False
         self._events = self._run()
@@ -256,6 +259,8 @@ class StreamBody:
         return True
 
     def _written(self, data: bytes) -> bytes:
+        if self.before_write is not None:
+            self.before_write(min(self.limits.deadline, shutdown_deadline()))
         if self.stats.first_event_at is None and data is not KEEPALIVE:
             self.stats.first_event_at = time.monotonic()
         self.stats.bytes_sent += len(data)

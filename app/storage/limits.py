@@ -56,6 +56,12 @@ def worker_name(pid: int | None = None) -> str:
     return f"{_MACHINE}:{process.pid() if pid is None else pid}"[:100]
 
 
+def local_pid(worker: str) -> int | None:
+    """The pid of a worker named on this host (and pid namespace), else None."""
+    machine, _, pid = worker.rpartition(":")
+    return int(pid) if machine == _MACHINE and pid.isdecimal() else None
+
+
 @dataclass(frozen=True)
 class Window:
     """What the x-ratelimit-* headers say after an admission (or a refusal)."""
@@ -106,6 +112,8 @@ class Limiter(Protocol):
     def release(self, admission: Admission, tokens: int, now: float) -> None: ...
 
     def free_worker(self, worker: str) -> int: ...
+
+    def workers(self, prefix: str) -> set[str]: ...
 
 
 def month_of(now: float) -> str:
@@ -229,6 +237,12 @@ class SqlLimiter:
         """Free every slot `worker` holds (it died: its releases will never come); returns how many."""
         with self.db.quick(write=True) as q:
             return q.execute(self.sql.free_worker, {"worker": worker})
+
+    def workers(self, prefix: str) -> set[str]:
+        """The workers whose names start with `prefix` that hold slots now."""
+        query = select(_INF.worker).where(_INF.worker.startswith(prefix, autoescape=True)).distinct()
+        with self.db.read() as conn:
+            return {row.worker for row in conn.execute(query)}
 
     def prune(self, now: float) -> None:
         """Drop window rows that can no longer count (the queries ignore them anyway)."""

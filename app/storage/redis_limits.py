@@ -160,6 +160,20 @@ class RedisLimiter:
             raise StorageError(f"redis release failed: {type(exc).__name__}") from exc
         return len(slots)
 
+    def workers(self, prefix: str) -> set[str]:
+        """The workers whose names start with `prefix` that hold slots now (a SCAN of their hashes)."""
+        head, tail = _owner("").removesuffix(":slots"), ":slots"
+        pattern = _owner(_glob_escape(prefix) + "*")
+        try:
+            names = {name.decode() for name in self.redis.scan_iter(match=pattern, count=1000)}
+        except self._errors as exc:
+            raise StorageError(f"redis read failed: {type(exc).__name__}") from exc
+        return {name[len(head) : -len(tail)] for name in names if name.startswith(head) and name.endswith(tail)}
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
 
 def _keys(key_id: str, worker: str) -> list[str]:
     return [f"sluice:rl:{key_id}:req", f"sluice:rl:{key_id}:tok", f"sluice:rl:{key_id}:inflight", _owner(worker)]

@@ -175,3 +175,14 @@ def test_a_demo_mock_port_that_is_taken_fails_with_one_line(demo, tmp_path):
     assert done.returncode != 0
     assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr + done.stdout and "gunicorn" not in done.stderr, done.stderr
+
+
+def test_a_second_demo_on_the_same_bind_fails_with_one_line(demo, tmp_path):
+    """A second `make run` on a taken SLUICE_BIND: one line naming the fix, no gunicorn retries or mock."""
+    env = {**demo.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "SLUICE_BIND": demo.url.removeprefix("http://")}
+    env.update(SLUICE_DATA_DIR=str(tmp_path))
+    done = subprocess.run(["bash", "deploy/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen on" in lines[0] and "SLUICE_BIND" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -3,6 +3,8 @@ worker's are freed by the reaper, a slot held before admission is reused by it; 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
@@ -122,5 +124,60 @@ def test_the_reaper_command_frees_a_worker_by_pid(tmp_path, monkeypatch, capsys)
     monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
     reaper.main(["--pid", "777"])
     assert f"freed 1 in-flight slot(s) of worker {worker_name(777)}" in capsys.readouterr().err
+    SqlLimiter(db).admit(key, time.time(), time.time() + 600)
+    db.dispose()
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has exited (and been waited for)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_start_up_frees_the_slots_of_this_hosts_dead_workers_only(limiter, db, monkeypatch):
+    """After a whole gateway was killed no master freed its workers' slots: the next start does."""
+    from app.storage.reaper import dead_workers, free_dead
+
+    key, _ = KeyRepo(db).create("k", now=0.0, max_parallel=3)
+    now, gone = time.time(), _gone_pid()
+    for pid in (gone, os.getpid()):  # a dead worker and a live one of this host
+        monkeypatch.setattr("app.process.pid", lambda pid=pid: pid)
+        limiter.admit(key, now, now + 600)
+    with monkeypatch.context() as elsewhere:  # the same pid on another host: not ours to judge
+        elsewhere.setattr("app.storage.limits._MACHINE", "another-host/1")
+        elsewhere.setattr("app.process.pid", lambda: gone)
+        limiter.admit(key, now, now + 600)
+    assert dead_workers(limiter) == [worker_name(gone)]
+    free_dead(limiter)
+    assert limiter.workers(worker_name(0).removesuffix("0")) == {worker_name(os.getpid())}
+    assert limiter.workers("another-host/1:") == {f"another-host/1:{gone}"}
+    limiter.admit(key, now, now + 600)  # one slot freed; the live worker's and the other host's stay
+    assert _refused(limiter, key, now) == "too_many_parallel_requests"
+
+
+def test_worker_listing_treats_names_literally(limiter, db, monkeypatch):
+    key, _ = KeyRepo(db).create("k", now=0.0, max_parallel=3)
+    now = time.time()
+    monkeypatch.setattr("app.process.pid", lambda: 5)
+    limiter.admit(key, now, now + 600)
+    assert limiter.workers(worker_name(5)) == {worker_name(5)}
+    assert limiter.workers("*") == set() and limiter.workers("%") == set()
+
+
+def test_the_start_up_step_migrates_and_frees_dead_workers_slots(tmp_path, monkeypatch, capsys):
+    from app.storage import startup
+
+    url = f"sqlite:///{tmp_path}/startup.db"
+    db = Database(url)
+    upgrade(db)
+    key, _ = KeyRepo(db).create("k", now=0.0, max_parallel=1)
+    gone = _gone_pid()
+    monkeypatch.setattr("app.process.pid", lambda: gone)
+    SqlLimiter(db).admit(key, time.time(), time.time() + 600)
+    monkeypatch.setenv("SLUICE_DATABASE_URL", url)
+    monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
+    startup.main()
+    assert f"freed 1 in-flight slot(s) of worker {worker_name(gone)}" in capsys.readouterr().err
     SqlLimiter(db).admit(key, time.time(), time.time() + 600)
     db.dispose()
