@@ -278,6 +278,8 @@ class StreamBody:
                 usage, _ = usage_event(message.value)
                 if usage is not None:
                     self.stats.usage = usage
+        except Exception:  # the thread's last stop: logged (redacted) here; the record is still written
+            log.exception("draining the upstream after a client disconnect failed")
         finally:
             exchange.close()
             try:

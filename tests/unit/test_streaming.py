@@ -121,3 +121,38 @@ def test_client_going_away_closes_the_upstream():
     stream.close()  # what the WSGI server does when the client socket is gone
     assert response.closed
     assert finished[0].outcome == "client_disconnect"
+
+
+def test_a_failing_drain_is_logged_and_still_finishes_the_request(caplog):
+    """on_client_disconnect = "drain": an error while draining is logged once, the record still written."""
+    import threading
+    import time
+
+    from app.services.exchange import Message
+    from app.services.streaming import StreamBody, StreamLimits
+
+    class Exchange:
+        calls = 0
+
+        def next(self, timeout):
+            Exchange.calls += 1
+            if Exchange.calls == 1:
+                return Message("event", b'data: {"choices": []}\n\n')
+            raise RuntimeError("boom while draining")
+
+        def close(self):
+            pass
+
+    class Accepted:
+        prefix: list[bytes] = []
+        upstream = None
+        exchange = Exchange()
+
+    finished = threading.Event()
+    limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=time.time() + 30, drain=True)
+    body = StreamBody(None, Accepted(), lambda stats: finished.set(), hide_usage=False, limits=limits)
+    events = iter(body)
+    assert next(events).startswith(b"data:")
+    events.close()  # the client went away: the drain thread takes over
+    assert finished.wait(5)
+    assert "draining the upstream after a client disconnect failed" in caplog.text
