@@ -118,6 +118,14 @@ def admin_password(env: Mapping[str, str]) -> dict[str, str | None]:
     return {"admin_password_hash": password_hash(env), "admin_password_mark": password_mark(env)}
 
 
+def settings_or_exit() -> Settings:
+    """For command-line entry points: the settings, or an exit with the one-line configuration error."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"sluice: configuration error: {exc}") from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read SLUICE_* variables; raise ConfigError naming the variable when one is invalid."""
     env = os.environ if env is None else env

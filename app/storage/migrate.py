@@ -7,7 +7,6 @@ flask --app wsgi db upgrade            # the same, by hand
 from __future__ import annotations
 
 import fcntl
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,12 +51,9 @@ def _migration_lock(db: Database) -> Iterator[Connection]:
 
 
 def main() -> None:
-    from app.config import ConfigError, load_settings
+    from app.config import settings_or_exit
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        sys.exit(f"sluice: configuration error: {exc}")
+    settings = settings_or_exit()
     db = Database(settings.database_url)
     upgrade(db)
     db.dispose()

@@ -33,17 +33,14 @@ def limiter_for(database_url: str, redis_url: str | None) -> tuple[Limiter, Data
 
 
 def main(argv: list[str] | None = None) -> None:
-    from app.config import ConfigError, load_settings
+    from app.config import settings_or_exit
 
     parser = argparse.ArgumentParser(prog="python -m app.storage.reaper", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--pid", type=int, help="the pid of the worker that exited (on this host)")
     which.add_argument("--dead", action="store_true", help="every worker of this host that is not running")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        sys.exit(f"sluice: configuration error: {exc}")
+    settings = settings_or_exit()
     limiter, db = limiter_for(settings.database_url, settings.redis_url)
     try:
         if args.pid is not None:

@@ -17,14 +17,11 @@ from app.storage.db import StorageError
 
 
 def main() -> None:
-    from app.config import ConfigError, load_settings
+    from app.config import settings_or_exit
     from app.storage.migrate import upgrade
     from app.storage.reaper import free_dead, limiter_for
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        sys.exit(f"sluice: configuration error: {exc}")
+    settings = settings_or_exit()
     limiter, db = limiter_for(settings.database_url, settings.redis_url)
     try:
         upgrade(db)

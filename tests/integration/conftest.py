@@ -80,6 +80,15 @@ def start(cmd: list[str], ready_url: str, log_path: Path, env: dict[str, str] | 
     raise RuntimeError(f"{cmd} did not become ready:\n{log_path.read_text()}")
 
 
+# Requests no HTTP server can parse, and what nginx and gunicorn (app/headwait.py) answer, as JSON.
+MALFORMED_REQUESTS = [
+    (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: sluice\r\n\r\n", 414, "uri_too_long"),
+    (b"GET / HTTP/1.1\r\nHost: sluice\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: bogus\r\n\r\n", 501, "not_implemented"),
+]
+
+
 def start_mock(tmp_path: Path, *args: str) -> Server:
     port = free_port()
     log_path = tmp_path / f"mock-{port}.log"

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import (
+    MALFORMED_REQUESTS,
     MASTER_KEY,
     ROOT,
     Server,
@@ -128,12 +129,7 @@ def test_bodies_above_nginxs_buffer_are_proxied_or_refused_in_json(proxied, size
 
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
-    [
-        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-        (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: sluice\r\n\r\n", 414, "uri_too_long"),
-        (b"GET / HTTP/1.1\r\nHost: sluice\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large"),
-        (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: bogus\r\n\r\n", 501, "not_implemented"),
-    ],
+    MALFORMED_REQUESTS,
 )
 def test_nginxs_answers_to_malformed_requests_are_openai_shaped(proxied, request_bytes, status, code):
     nginx, _ = proxied

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import MASTER_KEY, start_gateway, upstream_toml
+from tests.integration.conftest import MALFORMED_REQUESTS, MASTER_KEY, start_gateway, upstream_toml
 
 pytestmark = pytest.mark.integration
 HEAD_TIMEOUT = 2
@@ -160,12 +160,7 @@ def test_a_chunked_upload_to_the_login_form_is_refused_without_reading_it_all(sm
 
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
-    [
-        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
-        (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: sluice\r\n\r\n", 414, "uri_too_long"),
-        (b"GET / HTTP/1.1\r\nHost: sluice\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large"),
-        (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: bogus\r\n\r\n", 501, "not_implemented"),
-    ],
+    MALFORMED_REQUESTS,
 )
 def test_gunicorns_own_errors_are_openai_shaped(small, request_bytes, status, code):
     sock = connect(small)
