@@ -8,6 +8,7 @@ with `Retry-After: <seconds>`, `limiteddate-` -> 429 with an HTTP-date Retry-Aft
 flags for that request (`chunks`, `delay`, `drop_after`, `status`). Every stream chunk
 carries `mock_seq` and `mock_ts` (the time it was produced) so tests can measure
 forwarding. `GET /_mock/stats` reports what the mock saw; `POST /_mock/reset` clears it.
+The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any
 import gevent
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from app.mock_responses import PATH as RESPONSES_PATH
+from app.mock_responses import ResponsesMock
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 REPLY = "Hello from the Sluice mock upstream! Streaming works end to end through the gateway."
@@ -88,6 +92,9 @@ class MockUpstream:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.stats = Stats()
+        self.responses = ResponsesMock(
+            reply_words=_reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
+        )
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
@@ -145,6 +152,8 @@ class MockUpstream:
         if path == "/v1/models" and method == "GET":
             data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in MODELS]
             return _json(start_response, 200, {"object": "list", "data": data})
+        if path == RESPONSES_PATH or path.startswith(RESPONSES_PATH + "/"):
+            return self.responses(environ, start_response, body, opts, self.stats)
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             return _json(start_response, 404, _error_body(f"Unknown path {path}", "unknown_url"))
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
