@@ -30,6 +30,7 @@ def create_app(
     from app.errors import register_error_handlers
     from app.requestlog import register_request_line
     from app.state import announce
+    from app.textguard import register_text_guard
 
     settings = settings or load_settings()
     config = config or load_config(settings.config_path)
@@ -44,6 +45,7 @@ def create_app(
     register_error_handlers(app)
     register_request_line(app, on_end=gw.accounting.finish)
     register_body_limits(app)  # after the request line: a refused body is logged with its id
+    register_text_guard(app)  # after the body limits: a form is bounded before it is read
     register_blueprints(app)
     register_cli(app)
     announce(config, settings)

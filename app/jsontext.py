@@ -4,7 +4,8 @@ It refuses what another parser could read differently or what Sluice could not s
 duplicate top-level keys (checked on the last value, forwarded with the first), numbers
 that are not finite (`1e999` would reach the upstream as `Infinity`), `NaN`/`Infinity`,
 nesting past `MAX_DEPTH`, and strings that cannot be encoded as UTF-8 (a lone surrogate
-escape such as `"\\ud800"`, which later fails in the database, the logs and metrics).
+escape such as `"\\ud800"`, which later fails in the database, the logs and metrics); and,
+where every string may be stored (admin input), NUL (`"\\u0000"`: PostgreSQL refuses it).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class _Pairs:
         return obj
 
 
-def loads_object(body: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object; JsonError says what is wrong."""
+def loads_object(body: bytes, *, allow_nul: bool = True) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object; JsonError says what is wrong.
+    `allow_nul=False` where every string may be stored (admin input)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -60,11 +62,11 @@ def loads_object(body: bytes) -> dict[str, Any]:
         raise JsonError("The request body must be a JSON object.")
     if pairs.duplicate is not None:
         raise JsonError(f"The key '{pairs.duplicate}' appears more than once in the request body.", pairs.duplicate)
-    check_value(value, escapes="\\u" in text)
+    check_value(value, escapes="\\u" in text, allow_nul=allow_nul)  # NUL and surrogates only come escaped
     return value
 
 
-def check_value(value: Any, escapes: bool = True) -> None:
+def check_value(value: Any, escapes: bool = True, allow_nul: bool = True) -> None:
     """Depth at most MAX_DEPTH and (when `escapes`: the text had \\u escapes) only encodable strings."""
     stack = [(value, 1)]
     while stack:
@@ -74,14 +76,20 @@ def check_value(value: Any, escapes: bool = True) -> None:
                 raise JsonError(f"The request body is nested deeper than {MAX_DEPTH} levels.")
             if escapes:
                 for key in item:
-                    _check_text(key)
+                    _check_text(key, allow_nul)
             stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
             if depth > MAX_DEPTH:
                 raise JsonError(f"The request body is nested deeper than {MAX_DEPTH} levels.")
             stack.extend((child, depth + 1) for child in item)
         elif escapes and isinstance(item, str):
-            _check_text(item)
+            _check_text(item, allow_nul)
+
+
+def storable(text: str) -> bool:
+    """True when `text` can be stored anywhere Sluice writes it: valid UTF-8 and no NUL
+    (PostgreSQL's text type refuses U+0000, where SQLite takes it)."""
+    return "\x00" not in text and encodable(text)
 
 
 def encodable(text: str) -> bool:
@@ -95,9 +103,11 @@ def encodable(text: str) -> bool:
     return True
 
 
-def _check_text(text: str) -> None:
+def _check_text(text: str, allow_nul: bool) -> None:
     if not encodable(text):
         raise JsonError("The request body contains a string that is not valid Unicode (a lone surrogate escape).")
+    if not allow_nul and "\x00" in text:
+        raise JsonError("The request body contains a NUL character (\\u0000), which cannot be stored.")
 
 
 def _reject_constant(name: str) -> None:

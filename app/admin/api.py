@@ -49,7 +49,7 @@ _CODES = {404: "not_found", 409: "conflict"}
 def _body() -> dict[str, Any]:
     """The JSON object sent, parsed as strictly as API bodies (app/jsontext.py)."""
     try:
-        return loads_object(request.get_data(cache=False))
+        return loads_object(request.get_data(cache=False), allow_nul=False)  # every string may be stored
     except JsonError as exc:
         raise ApiError(400, exc.message, param=exc.param, code="invalid_request_error") from None
 

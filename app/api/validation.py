@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from app.errors import ApiError
-from app.jsontext import JsonError, loads_object
+from app.jsontext import JsonError, loads_object, storable
 
 _READ_SIZE = 64 * 1024
 
@@ -104,6 +104,8 @@ def _check_fields(payload: dict[str, Any], endpoint: Endpoint) -> None:
     _check_type(payload, "model", (str,))
     if not model:
         raise _invalid("'model' must not be empty.", "model")
+    if not storable(model):  # it is logged, recorded and may become a metric label
+        raise _invalid("'model' must not contain a NUL character.", "model")
     for name, types in endpoint.required.items():
         if name not in payload:
             raise _invalid(f"Missing required parameter: '{name}'.", name)

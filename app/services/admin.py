@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.config import ConfigError, validate_overrides
-from app.jsontext import encodable
+from app.jsontext import storable
 from app.services.probe import ProbeResult, probe
 from app.services.secrets import SecretsUnavailable, is_secret_header
 from app.services.tokens import mask, token_id
@@ -244,7 +244,7 @@ def key_options(options: dict[str, Any]) -> dict[str, Any]:
         if (
             not isinstance(models, list)
             or not models
-            or not all(isinstance(m, str) and m and "," not in m and len(m) <= 200 and encodable(m) for m in models)
+            or not all(isinstance(m, str) and m and "," not in m and len(m) <= 200 and storable(m) for m in models)
         ):
             raise AdminError(400, "'models' must be a non-empty list of model ids or globs.", "models")
         values["models"] = tuple(models)

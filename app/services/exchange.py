@@ -24,6 +24,10 @@ from app.services.streaming import StreamBroken, iter_events
 
 QUEUE_EVENTS = 64
 ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
+# A plain (non-streamed) answer is held whole in memory before it is sent: a misbehaving
+# upstream (or a small compressed body that inflates) must not make the worker hold any
+# amount. Large embeddings batches reach tens of MiB, so the bound is generous.
+PLAIN_BODY_LIMIT = 256 * 1024 * 1024
 log = logging.getLogger("sluice.upstream")
 
 
@@ -129,11 +133,23 @@ class Exchange:
                         return
                 self._put(Message("end"))
             else:
-                self._put(Message("body", response.content))
+                self._put(Message("body", _read_plain(response)))
         except StreamBroken as exc:
             self._put(Message("broken", exc))
         except requests.RequestException as exc:
             self._put(Message("error", exc))
+
+
+def _read_plain(response: requests.Response, limit: int | None = None) -> bytes:
+    """The whole answer, decoded; StreamBroken past `limit` bytes (PLAIN_BODY_LIMIT by default)."""
+    limit = PLAIN_BODY_LIMIT if limit is None else limit
+    try:
+        body = response.raw.read(limit + 1, decode_content=True) or b""
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.ConnectionError(exc) from exc  # as response.content would
+    if len(body) > limit:
+        raise StreamBroken("upstream_error", f"The upstream's answer is larger than {limit} bytes.")
+    return body
 
 
 def _shutdown(response: requests.Response) -> None:

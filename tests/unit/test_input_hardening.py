@@ -218,3 +218,48 @@ def test_header_bytes_that_are_not_utf8_are_refused_or_ignored_never_a_500(clien
     assert resp.status_code == 200 and odd not in resp.headers["X-Request-Id"]
     sent = upstream.calls[0].request.headers
     assert all(odd not in value for value in sent.values())
+
+
+def test_a_plain_answer_larger_than_the_bound_is_refused_not_held(client, auth, upstream, monkeypatch):
+    """A misbehaving upstream cannot make the worker hold any amount of memory for a plain answer."""
+    monkeypatch.setattr("app.services.exchange.PLAIN_BODY_LIMIT", 1000)
+    big = {**OK, "pad": "x" * 5000}
+    for _ in TOKENS:
+        upstream.post(f"{BASE}/chat/completions", json=big)
+    resp = client.post("/v1/chat/completions", json=chat(), headers=auth)
+    error = assert_openai_error(resp, 502, "upstream_error")
+    assert "x" * 100 not in resp.get_data(as_text=True) and error["message"]
+
+
+def test_nul_is_refused_where_it_would_be_stored_and_passed_on_in_content(client, auth, upstream):
+    """PostgreSQL cannot store U+0000: the model (recorded, logged) and admin input refuse it."""
+    body = b'{"model": "gpt\\u0000x", "messages": [{"role": "user", "content": "x"}]}'
+    resp = client.post("/v1/chat/completions", data=body, headers={**auth, "Content-Type": "application/json"})
+    assert "NUL" in assert_openai_error(resp, 400, param="model")["message"]
+    upstream.post(f"{BASE}/chat/completions", json=OK)
+    body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "a\\u0000b"}]}'
+    resp = client.post("/v1/chat/completions", data=body, headers={**auth, "Content-Type": "application/json"})
+    assert resp.status_code == 200  # message content is the upstream's business, and never stored
+    admin = client.post("/admin/api/keys", data=b'{"name": "k", "models": ["gpt\\u0000"]}', headers=auth)
+    assert "NUL" in assert_openai_error(admin, 400)["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("patch", "/admin/api/keys/a%00b"), ("delete", "/admin/api/tokens/a%00b"), ("get", "/admin/api/usage?since=1%00d"),
+     ("get", "/v1/models/a%00b")],
+)  # fmt: skip
+def test_nul_in_a_path_or_query_is_a_400(client, auth, method, path):
+    resp = getattr(client, method)(path, headers=auth, json={})
+    assert "NUL" in assert_openai_error(resp, 400)["message"]
+
+
+def test_nul_in_a_dashboard_form_is_a_400(make_app):
+    from tests.unit.test_dashboard import PASSWORD, csrf, sign_in
+
+    app = make_app(secret_key=SECRET_KEY, admin_password_hash=generate_password_hash(PASSWORD))
+    client = app.test_client()
+    sign_in(client)
+    token = csrf(client.get("/dashboard/keys").data)
+    resp = client.post("/dashboard/keys", data={"csrf_token": token, "name": "k", "models": "gpt\x00"})
+    assert resp.status_code == 400 and app.extensions["sluice"].keys.list() == []

@@ -1,0 +1,39 @@
+"""Refuse NUL characters in a request's path, query and dashboard form fields, before any view.
+
+PostgreSQL's text type cannot hold U+0000, nor compare with it: an admin lookup such as
+`PATCH /admin/api/keys/a%00b` reached the database and came back as a false 503, where SQLite
+answered 404. No id, name or form value Sluice takes contains one, so it is a 400 everywhere.
+(JSON bodies are checked by app/jsontext.py; headers cannot carry NUL through the HTTP parser.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from app.errors import ApiError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _refuse_nul() -> None:
+    from flask import request
+
+    if "\x00" in request.path:
+        raise _nul("path")
+    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise _nul("query")
+    if request.path.startswith("/dashboard") and request.mimetype in _FORMS:  # bounded by app/bodylimit.py
+        if any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
+            raise _nul("form")
+
+
+def _nul(where: str) -> ApiError:
+    return ApiError(400, f"The request's {where} contains a NUL character.", code="invalid_request_error")
+
+
+def register_text_guard(app: Flask) -> None:
+    """After the body limits (so a form is bounded before it is parsed here)."""
+    app.before_request(_refuse_nul)
