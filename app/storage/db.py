@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app import process
 from app.storage import changes
@@ -31,8 +31,21 @@ class StorageError(Exception):
     """The database could not be reached or refused an operation."""
 
 
-class Conflict(StorageError):
-    """A write broke a uniqueness constraint."""
+class StorageDataError(StorageError):
+    """The database refused a value (a NUL character in PostgreSQL text, a number out of range, a
+    broken constraint): retrying the same rows cannot succeed, unlike an unreachable database.
+    A StorageError still, so callers that only tell "storage failed" keep working."""
+
+
+class Conflict(StorageDataError):
+    """A write broke a uniqueness (or other integrity) constraint."""
+
+
+def _refused(action: str, exc: BaseException) -> StorageDataError:
+    """A StorageDataError with the driver's reason: its first line (it may quote the value, never the SQL)."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [""])[0][:200]
+    return StorageDataError(f"database {action} refused a value: {type(cause).__name__}: {reason}")
 
 
 class Database:
@@ -49,6 +62,8 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 yield conn
+        except DataError as exc:
+            raise _refused("read", exc) from exc
         except SQLAlchemyError as exc:
             raise StorageError(f"database read failed: {type(exc).__name__}") from exc
 
@@ -60,6 +75,8 @@ class Database:
                 yield conn
         except IntegrityError as exc:
             raise Conflict("a unique value is already taken") from exc
+        except DataError as exc:
+            raise _refused("write", exc) from exc
         except SQLAlchemyError as exc:
             raise StorageError(f"database write failed: {type(exc).__name__}") from exc
 
@@ -98,6 +115,8 @@ class Database:
                     raw.close()
         except self._dbapi.IntegrityError as exc:
             raise Conflict("a unique value is already taken") from exc
+        except self._dbapi.DataError as exc:
+            raise _refused("write" if write else "read", exc) from exc
         except self._dbapi.Error as exc:
             raise StorageError(f"database {'write' if write else 'read'} failed: {type(exc).__name__}") from exc
 

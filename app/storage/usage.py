@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from app.scheduler import Scheduler
 from app.storage import schema
-from app.storage.db import Database, StorageError
+from app.storage.db import Database, StorageDataError, StorageError
 from app.storage.rollups import Rollups
 
 log = logging.getLogger("sluice.usage")
@@ -77,6 +77,14 @@ class UsageRepo:
             return conn.execute(delete(schema.usage).where(u.at < before)).rowcount
 
 
+class RecordsDropped(Exception):
+    """A batch of usage records failed and was written one by one; `dropped` records were refused."""
+
+    def __init__(self, dropped: int, batch: int) -> None:
+        super().__init__(f"dropped {dropped} of {batch} usage records that cannot be stored (logged above)")
+        self.dropped = dropped
+
+
 class UsageWriter:
     """Queues usage records and writes them in batches from the process's background scheduler.
 
@@ -111,30 +119,41 @@ class UsageWriter:
     def flush(self) -> None:
         """Write the pending records; raises what went wrong (the scheduler logs and counts it).
 
-        The database being away keeps the batch for the next turn. Anything else is a bad
-        record, which must not take its batch with it, nor stay queued for ever: the records
-        are then written one by one and a record that still fails is dropped.
+        The database being away keeps the batch for the next turn. A record the database refuses
+        (StorageDataError) or cannot even be sent (any other exception) must not take its batch
+        with it, nor stay queued for ever: the records are then written one by one and those
+        that still fail so are dropped, each logged once.
         """
         with self._lock:
             batch, self._pending = self._pending, []
         try:
             self.repo.insert_many(batch)
+        except StorageDataError as exc:  # first: it is a StorageError too, but no retry can fix it
+            raise RecordsDropped(self._write_one_by_one(batch), len(batch)) from exc
         except StorageError:
             self._requeue(batch)
             raise
-        except Exception:
-            self._write_one_by_one(batch)
-            raise
+        except Exception as exc:
+            raise RecordsDropped(self._write_one_by_one(batch), len(batch)) from exc
 
-    def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+    def _write_one_by_one(self, batch: list[dict[str, Any]]) -> int:
+        """Write each record alone; returns how many were dropped (a StorageError requeues the rest)."""
+        dropped = 0
         for index, record in enumerate(batch):
             try:
                 self.repo.insert_many([record])
+            except StorageDataError as exc:
+                dropped += 1
+                log.error(
+                    "dropped a usage record the database refused request_id=%s: %s", record.get("request_id"), exc
+                )
             except StorageError:
                 self._requeue(batch[index:])
                 raise
             except Exception:
+                dropped += 1
                 log.exception("dropped a usage record that cannot be stored request_id=%s", record.get("request_id"))
+        return dropped
 
     def _requeue(self, batch: list[dict[str, Any]]) -> None:
         log.error("could not write %d usage records (will retry)", len(batch))
