@@ -14,6 +14,7 @@ from app.errors import ApiError
 
 if TYPE_CHECKING:
     from flask import Flask
+    from werkzeug.datastructures import MultiDict
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -23,11 +24,16 @@ def _refuse_nul() -> None:
 
     if "\x00" in request.path:
         raise _nul("path")
-    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
-        raise _nul("query")
-    if request.path.startswith("/dashboard") and request.mimetype in _FORMS:  # bounded by app/bodylimit.py
-        if any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
+    if request.path.startswith("/dashboard"):
+        # Pages read their query through fixed choices and render whatever else (no lookup by it).
+        if request.mimetype in _FORMS and _has_nul(request.form):  # bounded by app/bodylimit.py
             raise _nul("form")
+    elif _has_nul(request.args):
+        raise _nul("query")
+
+
+def _has_nul(fields: MultiDict[str, str]) -> bool:
+    return any("\x00" in k or "\x00" in v for k, v in fields.items(multi=True))
 
 
 def _nul(where: str) -> ApiError:
