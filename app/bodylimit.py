@@ -13,7 +13,10 @@ still bounds what an unauthenticated client can make a worker read. Dashboard fo
 KiB at most (the header-lines textarea): 64 KiB once signed in; before sign-in only the login
 form (password, CSRF token, return path) may arrive, so 8 KiB.
 
-The deadline starts when the request's headers are complete. Under gevent a stalled read is
+The deadline starts when the request's headers are complete and moves on by one second for
+every MIN_RATE bytes that have arrived: a slow but steady upload (nginx streams bodies through
+unbuffered, so Sluice sees the client's own pace) is never cut, while a client that trickles a
+few bytes is cut after `body_timeout`. Under gevent a stalled read is
 interrupted with `gevent.Timeout`; elsewhere (tests, a threaded server) the deadline is checked
 before each read, so a body that trickles in is still refused once it is late.
 """
@@ -37,6 +40,7 @@ DASHBOARD_LIMIT = 64 * 1024
 LOGIN_FORM_LIMIT = 8 * 1024
 OTHER_LIMIT = 64 * 1024  # /healthz, /metrics, /: nothing there reads a body
 _READ_SIZE = 64 * 1024
+MIN_RATE = 16 * 1024  # bytes/s: a body arriving at least this fast on average never times out
 
 
 class BodyTooLarge(ApiError):
@@ -66,7 +70,8 @@ def _gevent_timeout(seconds: float, error: BodyTimeout) -> contextlib.AbstractCo
 
 
 class BoundedInput:
-    """`wsgi.input` with a byte limit (None: unlimited here) and an absolute deadline."""
+    """`wsgi.input` with a byte limit (None: unlimited here) and a deadline that moves on with
+    the bytes received (one second per MIN_RATE bytes)."""
 
     def __init__(
         self, raw: BinaryIO, deadline: float, timeout: float, clock: Callable[[], float] = time.monotonic
@@ -95,7 +100,7 @@ class BoundedInput:
         return list(self)
 
     def _timed(self, read: Callable[[int], bytes], size: int) -> bytes:
-        remaining = self._deadline - self._clock()
+        remaining = self._deadline + self.received / MIN_RATE - self._clock()
         if remaining <= 0:
             raise BodyTimeout(self.timeout)
         with _gevent_timeout(remaining, BodyTimeout(self.timeout)):

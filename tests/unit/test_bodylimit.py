@@ -167,7 +167,7 @@ def test_bounded_input_checks_the_deadline_before_each_read():
     now = [0.0]
     stream = BoundedInput(io.BytesIO(b"a\nb\n" * 10), deadline=1.0, timeout=1.0, clock=lambda: now[0])
     assert stream.readline() == b"a\n"
-    now[0] = 1.0
+    now[0] = 1.01  # past the deadline and the credit of the 2 bytes read
     with pytest.raises(BodyTimeout):
         stream.read(1)
 
@@ -178,3 +178,20 @@ def test_bounded_input_caps_lines_without_an_end():
     with pytest.raises(BodyTooLarge):
         stream.readline()
     assert stream.received == 101
+
+
+def test_a_slow_but_steady_body_earns_time_as_it_arrives():
+    """Behind nginx (unbuffered) Sluice sees the client's own pace: 50 KB/s must not be cut at
+    body_timeout, a trickle must."""
+    from app.bodylimit import MIN_RATE
+
+    now = [0.0]
+    steady = BoundedInput(io.BytesIO(b"x" * 10 * MIN_RATE), deadline=1.0, timeout=1.0, clock=lambda: now[0])
+    for _ in range(10):  # MIN_RATE bytes each second: always within the moving deadline
+        assert len(steady.read(MIN_RATE)) == MIN_RATE
+        now[0] += 1.0
+    trickle = BoundedInput(io.BytesIO(b"x" * 100), deadline=1.0, timeout=1.0, clock=lambda: now[0] - 10.0)
+    trickle.read(10)
+    now[0] += 1.5  # 10 bytes earned 0.6 ms, not half a second
+    with pytest.raises(BodyTimeout):
+        trickle.read(10)
