@@ -16,10 +16,11 @@ import threading
 from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
@@ -52,15 +53,22 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.engine = _engine(url)
-        self._dbapi = self.engine.dialect.dbapi
+        self.serving = _engine(url, limited=True)  # the request path's and the background chores'
+        self._dbapi = self.serving.dialect.dbapi
         self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, pooled connection, lock)
-        self.changes = changes.for_sqlite(self.engine.url.database or "") if self.is_sqlite else changes.Changes(None)
+        self.changes = changes.for_sqlite(self.serving.url.database or "") if self.is_sqlite else changes.Changes(None)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The engine for migrations (app/storage/migrate.py) and tools: on PostgreSQL its sessions
+        have no statement or lock timeout, since a migration may rewrite a large table or wait for
+        another process's migration lock. Made on first use (most processes never migrate)."""
+        return self.serving if self.is_sqlite else _engine(self.url, limited=False)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect() as conn:
+            with self.serving.connect() as conn:
                 yield conn
         except DataError as exc:
             raise _refused("read", exc) from exc
@@ -71,7 +79,7 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A transaction that is committed at the end of the block (rolled back on error)."""
         try:
-            with self.engine.connect().execution_options(sluice_write=True) as conn, conn.begin():
+            with self.serving.connect().execution_options(sluice_write=True) as conn, conn.begin():
                 yield conn
         except IntegrityError as exc:
             raise Conflict("a unique value is already taken") from exc
@@ -92,7 +100,7 @@ class Database:
         return statement.on_conflict_do_update(index_elements=list(keys), set_=sums)
 
     def prepare(self, statement: Executable) -> Prepared:
-        return Prepared(statement, self.engine.dialect)
+        return Prepared(statement, self.serving.dialect)
 
     @contextmanager
     def quick(self, *, write: bool = False) -> Iterator[Quick]:
@@ -108,7 +116,7 @@ class Database:
                 with lock:
                     yield from _transaction(connection, "BEGIN IMMEDIATE" if write else None)
             else:
-                raw = self.engine.raw_connection()
+                raw = self.serving.raw_connection()
                 try:
                     yield from _transaction(raw.driver_connection, None)
                 finally:
@@ -126,7 +134,7 @@ class Database:
         if held is None or held[0] != process.pid():
             # Configured by the engine's connect hook. The pool's handle is kept with it: dropped,
             # it would check the connection back in for SQLAlchemy to share while we use it.
-            raw = self.engine.raw_connection()
+            raw = self.serving.raw_connection()
             held = self._held = (process.pid(), raw, threading.Lock())
         return held[1].driver_connection, held[2]
 
@@ -135,7 +143,9 @@ class Database:
         if held is not None and held[0] == process.pid():
             held[1].close()
         self.changes.close()
-        self.engine.dispose()
+        self.serving.dispose()
+        if self.__dict__.get("engine") not in (None, self.serving):
+            self.engine.dispose()
 
 
 class Prepared:
@@ -198,9 +208,37 @@ def _transaction(connection: Any, begin: str | None) -> Iterator[Quick]:
         cursor.close()
 
 
-def _engine(url: str) -> Engine:
+# PostgreSQL: how long a call may wait before it fails with a StorageError instead of hanging its
+# request (or the start-up) for ever.
+CONNECT_TIMEOUT = 5  # seconds to connect and log in; a server that accepts and never answers fails here
+# Request-path statements take milliseconds; one still running after 10 s is a server in trouble
+# (and the request's client is long gone). Lock waits: the 5 s the SQLite backend waits too.
+STATEMENT_TIMEOUT_MS = 10_000
+LOCK_TIMEOUT_MS = 5_000
+# A server that vanished (host down, network cut, no RST) is noticed on an idle pooled connection
+# after 30 + 3 x 10 s of unanswered keepalives, and on a busy one once data sent stays
+# unacknowledged for 15 s (Linux's tcp_user_timeout), instead of TCP's ~15 minutes.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 15_000
+
+
+def _postgres_connect_args(url: str, limited: bool) -> dict[str, Any]:
+    """The settings above; a value the URL's query sets itself wins (its `options` come after ours)."""
+    query = make_url(url).query
+    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS, **KEEPALIVES}
+    args = {name: value for name, value in args.items() if name not in query}
+    if limited:
+        given = query.get("options")
+        ours = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+        args["options"] = f"{ours} {given}" if isinstance(given, str) else ours
+    return args
+
+
+def _engine(url: str, *, limited: bool) -> Engine:
+    """`limited`: PostgreSQL sessions get the statement and lock timeouts above (not for migrations)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+        connect_args = _postgres_connect_args(url, limited)
+        return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect_args)
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
