@@ -75,8 +75,17 @@ def on_starting(server):
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
     # In a child process, so the master never imports the database drivers (or ssl)
-    # before the gevent workers monkey-patch them.
-    done = subprocess.run([sys.executable, "-m", "app.storage.startup"], check=False)
+    # before the gevent workers monkey-patch them. Its calls time out on their own (5 s to
+    # connect); this bound is for what they cannot see, such as a server that stopped mid-call.
+    # Generous, as a migration may rewrite a large table: SLUICE_STARTUP_TIMEOUT seconds.
+    try:
+        limit = float(os.environ.get("SLUICE_STARTUP_TIMEOUT") or "600")
+    except ValueError:
+        sys.exit("sluice: configuration error: SLUICE_STARTUP_TIMEOUT must be a number of seconds")
+    try:
+        done = subprocess.run([sys.executable, "-m", "app.storage.startup"], check=False, timeout=limit)
+    except subprocess.TimeoutExpired:  # run() killed it
+        sys.exit(f"sluice: database start-up took over {limit:g} s (SLUICE_STARTUP_TIMEOUT); is the database up?")
     if done.returncode != 0:
         sys.exit("sluice: database migration failed (see above)")
     os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check

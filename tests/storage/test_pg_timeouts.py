@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -17,8 +18,8 @@ from app.storage.db import Database, StorageDataError, StorageError
 from tests.services import postgres_url
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
+@contextmanager
+def silent_listener() -> Iterator[int]:
     """A TCP listener on 127.0.0.1 that accepts connections and never sends a byte; yields its port."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
@@ -34,11 +35,19 @@ def silent_server() -> Iterator[int]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    for conn in [*held, listener]:
-        conn.close()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in [*held, listener]:
+            conn.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    with silent_listener() as port:
+        yield port
 
 
 @pytest.mark.parametrize("call", ["quick", "read", "write"])
