@@ -9,24 +9,30 @@ Token counts are only known when a response ends: `release` records them, and `t
 while the window's recorded tokens are under the limit (overshoot is bounded by the requests
 already in flight).
 
-A max_parallel slot (an `inflight` row) names the worker holding it and frees itself at its
-request's deadline plus SLOT_MARGIN: a release that never lands (a worker killed, the store
-down while the request ended) cannot keep the slot longer, and `free_worker` frees a dead
-worker's slots at once (app/storage/reaper.py, run by gunicorn's master).
+A max_parallel slot (an `inflight` row) names the worker holding it ("<instance id>:<pid>")
+and frees itself at its request's deadline plus SLOT_MARGIN: a release that never lands (a
+worker killed, the store down while the request ended) cannot keep the slot longer, and
+`free_worker` frees a dead worker's slots at once (app/storage/reaper.py, run by gunicorn's
+master; its start-up frees every slot of its instance).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import socket
+import re
+import secrets
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import bindparam, case, delete, func, insert, select
 
 from app import process
+from app.config import Settings
 from app.storage import schema
 from app.storage.db import Database, Quick
 from app.storage.keys import ApiKey
@@ -38,28 +44,81 @@ SLOT_MARGIN = 10.0
 DEFAULT_SLOT_TTL = 3600.0  # for callers that know no deadline (the CLI, tests)
 
 
-def _machine() -> str:
-    """This host's name, with its pid namespace: containers on the host's network share the
-    hostname but not their pids (both may have a worker 7), and must not free each other's slots."""
+INSTANCE_FILE = "instance-id"  # in SLUICE_DATA_DIR: this gateway's name in its slots
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class InstanceIdError(ValueError):
+    """SLUICE_INSTANCE_ID (or the instance-id file) holds no usable id, or the file cannot be made."""
+
+
+def instance_id(env: Mapping[str, str]) -> str:
+    """This gateway instance's name: SLUICE_INSTANCE_ID, else the id kept in
+    `<SLUICE_DATA_DIR>/instance-id` (made on first use). Not the host name or the pid
+    namespace: a restarted container has a new pid namespace (so its start-up would not
+    recognise its own slots), and hosts of the same name share the root one."""
+    given = env.get("SLUICE_INSTANCE_ID")
+    if given:
+        return _checked(given, "SLUICE_INSTANCE_ID")
+    return kept_id(Path(env.get("SLUICE_DATA_DIR") or Settings.data_dir) / INSTANCE_FILE)
+
+
+def kept_id(path: Path) -> str:
+    """The id in `path`, or a new random one written there first; concurrent first calls (the
+    start-up step, workers, the CLI) agree, because the file appears whole or not at all."""
     try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # not Linux, or /proc hidden: the hostname alone
-        return socket.gethostname()
-    return f"{socket.gethostname()}/{namespace}"
+        return _checked(path.read_text(encoding="utf-8").strip(), str(path))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _unkept(path, exc) from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".instance-id.", delete=False) as tmp:
+            tmp.write(secrets.token_hex(8) + "\n")
+        os.chmod(tmp.name, 0o644)  # not a secret; readable by whoever runs the CLI
+        try:
+            os.link(tmp.name, path)  # fails if another process made it meanwhile: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp.name)
+        return _checked(path.read_text(encoding="utf-8").strip(), str(path))
+    except OSError as exc:
+        raise _unkept(path, exc) from None
 
 
-_MACHINE = _machine()
+def _unkept(path: Path, exc: OSError) -> InstanceIdError:
+    message = f"cannot keep the instance id in {path} ({exc.strerror}): make SLUICE_DATA_DIR writable"
+    return InstanceIdError(f"{message} or set SLUICE_INSTANCE_ID")
+
+
+def _checked(value: str, source: str) -> str:
+    if not _INSTANCE_ID.fullmatch(value):
+        raise InstanceIdError(f"{source}: {value[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+_instance: str | None = None  # this process's instance id, read once (this_instance)
+
+
+def this_instance() -> str:
+    """The instance id of this process, from its environment (the same in gunicorn's master,
+    its start-up step, its workers and its reaper: they share the environment and data dir)."""
+    global _instance
+    if _instance is None:
+        _instance = instance_id(os.environ)
+    return _instance
 
 
 def worker_name(pid: int | None = None) -> str:
-    """A worker's name in the slots it holds: "<host>/<pid namespace>:<pid>" (this process's by default)."""
-    return f"{_MACHINE}:{process.pid() if pid is None else pid}"[:100]
+    """A worker's name in the slots it holds: "<instance id>:<pid>" (this process's by default)."""
+    return f"{this_instance()}:{process.pid() if pid is None else pid}"
 
 
-def local_pid(worker: str) -> int | None:
-    """The pid of a worker named on this host (and pid namespace), else None."""
-    machine, _, pid = worker.rpartition(":")
-    return int(pid) if machine == _MACHINE and pid.isdecimal() else None
+def instance_prefix() -> str:
+    """What the names of this instance's workers start with."""
+    return f"{this_instance()}:"
 
 
 @dataclass(frozen=True)

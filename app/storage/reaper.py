@@ -1,25 +1,28 @@
-"""Free the max_parallel slots of a worker that died (killed, out of memory, timed out).
+"""Free the max_parallel slots of workers that died (killed, out of memory, timed out).
 
 gunicorn's master runs this in a child process when a worker exits (gunicorn.conf.py's
 `child_exit`), so the master itself never imports the database or Redis drivers before the
 gevent workers monkey-patch them:
 
-    python -m app.storage.reaper --pid 1234     # the worker's pid, on this host
-    python -m app.storage.reaper --dead         # every worker of this host that is not running
+    python -m app.storage.reaper --pid 1234     # the worker's pid, in this instance
+    python -m app.storage.reaper --all          # every worker of this instance: none may be running
 
-`--dead` is also done once at start-up (app/storage/startup.py, from `on_starting`): after the whole gateway was
-killed (SIGKILL, out of memory, a power cut) no master saw its workers go, and their slots would
-otherwise stay taken until their requests' deadlines.
+Slots name their worker "<instance id>:<pid>" (app/storage/limits.py): the instance id is kept
+in SLUICE_DATA_DIR (or given as SLUICE_INSTANCE_ID), so a restarted container, with new pids in
+a new pid namespace, still knows its own slots, and two hosts never take each other's.
+`--all` is done once at start-up (app/storage/startup.py, from `on_starting`, before any worker
+runs): after the whole gateway was killed (SIGKILL, out of memory, `docker stop` past its
+timeout, a power cut) no master saw its workers go, and their slots would otherwise stay taken
+until their requests' deadlines.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from app.storage.db import Database, StorageError
-from app.storage.limits import Limiter, SqlLimiter, local_pid, worker_name
+from app.storage.limits import InstanceIdError, Limiter, SqlLimiter, instance_prefix, worker_name
 
 
 def limiter_for(database_url: str, redis_url: str | None) -> tuple[Limiter, Database]:
@@ -37,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m app.storage.reaper", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pid", type=int, help="the pid of the worker that exited (on this host)")
-    which.add_argument("--dead", action="store_true", help="every worker of this host that is not running")
+    which.add_argument("--pid", type=int, help="the pid of the worker that exited (in this instance)")
+    which.add_argument("--all", action="store_true", help="every worker of this instance (none may be running)")
     args = parser.parse_args(argv)
     settings = settings_or_exit()
     limiter, db = limiter_for(settings.database_url, settings.redis_url)
@@ -46,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.pid is not None:
             free(limiter, [worker_name(args.pid)])
         else:
-            free_dead(limiter)
-    except StorageError as exc:  # the slots still expire at their requests' deadlines
+            free_instance(limiter)
+    except (StorageError, InstanceIdError) as exc:  # the slots still expire at their requests' deadlines
         sys.exit(f"sluice: could not free the slots of dead workers: {exc}")
     finally:
         db.dispose()
@@ -60,25 +63,10 @@ def free(limiter: Limiter, workers: list[str]) -> None:
             print(f"sluice: freed {freed} in-flight slot(s) of worker {worker}", file=sys.stderr)
 
 
-def free_dead(limiter: Limiter) -> None:
-    """Free the slots of this host's workers that are no longer running (StorageError if the store fails)."""
-    free(limiter, dead_workers(limiter))
-
-
-def dead_workers(limiter: Limiter) -> list[str]:
-    """Workers of this host (and pid namespace) holding slots whose process is gone."""
-    prefix = worker_name(0).removesuffix("0")
-    return sorted(w for w in limiter.workers(prefix) if (pid := local_pid(w)) is not None and not running(pid))
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+def free_instance(limiter: Limiter) -> None:
+    """Free every slot of this instance's workers, whatever their pids (StorageError if the store
+    fails). Only while none of them runs: before gunicorn's master forks its first worker."""
+    free(limiter, sorted(limiter.workers(instance_prefix())))
 
 
 if __name__ == "__main__":
