@@ -53,9 +53,9 @@ RATE_LIMIT_CODES = ("rate_limit_exceeded", "too_many_parallel_requests", "insuff
 
 def observe(line: RequestLine) -> None:
     """The request's Prometheus samples."""
-    upstream = line.attempts[-1].upstream if line.attempts else "-"
-    model = metrics.model_label(line.model, routed=bool(line.attempts))  # attempts: the model matched a route
-    metrics.REQUESTS.labels(route=line.route, status=str(line.status), model=model, upstream=upstream).inc()
+    upstream = line.attempts[-1].upstream if line.attempts else None  # attempts: the model matched a route
+    model = metrics.model_label(line.model, upstream)
+    metrics.REQUESTS.labels(route=line.route, status=str(line.status), model=model, upstream=upstream or "-").inc()
     metrics.DURATION.labels(route=line.route, streamed=str(line.streaming).lower()).observe(line.elapsed_ms() / 1000)
     ttfb = line.ttfb_ms()
     if ttfb is not None:

@@ -3,19 +3,25 @@
 gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers
 start; each worker writes its samples there and /metrics merges them. Without it (tests, the
 Flask CLI) the registry is the ordinary in-process one. No label carries a string a client
-chose freely: a request that reached no upstream counts under the model "unrouted", and the
-model names of routed requests (they matched a configured glob, which may be "*") are
-bounded per process, so a caller cannot create unlimited time series.
+chose: the model label is what the operator configured (`configure`): a model id the matched
+upstream lists literally, else the glob of its `models` that matched ("*", "gpt-4*"), or
+"unrouted" for a request that reached no upstream. So the series are bounded by the config,
+whatever names clients send, in every worker and across recycled workers.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
-import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 from app import process
+
+if TYPE_CHECKING:
+    from app.config import UpstreamConfig
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # Each sample update asks for the process id (to notice a fork); the default, os.getpid, is a
@@ -23,8 +29,8 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
-MAX_MODELS = 200  # distinct model label values per process; the rest are "other"
 UNROUTED = "unrouted"  # the model label of requests that reached no upstream (unknown model, refused)
+OTHER = "other"  # the model label under an upstream this process was not configured with
 
 REQUESTS = Counter("sluice_requests_total", "Client requests by route, status, model and upstream",
                    ["route", "status", "model", "upstream"])  # fmt: skip
@@ -40,31 +46,26 @@ DURATION = Histogram("sluice_request_duration_seconds", "Client request duration
 BACKGROUND_ERRORS = Counter("sluice_background_errors_total", "Background chores that raised (they carry on)",
                             ["chore"])  # fmt: skip
 
-_models: set[str] = set()
-_lock = threading.Lock()
+_configured: dict[str, tuple[str, ...]] = {}  # upstream name -> its `models`, as configured
 
 
-def model_label(model: str, routed: bool) -> str:
-    """The label value of a request's model: "unrouted" when no upstream was tried, else the
-    model, or "other" once MAX_MODELS distinct ones have been seen (or for a name no exposition
-    can carry: too long, or not encodable as UTF-8, which made /metrics answer 500)."""
-    if not routed:
+def configure(upstreams: Iterable[UpstreamConfig]) -> None:
+    """Learn each upstream's `models`: with "unrouted" and "other", the only model label values.
+    Once per process, when its gateway is built (a process serves one config)."""
+    _configured.clear()
+    _configured.update((upstream.name, tuple(upstream.models)) for upstream in upstreams)
+
+
+def model_label(model: str, upstream: str | None) -> str:
+    """The label value of a request's model, served (last tried) by `upstream` (None: no upstream
+    was tried): the model itself if that upstream lists it literally, else the first of its
+    patterns that matches it, as the router matched it (fnmatchcase), never the client's name."""
+    if upstream is None:
         return UNROUTED
-    if model in _models:
+    patterns = _configured.get(upstream, ())
+    if model in patterns:
         return model
-    with _lock:
-        if len(_models) < MAX_MODELS and len(model) <= 100 and _encodable(model):
-            _models.add(model)
-            return model
-    return "other"
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON)
-        return False
-    return True
+    return next((pattern for pattern in patterns if fnmatch.fnmatchcase(model, pattern)), OTHER)
 
 
 def render() -> bytes:

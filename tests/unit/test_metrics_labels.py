@@ -1,4 +1,5 @@
-"""Metric labels never carry client-chosen strings: /metrics stays small and always renders."""
+"""Metric labels never carry client-chosen strings: /metrics stays small and always renders.
+The model label is a configured id or the configured glob that matched (issue #10 item 1c)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from app.services.accounting import observe
 from tests.conftest import BASE, MASTER_KEY, TOKENS, make_config
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+@pytest.fixture(autouse=True)
+def configured(monkeypatch):
+    """Each test configures the labels afresh; other tests' configs are put back after it."""
+    monkeypatch.setattr(metrics, "_configured", {})
 
 
 def model_labels(client) -> set[str]:
@@ -47,30 +54,67 @@ def test_a_thousand_bogus_model_names_add_one_label(gpt_only):
     assert len(gpt_only.get("/metrics", headers=AUTH).get_data()) - before < 200  # only the counts grew
 
 
-def test_routed_model_names_are_capped_and_a_lone_surrogate_never_breaks_metrics(client, upstream, monkeypatch):
-    """`*` routes every name to the upstream: those labels are bounded by MAX_MODELS per process."""
-    monkeypatch.setattr(metrics, "_models", set())  # as in a fresh worker: the cap is not reached yet
+def _served_by(make_app, upstream, *models: str):
+    """A gateway whose only upstream lists `models` and answers every chat with a 404, and whose
+    model labels are configured as build_gateway configures them."""
+    config = make_config(UpstreamConfig(name="primary", base_url=BASE, tokens=TOKENS, models=models))
+    client = make_app(config).test_client()
+    metrics.configure(config.upstreams)
     upstream.add("POST", f"{BASE}/chat/completions", status=404, json={"error": {"message": "no such model"}})
-    chat_raw(client, '"\\ud800"')
-    model_labels(client)  # answers 200
-    for index in range(metrics.MAX_MODELS + 50):
-        chat_raw(client, f'"routed-{index}"')
-    labels = model_labels(client)  # the registry is the process's: other tests' models are there too
-    routed = {label for label in labels if label.startswith("routed-")}
-    assert len(routed) <= metrics.MAX_MODELS and "routed-0" in routed
-    assert "other" in labels and f"routed-{metrics.MAX_MODELS + 49}" not in labels
+    return client
 
 
-def test_a_routed_lone_surrogate_model_still_renders(client, monkeypatch):
+def _labels_of(client, prefix: str) -> set[str]:
+    return {label for label in model_labels(client) if label.startswith(prefix)}
+
+
+def test_a_thousand_junk_names_routed_by_star_add_one_label(make_app, upstream):
+    """Finding 5: `*` routes any name; the label is the glob, so no client string reaches a label."""
+    client = _served_by(make_app, upstream, "*")
+    for index in range(1000):
+        assert chat_raw(client, f'"junk-{index}-<script>"').status_code == 404
+    assert chat_raw(client, '"\\ud800"').status_code in (400, 404)
+    labels = model_labels(client)  # answers 200
+    assert "*" in labels and not any("junk-" in label for label in labels)
+    assert len(upstream.calls) >= 1000  # they were routed, not refused before the upstream
+
+
+def test_a_literal_model_keeps_its_name_and_a_glob_match_is_labelled_by_the_glob(make_app, upstream):
+    client = _served_by(make_app, upstream, "gpt-4o-mini-literal", "gpt-4*", "*")
+    for model in ("gpt-4o-mini-literal", "gpt-4-turbo-xyz", "gpt-4.1-abc", "claude-xyz"):
+        assert chat_raw(client, f'"{model}"').status_code == 404
+    assert _labels_of(client, "gpt-4") == {"gpt-4o-mini-literal", "gpt-4*"}
+    assert "*" in model_labels(client) and not _labels_of(client, "claude")
+
+
+def test_a_routed_lone_surrogate_model_still_renders(client, config):
     """Below the request parser (which may refuse such a body): the label itself stays encodable."""
-    monkeypatch.setattr(metrics, "_models", set())
+    metrics.configure(config.upstreams)
     line = RequestLine(request_id="r", method="POST", path="/v1/chat/completions", route="/v1/chat/completions",
                        model="\ud800", attempts=[SimpleNamespace(upstream="primary")], status=404)  # fmt: skip
     observe(line)
     assert "\ud800" not in model_labels(client)  # answers 200
 
 
-def test_model_label():
-    assert metrics.model_label("anything", routed=False) == metrics.UNROUTED
-    assert metrics.model_label("\ud800", routed=True) == "other"
-    assert metrics.model_label("x" * 101, routed=True) == "other"
+@pytest.mark.parametrize(
+    ("model", "upstream", "label"),
+    [
+        ("anything", None, metrics.UNROUTED),
+        ("gpt-4o", "a", "gpt-4o"),  # listed literally
+        ("gpt-4-new", "a", "gpt-4*"),  # the first pattern that matches, in config order
+        ("gpt-4*", "a", "gpt-4*"),  # a configured string either way
+        ("o1-anything", "a", "*"),
+        ("\ud800", "a", "*"),
+        ("x" * 10_000, "a", "*"),
+        ("gpt-4o", "b", "gpt-?o"),  # only the serving upstream's list counts
+        ("gpt-4o", "unknown", metrics.OTHER),  # an upstream this process was not configured with
+    ],
+)
+def test_model_label(model, upstream, label):
+    metrics.configure(
+        [
+            UpstreamConfig(name="a", base_url=BASE, tokens=TOKENS, models=("gpt-4o", "gpt-4*", "*")),
+            UpstreamConfig(name="b", base_url=BASE, tokens=TOKENS, models=("gpt-?o",)),
+        ]
+    )
+    assert metrics.model_label(model, upstream) == label
