@@ -1,8 +1,10 @@
 """One record per client request: the log line, the limiter release and the usage record.
 
 A `RequestLine` is filled in as the request goes (key, model, attempts, usage, first
-byte) and finished exactly once: by `after_request` for plain responses, by the stream's
-end for streams. Finishing logs one line and hands the record to `on_end` (accounting).
+byte) and finished exactly once: by `after_request` for responses Sluice writes itself
+(errors, admin), by the body's end for proxied answers, streamed or plain (so a key's
+max_parallel slot is held until the body has been written). Finishing logs one line and
+hands the record to `on_end` (accounting).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class RequestLine:
     admission: Any = None  # limits.Admission for managed keys
     window: Any = None  # limits.Window for the x-ratelimit-* headers
     outcome: str | None = None  # an error code, when the request failed
-    deferred: bool = False  # a stream finishes its own line when it ends
+    deferred: bool = False  # the response's body finishes the line when it has been written
     on_end: Callable[[RequestLine], None] | None = None
     status: int = 0
     bytes_sent: int = 0
@@ -71,6 +73,12 @@ class RequestLine:
         )  # fmt: skip
         if self.on_end is not None:
             self.on_end(self)
+
+    def finish_response(self, status: int, bytes_sent: int) -> None:
+        """Finish with the outcome an error handler named, else "ok" or "error" by status."""
+        if self.first_byte is None:
+            self.first_byte = time.monotonic()
+        self.finish(status, self.outcome or ("ok" if status < 400 else "error"), bytes_sent)
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
@@ -103,10 +111,7 @@ def register_request_line(app: Flask, on_end: Callable[[RequestLine], None] | No
             if line.window is not None:
                 response.headers.update(ratelimit_headers(line.window))
             if not line.deferred and request.path not in QUIET_PATHS:
-                if line.first_byte is None:
-                    line.first_byte = time.monotonic()
-                outcome = line.outcome or ("ok" if response.status_code < 400 else "error")
-                line.finish(response.status_code, outcome, response.calculate_content_length() or 0)
+                line.finish_response(response.status_code, response.calculate_content_length() or 0)
         return response
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from flask import Response, request
 
@@ -11,6 +13,7 @@ from app.requestlog import RequestLine
 from app.services import metrics
 from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import client_response_headers
+from app.services.lifecycle import shutdown_deadline
 from app.services.streaming import StreamBody, StreamLimits, StreamStats
 from app.services.usage import usage_from_body
 
@@ -34,24 +37,16 @@ def write_response(
     line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
     if isinstance(outcome, Failed):
         raise outcome.error
+    client = ClientSocket(request.environ.get("gunicorn.socket"))
     if isinstance(outcome, Accepted) and outcome.body is not None:
-        return _plain(outcome, line)
+        return _plain(outcome, line, client, attempts.deadline)
     headers = dict(SSE_HEADERS)
     if outcome is not None:
         headers.update(client_response_headers(outcome.response.headers.items()))
         headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
 
-    client_socket = request.environ.get("gunicorn.socket")
-    before_write = None
-    if client_socket is not None:
-        # A client that stops reading must not hold the stream (and its connection) past the
-        # deadline, when its max_parallel slot expires: each write gets only the time left.
-        def before_write(until: float) -> None:
-            client_socket.settimeout(max(1.0, until - time.time()))
-
     def finish(stats: StreamStats) -> None:
-        if client_socket is not None:
-            client_socket.settimeout(None)  # gunicorn reuses the connection for the next request
+        client.reset()
         line.usage = stats.usage or {}
         line.first_byte = stats.first_event_at
         line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
@@ -69,17 +64,79 @@ def write_response(
     )
     hide = injected_usage and all(u.inject_usage for u in attempts.call.upstreams)
     metrics.ACTIVE_STREAMS.inc()
-    body = StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits, before_write=before_write)
+    body = StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits, before_write=client.bound)
     return Response(body, status=200, headers=headers)
 
 
-def _plain(outcome: Accepted, line: RequestLine) -> Response:
+class ClientSocket:
+    """The client's connection (gunicorn's socket; None under the test client).
+
+    A client that stops reading must not hold its connection (and its max_parallel slot,
+    which expires at the deadline) past the deadline: each write gets only the time left.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def bound(self, until: float) -> None:
+        """The next write must be done by `until` (at least a second from now)."""
+        if self.sock is not None:
+            self.sock.settimeout(max(1.0, until - time.time()))
+
+    def reset(self) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(None)  # gunicorn reuses the connection for the next request
+
+
+class PlainBody:
+    """The WSGI body of a plain answer: one write, bounded by the deadline or the shutdown's.
+
+    It finishes the request exactly once, when the body has been written (the server asks for
+    more) or when the server closes it (the write failed or timed out, the client went away):
+    until then the key's slot stays taken, as for a stream.
+    """
+
+    def __init__(self, data: bytes, deadline: float, client: ClientSocket, on_end: Callable[[bool], None]) -> None:
+        self.data, self.deadline, self.client, self.on_end = data, deadline, client, on_end
+        self.ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.data:
+            self.client.bound(min(self.deadline, shutdown_deadline()))
+            yield self.data
+        self._end(written=True)
+
+    def close(self) -> None:
+        self._end(written=not self.data)
+
+    def _end(self, *, written: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.client.reset()
+        self.on_end(written)
+
+
+def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline: float) -> Response:
     outcome.exchange.close()
+    data, status = outcome.body or b"", outcome.response.status_code
     headers = client_response_headers(outcome.response.headers.items())
     if "json" in headers.get("Content-Type", ""):
-        line.usage = usage_from_body(outcome.body or b"") or {}
+        line.usage = usage_from_body(data) or {}
     line.first_byte = time.monotonic()
-    return Response(outcome.body, status=outcome.response.status_code, headers=headers)
+    if client.sock is None:  # not gunicorn (the test client): nothing to bound, after_request finishes the line
+        return Response(data, status=status, headers=headers)
+    if status not in (204, 304):
+        headers["Content-Length"] = str(len(data))  # an iterable body: werkzeug does not count it
+
+    def end(written: bool) -> None:
+        if written:
+            line.finish_response(status, len(data))
+        else:  # the usage is recorded all the same: the upstream generated it
+            line.finish(status, "client_disconnect", 0)
+
+    line.deferred = True  # the body's end finishes the line
+    return Response(PlainBody(data, deadline, client, end), status=status, headers=headers)
 
 
 def _idle_timeout(outcome: Accepted | None, attempts: Attempts, gateway: GatewayConfig) -> float:

@@ -16,8 +16,11 @@ from app.api.validation import ENDPOINTS, parse_payload, read_body
 from app.auth import Identity, authenticate
 from app.errors import ApiError
 from app.requestlog import RequestLine
+from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import forwardable
+from app.services.lifecycle import shutdown_deadline
 from app.services.router import route
+from app.services.streaming import SHUTDOWN_MESSAGE
 from app.services.upstream import UpstreamCall
 from app.state import gateway
 from app.storage.db import StorageError
@@ -26,6 +29,9 @@ from app.storage.limits import SLOT_MARGIN, Limiter, LimitExceeded
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("sluice.api")
+# A plain request's wait looks this often (seconds) for a graceful stop, which SIGTERM starts
+# while it waits; well within lifecycle.SHUTDOWN_MARGIN, so the 503 is written in time.
+SHUTDOWN_POLL = 0.5
 
 
 @bp.before_request
@@ -102,11 +108,23 @@ def _proxy(kind: str) -> Response:
         client_headers=forwardable(request.headers.items()), usage_body=usage_body,
     )  # fmt: skip
     attempts = gw.client.start(call, deadline=line.started_at + settings.deadline)
-    # A stream waits one heartbeat interval for its first event before committing the 200;
-    # a plain request waits until its answer (or the deadline).
-    until = time.time() + settings.heartbeat_interval if line.streaming else attempts.deadline
-    outcome = attempts.advance(until=until)
+    if line.streaming:  # a stream waits one heartbeat interval for its first event before committing the 200
+        outcome = attempts.advance(until=time.time() + settings.heartbeat_interval)
+    else:
+        outcome = _plain_answer(attempts)
     return write_response(attempts, outcome, line, settings, injected_usage=usage_body is not None)
+
+
+def _plain_answer(attempts: Attempts) -> Accepted | Failed:
+    """Wait for the answer until the deadline, or until a graceful stop's deadline: then a 503
+    (the attempt is abandoned), so the client hears why and the request is accounted for."""
+    while True:
+        outcome = attempts.advance(until=min(time.time() + SHUTDOWN_POLL, attempts.deadline, shutdown_deadline()))
+        if outcome is not None:
+            return outcome
+        if time.time() >= shutdown_deadline():
+            attempts.abandon("server_shutdown")
+            return Failed(ApiError(503, SHUTDOWN_MESSAGE, code="server_shutdown", headers={"Retry-After": "1"}))
 
 
 def _read(line: RequestLine, key: ApiKey | None, slot_expires: float) -> bytes:
