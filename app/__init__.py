@@ -86,6 +86,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     pool = TokenPool(config.upstreams, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]))
     redactor.add(pool.secrets())
     client = UpstreamClient(config, pool, session=session)
+    metrics.configure(config.upstreams)  # model labels: what the config names, never what clients send
     if settings.redis_url:
         from app.storage.redis_limits import RedisLimiter
 

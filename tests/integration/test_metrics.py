@@ -33,7 +33,7 @@ def value(text: str, name: str, **labels: str) -> float:
 def test_metrics_count_every_worker_and_are_protected(tmp_path, mock):
     tokens = ["revoked-token-00000001", "good-token-000000002"]
     gateway = start_gateway(
-        tmp_path, upstream_toml("main", mock.url, tokens, ["*"]), workers=2, SLUICE_METRICS_TOKEN=METRICS_TOKEN
+        tmp_path, upstream_toml("main", mock.url, tokens, ["mock-gpt"]), workers=2, SLUICE_METRICS_TOKEN=METRICS_TOKEN
     )
     try:
         body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
