@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 from app import metrics_dir
 from app.config import ConfigError, load_config, load_settings
@@ -118,16 +119,34 @@ def child_exit(server, worker):
     # Not while the whole server stops (no listeners left): its workers release their own slots
     # on the way out, and a worker killed at the end of the grace period leaves slots that
     # expire at their requests' deadlines; a reaper per worker would only delay the exit.
+    _collect_reapers(server)
     if server.LISTENERS:
-        # In a child process, like the migration: the master must not import the drivers.
+        # In a child process, like the migration: the master must not import the drivers. Not
+        # waited for: the master spawns the replacement worker only after this hook returns, and
+        # the reaper may wait seconds for a busy database. It reports to the master's stderr.
         reaper = [sys.executable, "-m", "app.storage.reaper", "--pid", str(worker.pid)]
-        try:
-            done = subprocess.run(reaper, check=False, timeout=15)
-        except subprocess.TimeoutExpired:
-            server.log.error("freeing the slots of worker %s took too long; they expire on their own", worker.pid)
-            return
-        if done.returncode != 0:
-            server.log.error("could not free the slots of worker %s (see above)", worker.pid)
+        _reapers.append((subprocess.Popen(reaper), time.monotonic()))
+
+
+# Reapers started by child_exit and not seen to end yet. gunicorn's master reaps every child
+# (waitpid(-1) on SIGCHLD), so they leave no zombie; polling them here covers any that it did not.
+_reapers: list[tuple[subprocess.Popen, float]] = []
+REAPER_LIMIT = 60.0  # seconds; its database calls time out well before (5 s lock or connect waits)
+
+
+def _collect_reapers(server) -> None:
+    """Forget the reapers that ended (logging a failure); stop one that outlived REAPER_LIMIT."""
+    for entry in list(_reapers):
+        process, started = entry
+        if process.poll() is None and time.monotonic() - started < REAPER_LIMIT:
+            continue
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+            server.log.error("freeing the slots of a dead worker took too long; they expire on their own")
+        elif process.returncode != 0:
+            server.log.error("could not free the slots of a dead worker (see above)")
+        _reapers.remove(entry)
 
 
 def worker_exit(server, worker):
