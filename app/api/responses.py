@@ -89,11 +89,13 @@ class ClientSocket:
 
 
 class PlainBody:
-    """The WSGI body of a plain answer: one write, bounded by the deadline or the shutdown's.
+    """The WSGI body of a plain answer (under gunicorn), each write bounded by the deadline or the shutdown's.
 
-    It finishes the request exactly once, when the body has been written (the server asks for
-    more) or when the server closes it (the write failed or timed out, the client went away):
-    until then the key's slot stays taken, as for a stream.
+    It finishes the request exactly once: when the body but its last byte has been written
+    (the server asks for more), or when the server closes it (the write failed or timed out,
+    the client went away). Until then the key's slot stays taken, as for a stream. The last
+    byte goes out after: a client sees its answer complete only once the slot is released
+    and the tokens counted, so its next request never finds its own slot still taken.
     """
 
     def __init__(self, data: bytes, deadline: float, client: ClientSocket, on_end: Callable[[bool], None]) -> None:
@@ -101,20 +103,23 @@ class PlainBody:
         self.ended = False
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.data:
+        head, tail = self.data[:-1], self.data[-1:]
+        if head:
             self.client.bound(min(self.deadline, shutdown_deadline()))
-            yield self.data
+            yield head
         self._end(written=True)
+        if tail:
+            self.client.bound(min(self.deadline, shutdown_deadline()))
+            yield tail
 
     def close(self) -> None:
+        self.client.reset()  # gunicorn closes the body after its last write, or after a failed one
         self._end(written=not self.data)
 
     def _end(self, *, written: bool) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self.client.reset()
-        self.on_end(written)
+        if not self.ended:
+            self.ended = True
+            self.on_end(written)
 
 
 def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline: float) -> Response:

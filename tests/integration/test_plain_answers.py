@@ -29,9 +29,9 @@ CLOSE = {"Connection": "close"}
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def _gateway(tmp_path: Path, mock: Server, deadline: float = DEADLINE, **env: str) -> Server:
+def _gateway(tmp_path: Path, mock: Server, deadline: float = DEADLINE, workers: int = 1, **env: str) -> Server:
     config = f"[gateway]\ndeadline = {deadline}\n\n" + upstream_toml("main", mock.url, ["good-token-00000001"], ["*"])
-    return start_gateway(tmp_path, config, workers=1, **env)
+    return start_gateway(tmp_path, config, workers=workers, **env)
 
 
 def _key(gateway: Server) -> str:
@@ -71,7 +71,7 @@ def _inflight(tmp_path: Path) -> list[tuple]:
 
 @pytest.fixture
 def gateway(tmp_path, mock) -> Iterator[Server]:
-    server = _gateway(tmp_path, mock)
+    server = _gateway(tmp_path, mock, workers=2)
     yield server
     server.stop()
 
@@ -115,7 +115,7 @@ def test_a_client_that_stops_reading_a_plain_answer_holds_its_slot_only_until_th
     assert _inflight(tmp_path) == []
 
 
-def test_a_plain_answer_read_to_its_end_is_recorded_once(gateway, tmp_path):
+def test_a_plain_answer_read_to_its_end_is_recorded_once_and_frees_its_slot_before_it_is_complete(gateway, tmp_path):
     key = _key(gateway)
     request_id = f"plain-ok-{time.time_ns()}"
     headers = {"Authorization": f"Bearer {key}", "X-Request-Id": request_id, **CLOSE}
@@ -128,7 +128,10 @@ def test_a_plain_answer_read_to_its_end_is_recorded_once(gateway, tmp_path):
     assert rows == [("ok", 200, resp.json()["usage"]["total_tokens"])]
     lines = re.findall(rf"request request_id={re.escape(request_id)} .*", gateway.log())
     assert len(lines) == 1 and f"bytes={len(resp.content)}" in lines[0], lines
-    assert _chat(gateway, key).status_code == 200
+    # One request after the other, over two workers: the slot is free by the time an answer is
+    # complete (its last byte is sent after the release), so the next one is never refused.
+    statuses = [_chat(gateway, key).status_code for _ in range(30)]
+    assert statuses == [200] * 30, statuses
     assert _inflight(tmp_path) == []
 
 
