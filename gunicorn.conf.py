@@ -125,27 +125,27 @@ def child_exit(server, worker):
         # waited for: the master spawns the replacement worker only after this hook returns, and
         # the reaper may wait seconds for a busy database. It reports to the master's stderr.
         reaper = [sys.executable, "-m", "app.storage.reaper", "--pid", str(worker.pid)]
-        _reapers.append((subprocess.Popen(reaper), time.monotonic()))
+        _reapers.append((subprocess.Popen(reaper), time.monotonic(), worker.pid))
 
 
 # Reapers started by child_exit and not seen to end yet. gunicorn's master reaps every child
 # (waitpid(-1) on SIGCHLD), so they leave no zombie; polling them here covers any that it did not.
-_reapers: list[tuple[subprocess.Popen, float]] = []
+_reapers: list[tuple[subprocess.Popen, float, int]] = []  # (reaper, started, dead worker's pid)
 REAPER_LIMIT = 60.0  # seconds; its database calls time out well before (5 s lock or connect waits)
 
 
 def _collect_reapers(server) -> None:
     """Forget the reapers that ended (logging a failure); stop one that outlived REAPER_LIMIT."""
     for entry in list(_reapers):
-        process, started = entry
+        process, started, pid = entry
         if process.poll() is None and time.monotonic() - started < REAPER_LIMIT:
             continue
         if process.returncode is None:
             process.kill()
             process.wait()
-            server.log.error("freeing the slots of a dead worker took too long; they expire on their own")
+            server.log.error("freeing the slots of worker %s took too long; they expire on their own", pid)
         elif process.returncode != 0:
-            server.log.error("could not free the slots of a dead worker (see above)")
+            server.log.error("could not free the slots of worker %s (see above)", pid)
         _reapers.remove(entry)
 
 
