@@ -51,6 +51,11 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
         self._busy.add(current)
         try:
             keep_open = super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            # A client that stopped reading ran out its write bound (the request's deadline): the
+            # request is recorded already and nothing failed here, so a line, not a traceback.
+            self.log.info("closed a connection whose client stopped reading (write timed out)")
+            raise StopIteration from None  # gunicorn's connection loop closes the connection
         finally:  # also when gunicorn ends the connection (StopIteration), as on its last request
             self._busy.discard(current)
             # Marked idle before reading `alive`: a stop signal between the two lines finds the

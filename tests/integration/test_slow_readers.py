@@ -47,3 +47,7 @@ def test_a_client_that_stops_reading_is_let_go_at_the_deadline(faulty):  # noqa:
     assert ended is not None, faulty.log()[-3000:]
     # The blocked write got only the time left to the deadline (at least 1 s), not the deadline again.
     assert ended < DEADLINE + 2.5, f"the stream ended {ended:.1f} s after it started (deadline {DEADLINE} s)"
+    time.sleep(1.5)  # the write's timeout ends the connection just after the request line
+    log = faulty.log()
+    assert "client stopped reading (write timed out)" in log, log[-2000:]
+    assert "Socket error processing request" not in log  # no traceback for a client's doing
