@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -27,8 +28,11 @@ TEXT_ORDER = (
 
 
 @pytest.fixture
-def client(mock) -> openai.OpenAI:
-    return openai.OpenAI(base_url=mock.url + "/v1", api_key="good-token-0001", max_retries=0, timeout=20)
+def client(mock) -> Iterator[openai.OpenAI]:
+    # Closed after each test: an SDK client left to the garbage collector leaves its sockets
+    # to be closed there, a ResourceWarning (an error here) in whatever test runs at that moment.
+    with openai.OpenAI(base_url=mock.url + "/v1", api_key="good-token-0001", max_retries=0, timeout=20) as sdk:
+        yield sdk
 
 
 def test_create(client):
@@ -110,9 +114,9 @@ def test_input_items_pages_through_the_sdk(client):
 
 def test_token_faults(mock):
     for token, error in (("revoked-0001", openai.PermissionDeniedError), ("limited-0001", openai.RateLimitError)):
-        sdk = openai.OpenAI(base_url=mock.url + "/v1", api_key=token, max_retries=0, timeout=20)
-        with pytest.raises(error):
-            sdk.responses.create(model="mock-gpt", input="Hello")
+        with openai.OpenAI(base_url=mock.url + "/v1", api_key=token, max_retries=0, timeout=20) as sdk:
+            with pytest.raises(error):
+                sdk.responses.create(model="mock-gpt", input="Hello")
 
 
 def test_drop_after_cuts_the_stream_mid_way(client, mock):
