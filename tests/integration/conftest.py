@@ -89,6 +89,15 @@ MALFORMED_REQUESTS = [
 ]
 
 
+def chat_request_head(host: str, key: str, body_length: int, request_id: str | None = None) -> bytes:
+    """The request line and headers of a raw `POST /v1/chat/completions` (for socket-level tests)."""
+    extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {body_length}\r\n{extra}\r\n"
+    ).encode()
+
+
 def start_mock(tmp_path: Path, *args: str) -> Server:
     port = free_port()
     log_path = tmp_path / f"mock-{port}.log"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import MASTER_KEY, Server, start_gateway, upstream_toml
+from tests.integration.conftest import MASTER_KEY, Server, chat_request_head, start_gateway, upstream_toml
 
 pytestmark = pytest.mark.integration
 DEADLINE = 4.0
@@ -82,10 +82,7 @@ def test_a_client_that_stops_reading_a_plain_answer_holds_its_slot_only_until_th
     # About 12 MB: far more than the socket buffers on both sides hold.
     body = json.dumps({"model": "mock-gpt", "messages": MESSAGES, "mock": {"chunks": 2_000_000}}).encode()
     request_id = f"plain-slow-{time.time_ns()}"
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n"
-    ).encode()
+    head = chat_request_head(host, key, len(body), request_id)
     with socket.create_connection((host, int(port))) as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.settimeout(10)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import MASTER_KEY, Server, free_port, start_gateway, upstream_toml
+from tests.integration.conftest import MASTER_KEY, Server, chat_request_head, free_port, start_gateway, upstream_toml
 from tests.services import program
 
 pytestmark = pytest.mark.integration
@@ -201,11 +201,7 @@ def _trickling(gateway: Server, key: str) -> socket.socket:
     host, port = gateway.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
     body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + body[:5])
+    sock.sendall(chat_request_head(host, key, len(body)) + body[:5])
     return sock
 
 

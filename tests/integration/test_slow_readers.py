@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import MASTER_KEY
+from tests.integration.conftest import MASTER_KEY, chat_request_head
 from tests.integration.test_faults import faulty  # noqa: F401 (the fixture: deadline = 6 s)
 
 pytestmark = pytest.mark.integration
@@ -28,10 +28,7 @@ def test_a_client_that_stops_reading_is_let_go_at_the_deadline(faulty):  # noqa:
         "mock": {"chunks": 1_000_000, "delay": 0},  # far more than socket buffers hold
     }).encode()  # fmt: skip
     request_id = f"slow-reader-{time.time_ns()}"
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {MASTER_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n"
-    ).encode()
+    head = chat_request_head(host, MASTER_KEY, len(body), request_id)
     with socket.create_connection((host, int(port))) as client:
         started = time.monotonic()
         client.sendall(head + body)
