@@ -70,7 +70,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.storage.admin import LoginThrottle, SessionStore
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
-    from app.storage.limits import SqlLimiter
+    from app.storage.limits import SqlLimiter, make_limiter
     from app.storage.stats import Stats
     from app.storage.tokens import TokenRepo
     from app.storage.usage import UsageRepo, UsageWriter
@@ -87,12 +87,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     redactor.add(pool.secrets())
     client = UpstreamClient(config, pool, session=session)
     metrics.configure(config.upstreams)  # model labels: what the config names, never what clients send
-    if settings.redis_url:
-        from app.storage.redis_limits import RedisLimiter
-
-        limiter = RedisLimiter(settings.redis_url, db)
-    else:
-        limiter = SqlLimiter(db)
+    limiter = make_limiter(db, settings.redis_url)
     usage = UsageRepo(db)
     retention = config.gateway.usage_retention_days * 86400
     usage.prune(time.time() - retention)

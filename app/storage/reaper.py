@@ -22,17 +22,13 @@ import argparse
 import sys
 
 from app.storage.db import Database, StorageError
-from app.storage.limits import InstanceIdError, Limiter, SqlLimiter, instance_prefix, worker_name
+from app.storage.limits import InstanceIdError, Limiter, instance_prefix, make_limiter, worker_name
 
 
 def limiter_for(database_url: str, redis_url: str | None) -> tuple[Limiter, Database]:
-    """The limiter the workers use (the same choice as app.build_gateway), and its database."""
+    """The limiter the workers use (limits.make_limiter), and its database."""
     db = Database(database_url)
-    if redis_url:
-        from app.storage.redis_limits import RedisLimiter  # lazy: only with SLUICE_REDIS_URL
-
-        return RedisLimiter(redis_url, db), db
-    return SqlLimiter(db), db
+    return make_limiter(db, redis_url), db
 
 
 def main(argv: list[str] | None = None) -> None:
