@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # bench-only packages (bench/requirements.txt), also needed by the harness's quick-run test
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits
+.PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits node-deps
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ run: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/demo.sh
 
 # The suite includes a quick run of the benchmark harness, so it installs matplotlib too.
-test: $(BENCH_STAMP) lint
+test: $(BENCH_STAMP) node-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The JS clients that tests/integration/test_node_clients.py runs (tests/package.json: the Vercel AI SDK,
+# the Codex CLI), when npm exists; without it those tests skip (and fail under CI=true).
+NODE_STAMP := tests/node_modules/.installed
+
+node-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(NODE_STAMP); \
+		else echo "npm not found: the JS client tests will skip"; fi
+
+$(NODE_STAMP): tests/package.json tests/package-lock.json
+	cd tests && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -65,4 +77,4 @@ mock: $(STAMP)
 	$(BIN)/python -m app.mock_upstream --port 9100
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-output tests/node_modules
