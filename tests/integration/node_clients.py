@@ -110,12 +110,14 @@ log_user_prompt = false
 persistence = "none"
 
 # On by default, and each reaches outside: `plugins` clones a git repository and looks up two hosts
-# on every start; the others are remote plugins and connectors. Unbounded retries would hide failures.
+# on every start; the others are remote plugins and connectors. Unbounded retries would hide failures,
+# and the shell snapshot runs a login shell (the user's rc files) that nothing here needs.
 [features]
 plugins = false
 remote_plugin = false
 apps = false
 unbounded_connection_retries = false
+shell_snapshot = false
 
 [model_providers.sluice]
 name = "Sluice"
