@@ -8,7 +8,8 @@ with `Retry-After: <seconds>`, `limiteddate-` -> 429 with an HTTP-date Retry-Aft
 flags for that request (`chunks`, `delay`, `drop_after`, `status`). Every stream chunk
 carries `mock_seq` and `mock_ts` (the time it was produced) so tests can measure
 forwarding. `GET /_mock/stats` reports what the mock saw; `POST /_mock/reset` clears it.
-The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py.
+The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py; images,
+audio, moderations and rerank (multipart bodies recorded as their fields and file sizes) app/mock_media.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import gevent
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from app.mock_media import PATHS as MEDIA_PATHS
+from app.mock_media import MediaMock, form_summary
 from app.mock_responses import PATH as RESPONSES_PATH
 from app.mock_responses import ResponsesMock
 
@@ -95,6 +98,7 @@ class MockUpstream:
         self.responses = ResponsesMock(
             reply_words=_reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
         )
+        self.media = MediaMock(send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
@@ -104,6 +108,8 @@ class MockUpstream:
             self.stats = Stats()
             return _json(start_response, 200, {"reset": True})
         body = _read_json(environ)
+        if body is None:  # a multipart upload: its fields and file sizes, never the bytes
+            body = form_summary(environ, environ.pop("mock.raw_body"))
         self.stats.record(environ, body)
         opts = self.options
         if isinstance(body, dict) and isinstance(body.get("mock"), dict):
@@ -154,6 +160,8 @@ class MockUpstream:
             return _json(start_response, 200, {"object": "list", "data": data})
         if path == RESPONSES_PATH or path.startswith(RESPONSES_PATH + "/"):
             return self.responses(environ, start_response, body, opts, self.stats)
+        if path in MEDIA_PATHS:
+            return self.media(environ, start_response, body, opts, self.stats)
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             return _json(start_response, 404, _error_body(f"Unknown path {path}", "unknown_url"))
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -276,6 +284,7 @@ def _embeddings(body: dict) -> dict:
 def _read_json(environ: dict) -> Any:
     length = int(environ.get("CONTENT_LENGTH") or 0)
     raw = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
+    environ["mock.raw_body"] = raw  # for form_summary
     try:
         return json.loads(raw) if raw else None
     except ValueError:
