@@ -70,7 +70,8 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.storage.admin import LoginThrottle, SessionStore
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
-    from app.storage.limits import SqlLimiter, make_limiter
+    from app.storage.limiters import make_limiter
+    from app.storage.limits import SqlLimiter
     from app.storage.stats import Stats
     from app.storage.tokens import TokenRepo
     from app.storage.usage import UsageRepo, UsageWriter
@@ -112,17 +113,17 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
 
 
 def register_blueprints(app: Flask) -> None:
+    from app.admin import dashboard, manage  # noqa: F401  (both add their pages to the dashboard blueprint)
     from app.admin.api import bp as admin_api
-    from app.admin.dashboard import bp as dashboard
-    from app.admin.dashboard import root
+    from app.admin.blueprint import bp as dashboard_pages
     from app.api import register_api
     from app.health import bp as health_bp
 
     register_api(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_api, url_prefix="/admin/api")
-    app.register_blueprint(dashboard)
-    app.register_blueprint(root)
+    app.register_blueprint(dashboard_pages)  # dashboard.py and manage.py add their pages to it
+    app.register_blueprint(dashboard.root)
 
 
 def register_cli(app: Flask) -> None:

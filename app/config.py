@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jsontext import encodable
+from app.passwords import password_hash, password_mark
 from app.version import __version__
 
 DEFAULT_USER_AGENT = f"sluice/{__version__}"
@@ -113,9 +114,10 @@ class Settings:
 
 
 def admin_password(env: Mapping[str, str]) -> dict[str, str | None]:
-    from app.admin.passwords import password_hash, password_mark
-
-    return {"admin_password_hash": password_hash(env), "admin_password_mark": password_mark(env)}
+    try:
+        return {"admin_password_hash": password_hash(env), "admin_password_mark": password_mark(env)}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def settings_or_exit() -> Settings:

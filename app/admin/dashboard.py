@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
 
 from app.admin import login
+from app.admin.blueprint import bp
 from app.admin.charts import bar_list, column_chart
 from app.services.admin import Admin, parse_since
 from app.services.overview import RANGES, overview
 from app.state import gateway
 from app.storage.usage import audit_entries
 
-bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates", static_folder="static")
 USAGE_RANGES = ("1h", "24h", "7d", "30d")
 OPEN_ENDPOINTS = ("dashboard.static", "dashboard.login_page", "dashboard.login_submit")
 CSP = (
@@ -194,6 +194,3 @@ root = Blueprint("root", __name__)
 def index() -> Response:
     """The dashboard is the front page."""
     return redirect(url_for("dashboard.overview_page"))
-
-
-from app.admin import manage  # noqa: E402, F401  (registers the upstream, token and key pages on bp)

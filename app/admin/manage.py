@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Response, flash, g, redirect, render_template, request, url_for
 
-from app.admin.dashboard import bp
+from app.admin.blueprint import bp
 from app.services.admin import LIMIT_MAX, AdminError
 from app.state import gateway
 

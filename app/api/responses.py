@@ -14,8 +14,7 @@ from app.services import metrics
 from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import client_response_headers
 from app.services.lifecycle import shutdown_deadline
-from app.services.streaming import StreamBody, StreamLimits, StreamStats
-from app.services.usage import usage_from_body
+from app.services.streaming import KEEPALIVE, StreamBody, StreamLimits, StreamStats
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -29,8 +28,6 @@ def write_response(
     outcome: Accepted | Failed | None,
     line: RequestLine,
     gateway: GatewayConfig,
-    *,
-    injected_usage: bool = False,
 ) -> Response:
     """Stream (committed now, or already waiting behind heartbeats), return a body, or raise the error."""
     line.attempts = attempts.records  # the same list: attempts made after the commit show up too
@@ -40,10 +37,12 @@ def write_response(
     client = ClientSocket(request.environ.get("gunicorn.socket"))
     if isinstance(outcome, Accepted) and outcome.body is not None:
         return _plain(outcome, line, client, attempts.deadline)
-    headers = dict(SSE_HEADERS)
+    events = outcome is None or outcome.leg.dialect.sse  # else a raw body (audio) passed through as it arrives
+    headers = dict(SSE_HEADERS) if events else {}
     if outcome is not None:
         headers.update(client_response_headers(outcome.response.headers.items()))
         headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
+        headers.update(outcome.leg.headers)
 
     def finish(stats: StreamStats) -> None:
         client.reset()
@@ -62,9 +61,9 @@ def write_response(
         deadline=attempts.deadline,
         drain=gateway.on_client_disconnect == "drain",
     )
-    hide = injected_usage and all(u.inject_usage for u in attempts.call.upstreams)
     metrics.ACTIVE_STREAMS.inc()
-    body = StreamBody(attempts, outcome, finish, hide_usage=hide, limits=limits, before_write=client.bound)
+    keepalive = KEEPALIVE if events else None
+    body = StreamBody(attempts, outcome, finish, limits=limits, before_write=client.bound, keepalive=keepalive)
     return Response(body, status=200, headers=headers)
 
 
@@ -124,10 +123,12 @@ class PlainBody:
 
 def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline: float) -> Response:
     outcome.exchange.close()
-    data, status = outcome.body or b"", outcome.response.status_code
+    status = outcome.response.status_code
     headers = client_response_headers(outcome.response.headers.items())
-    if "json" in headers.get("Content-Type", ""):
-        line.usage = usage_from_body(data) or {}
+    relay = outcome.leg.relay()
+    data = relay.plain(outcome.body or b"", headers.get("Content-Type", ""))
+    line.usage = relay.usage or {}
+    headers.update(outcome.leg.headers)
     line.first_byte = time.monotonic()
     if client.sock is None:  # not gunicorn (the test client): nothing to bound, after_request finishes the line
         return Response(data, status=status, headers=headers)

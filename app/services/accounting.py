@@ -1,7 +1,7 @@
 """The end of every request: release the key's admission, queue the usage record.
 
 Usage numbers come from the upstream's answer: the `usage` object of a JSON reply, or
-the usage chunk of a stream (requested with `stream_options.include_usage`).
+a stream's usage event, as the dialect reads them (app/dialects/).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from app.requestlog import RequestLine
 from app.services import metrics
 from app.services.releases import RETRY_EVERY, Releases
-from app.services.usage import USAGE_FIELDS
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
 
 log = logging.getLogger("sluice.accounting")
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")  # the usage record's counts
 
 # Error codes -> usage outcomes (anything else: "ok" below 400, "client_error", "error").
 OUTCOMES = {

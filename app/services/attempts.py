@@ -10,24 +10,22 @@ the response writer can commit a stream early and send heartbeats while retries 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import requests
 
 from app.config import UpstreamConfig
-from app.errors import ApiError
+from app.dialects.base import Dialect, Leg, Verdict
+from app.errors import ApiError, StreamBroken
 from app.services import metrics
-from app.services.breaker import is_upstream_fault
+from app.services.breaker import Breakers, is_upstream_fault
+from app.services.calls import UpstreamCall
 from app.services.exchange import Exchange, Message
-from app.services.streaming import StreamBroken, is_done
-from app.services.tokens import Decision, Token, classify
-
-if TYPE_CHECKING:
-    from app.services.upstream import UpstreamCall, UpstreamClient
+from app.services.tokens import Decision, Token, TokenPool, classify
 
 log = logging.getLogger("sluice.upstream")
 
@@ -54,12 +52,36 @@ class Failure:
     content_type: str = ""
 
 
+class Client(Protocol):
+    """What the retry loop needs from the upstream client (app/services/upstream.py)."""
+
+    pool: TokenPool
+    breakers: Breakers
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    max_attempts: int
+    queue_timeout: float
+    first_byte_timeout: float
+
+    def pick(
+        self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple]
+    ) -> tuple[UpstreamConfig, Token] | None: ...
+    def enter_queue(self, waiter: object) -> bool: ...
+    def leave_queue(self, waiter: object) -> None: ...
+    def retry_after(self, call: UpstreamCall) -> int: ...
+    def open_exchange(self, call: UpstreamCall, upstream: UpstreamConfig, token: Token, leg: Leg) -> Exchange: ...
+    def status_failure(self, response: requests.Response, body: bytes) -> Failure: ...
+    def transport_failure(self, exc: Exception) -> Failure: ...
+    def final_error(self, failure: Failure, dialect: Dialect) -> ApiError: ...
+
+
 @dataclass
 class Accepted:
     upstream: UpstreamConfig
     token: Token
     response: requests.Response
     exchange: Exchange
+    leg: Leg
     prefix: list[bytes] = field(default_factory=list)  # events up to and including the first data event
     body: bytes | None = None  # a plain (non-stream) answer
 
@@ -73,6 +95,7 @@ class Failed:
 class _Current:
     upstream: UpstreamConfig
     token: Token
+    leg: Leg
     exchange: Exchange
     started: float
     first_byte_deadline: float
@@ -81,11 +104,12 @@ class _Current:
 
 
 class Attempts:
-    def __init__(self, client: UpstreamClient, call: UpstreamCall, deadline: float) -> None:
+    def __init__(self, client: Client, call: UpstreamCall, deadline: float) -> None:
         self.client, self.call, self.deadline = client, call, deadline
         self.records: list[Attempt] = []
         self.tried: set[str] = set()
         self.failure: Failure | None = None
+        self.failure_dialect: Dialect | None = None  # the dialect of the upstream that failed last
         self.overrides = client.pool.overrides(client.clock())
         self.current: _Current | None = None
         self.max_attempts = call.max_attempts or client.max_attempts
@@ -138,8 +162,9 @@ class Attempts:
     def _start(self, upstream: UpstreamConfig, token: Token, now: float) -> None:
         self.tried.add(token.id)
         first_byte = upstream.first_byte_timeout or self.client.first_byte_timeout
-        exchange = self.client.open_exchange(self.call, upstream, token)
-        self.current = _Current(upstream, token, exchange, now, now + first_byte)
+        leg = self.call.leg(upstream)
+        exchange = self.client.open_exchange(self.call, upstream, token, leg)
+        self.current = _Current(upstream, token, leg, exchange, now, now + first_byte)
 
     def _wait(self, until: float) -> Accepted | Failed | None | object:
         current = self.current
@@ -171,12 +196,13 @@ class Attempts:
             return self._accept(body=message.value)
         if message.kind == "event":
             event: bytes = message.value
-            if not _has_data(event):
-                current.prefix.append(event)  # comments and keep-alives before the first data
+            verdict = current.leg.dialect.verdict(event)
+            if verdict is Verdict.WAIT:
+                current.prefix.append(event)  # comments and keep-alives before the first content
                 return _KEEP_WAITING
-            if _is_error_event(event):
+            if verdict is Verdict.ERROR:
                 return self._attempt_failed(self._failure("error_event"))
-            if is_done(event):  # [DONE] before any content: nothing was generated
+            if verdict is Verdict.EMPTY:  # the stream's end before any content: nothing was generated
                 return self._attempt_failed(self._failure("empty_stream"))
             current.prefix.append(event)
             return self._accept()
@@ -206,7 +232,9 @@ class Attempts:
         assert current is not None and current.response is not None
         self._record(current, current.response.status_code, Decision(False, 0.0, "ok"), healthy=True)
         self.current = None
-        return Accepted(current.upstream, current.token, current.response, current.exchange, current.prefix, body)
+        return Accepted(
+            current.upstream, current.token, current.response, current.exchange, current.leg, current.prefix, body
+        )
 
     def _attempt_failed(self, failure: Failure) -> Failed | object:
         current = self.current
@@ -215,9 +243,9 @@ class Attempts:
         status, decision = failure.status, failure.decision
         # A 4xx the client caused says nothing bad about the token.
         self._record(current, status, decision, healthy=not decision.retry and status is not None and status < 500)
-        self.current, self.failure = None, failure
+        self.current, self.failure, self.failure_dialect = None, failure, current.leg.dialect
         if not decision.retry:
-            return Failed(self.client.final_error(failure))
+            return Failed(self.client.final_error(failure, current.leg.dialect))
         return _KEEP_WAITING
 
     def _record(self, current: _Current, status: int | None, decision: Decision, *, healthy: bool) -> None:
@@ -248,7 +276,8 @@ class Attempts:
                     headers={"Retry-After": str(self.client.retry_after(self.call))},
                 )
             )
-        return Failed(self.client.final_error(self.failure))
+        assert self.failure_dialect is not None
+        return Failed(self.client.final_error(self.failure, self.failure_dialect))
 
     def abandon(self, reason: str) -> None:
         """Stop the attempt in progress (client gone, deadline); the token is not blamed."""
@@ -263,18 +292,3 @@ class Attempts:
 
 
 _KEEP_WAITING = object()
-
-
-def _has_data(event: bytes) -> bool:
-    return any(line.startswith(b"data:") for line in event.splitlines())
-
-
-def _is_error_event(event: bytes) -> bool:
-    if b'"error"' not in event:
-        return False
-    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "error" in data and not data.get("choices")

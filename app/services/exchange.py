@@ -13,16 +13,19 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 import urllib3
 
-from app.services.streaming import StreamBroken, iter_events
+from app.errors import StreamBroken
+from app.services.sse import Splitter
 
 QUEUE_EVENTS = 64
+READ_SIZE = 64 * 1024
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024  # bytes read from a failed attempt's body
 # A plain (non-streamed) answer is held whole in memory before it is sent: a misbehaving
 # upstream (or a small compressed body that inflates) must not make the worker hold any
@@ -41,8 +44,8 @@ class Message:
 
 
 class Exchange:
-    def __init__(self, send: Callable[[], requests.Response], *, streaming: bool) -> None:
-        self._send, self._streaming = send, streaming
+    def __init__(self, send: Callable[[], requests.Response], *, streaming: bool, sse: bool = True) -> None:
+        self._send, self._streaming, self._sse = send, streaming, sse
         self._queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_EVENTS)
         self._closed = threading.Event()
         self.response: requests.Response | None = None
@@ -132,12 +135,46 @@ class Exchange:
                     if not self._put(Message("event", event)):
                         return
                 self._put(Message("end"))
+            elif self._streaming and not self._sse:  # e.g. audio: the bytes as they arrive
+                for chunk in iter_chunks(lambda size: response.raw.read1(size, decode_content=True)):
+                    if not self._put(Message("event", chunk)):
+                        return
+                self._put(Message("end"))
             else:
                 self._put(Message("body", _read_plain(response)))
         except StreamBroken as exc:
             self._put(Message("broken", exc))
         except requests.RequestException as exc:
             self._put(Message("error", exc))
+
+
+def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """Yield each SSE event as soon as its terminator arrives; raise StreamBroken on transport errors.
+
+    An event over MAX_EVENT_BYTES ends the stream instead of growing without bound.
+    """
+    splitter = Splitter()
+    for chunk in iter_chunks(raw_read):
+        yield from splitter.feed(chunk)
+        if splitter.pending > MAX_EVENT_BYTES:
+            raise StreamBroken("upstream_stream_error", f"An upstream event exceeded {MAX_EVENT_BYTES} bytes.")
+    tail = splitter.tail()
+    if tail is not None:
+        yield tail  # a final event without its blank line: complete it
+
+
+def iter_chunks(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """The body's bytes as they arrive; transport errors become StreamBroken (with how it broke)."""
+    while True:
+        try:
+            chunk = raw_read(READ_SIZE)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).") from exc
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.") from exc
+        if not chunk:
+            return
+        yield chunk
 
 
 def _read_plain(response: requests.Response, limit: int | None = None) -> bytes:

@@ -36,6 +36,7 @@ def build_upstream_headers(
     streaming: bool,
     client_headers: Mapping[str, str],
     request_id: str,
+    content_type: str = "application/json",
 ) -> dict[str, str]:
     """Return the complete header set for one upstream attempt.
 
@@ -48,7 +49,7 @@ def build_upstream_headers(
         if allowed and allowed[1].fullmatch(value):
             headers[allowed[0]] = value
     headers["User-Agent"] = upstream.user_agent
-    headers["Content-Type"] = "application/json"
+    headers["Content-Type"] = content_type  # JSON, or a multipart upload's own (with its boundary)
     if streaming:
         headers["Accept"] = "text/event-stream"
         headers["Accept-Encoding"] = "identity"  # compressed SSE would be buffered by the decoder

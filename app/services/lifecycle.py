@@ -1,8 +1,8 @@
 """Graceful stop: when the worker is told to stop, running streams learn by when to end.
 
 The gunicorn worker (app/worker.py) calls `begin_shutdown(grace)` on SIGTERM. Streams still
-running `SHUTDOWN_MARGIN` seconds before the grace period ends send the error event and
-`data: [DONE]` themselves, so no client sees a stream cut without a word, and usage is
+running `SHUTDOWN_MARGIN` seconds before the grace period ends end with their dialect's error
+event themselves, so no client sees a stream cut without a word, and usage is
 flushed before the worker exits.
 """
 
@@ -13,6 +13,7 @@ import threading
 import time
 
 SHUTDOWN_MARGIN = 2.0
+SHUTDOWN_MESSAGE = "The gateway is restarting; retry the request."
 _deadline = [math.inf]
 _drains = [0]
 _drains_changed = threading.Condition()

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from app.config import UpstreamConfig
-from app.services.upstream import UpstreamCall, UpstreamClient
+from app.dialects.openai_chat import MODELS
+from app.services.calls import UpstreamCall, fixed_leg
+from app.services.upstream import UpstreamClient
 
 log = logging.getLogger("sluice.router")
 
@@ -95,8 +97,9 @@ class ModelCatalog:
 
     def _fetch(self, upstream: UpstreamConfig, request_id: str) -> list[dict] | None:
         call = UpstreamCall(
-            "GET", "/models", None, False, [upstream], request_id, max_attempts=1, read_timeout=FETCH_TIMEOUT
-        )
+            "GET", fixed_leg("/models", None, MODELS), False, [upstream], request_id,
+            max_attempts=1, read_timeout=FETCH_TIMEOUT,
+        )  # fmt: skip
         result = self.client.send(call)
         if result.body is None:
             log.warning("models fetch failed upstream=%s request_id=%s", upstream.name, request_id)

@@ -7,7 +7,6 @@ whether the stream ended, broke, or the client went away (GeneratorExit).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,29 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-import urllib3
-
-from app.errors import error_body
+from app.errors import StreamBroken
 from app.services import lifecycle
-from app.services.lifecycle import shutdown_deadline
-from app.services.usage import usage_from
+from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.storage.db import StorageError
 
 log = logging.getLogger("sluice.streaming")
-READ_SIZE = 64 * 1024
-MAX_EVENT_BYTES = 8 * 1024 * 1024
-DONE = b"data: [DONE]\n\n"
-_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
-
-
-class StreamBroken(Exception):
-    """The upstream stream failed after the commit; `code` names how."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -50,76 +32,6 @@ class StreamStats:
     usage: dict[str, int] | None = None
     first_event_at: float | None = None  # time.monotonic() of the first write
     started: bool = False
-
-
-def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Cut complete events (terminator included) off the front of `buffer`."""
-    data = bytearray(buffer)
-    events = list(_cut_events(data, 0))
-    return events, bytes(data)
-
-
-def _cut_events(buffer: bytearray, start: int) -> Iterator[bytes]:
-    """Yield and remove complete events from `buffer`, searching from `start` on."""
-    while True:
-        cut, size = -1, 0
-        for sep in _SEPARATORS:
-            index = buffer.find(sep, start)
-            if index != -1 and (cut == -1 or index < cut):
-                cut, size = index, len(sep)
-        if cut == -1:
-            return
-        event = bytes(buffer[: cut + size])
-        del buffer[: cut + size]
-        start = 0
-        yield event
-
-
-def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
-    """Yield each SSE event as soon as its terminator arrives; raise StreamBroken on transport errors.
-
-    Each read is scanned once (from just before its start), so a large event costs linear
-    time; an event over MAX_EVENT_BYTES ends the stream instead of growing without bound.
-    """
-    buffer = bytearray()
-    while True:
-        try:
-            chunk = raw_read(READ_SIZE)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
-            raise StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).") from exc
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.") from exc
-        if not chunk:
-            break
-        start = max(0, len(buffer) - 3)  # a separator may straddle the previous read
-        buffer += chunk
-        yield from _cut_events(buffer, start)
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise StreamBroken("upstream_stream_error", f"An upstream event exceeded {MAX_EVENT_BYTES} bytes.")
-    if bytes(buffer).strip():
-        yield bytes(buffer) + b"\n\n"  # a final event without its blank line: complete it
-
-
-def error_event(code: str, message: str) -> bytes:
-    body = error_body(message, type="server_error", code=code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
-def is_done(event: bytes) -> bool:
-    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in event.splitlines())
-
-
-def usage_event(event: bytes) -> tuple[dict[str, int] | None, bool]:
-    """(usage counts, is a usage-only chunk) for one SSE event; cheap for events without usage."""
-    if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
-        return None, False
-    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None, False
-    usage = usage_from(data)
-    return usage, usage is not None and not data.get("choices")
 
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -137,9 +49,11 @@ class StreamBody:
     """The WSGI body of a streamed answer.
 
     Before acceptance it sends `: keep-alive` comments every heartbeat while `attempts`
-    goes on retrying; then it relays the accepted upstream's events, one write each. It
-    finishes the request exactly once: at the end, on breakage, or when the server closes
-    it (client gone), even if it was never iterated.
+    goes on retrying; then it relays the accepted upstream's events through the leg's
+    relay (a pass-through, or a translator into the client's dialect), one write each.
+    It finishes the request exactly once: at the end, on breakage, or when the server
+    closes it (client gone), even if it was never iterated. `keepalive` is None for a
+    body that is not an event stream (it cannot carry comments: it commits at acceptance).
     """
 
     def __init__(
@@ -148,13 +62,14 @@ class StreamBody:
         accepted: Any,
         on_finish: Callable[[StreamStats], None],
         *,
-        hide_usage: bool,
         limits: StreamLimits,
         clock: Callable[[], float] = time.time,
         before_write: Callable[[float], None] | None = None,
+        keepalive: bytes | None = KEEPALIVE,
     ) -> None:
         self.attempts, self.accepted, self.on_finish = attempts, accepted, on_finish
-        self.hide_usage, self.limits, self.clock = hide_usage, limits, clock
+        self.limits, self.clock, self.keepalive = limits, clock, keepalive
+        self.relay = accepted.leg.relay() if accepted is not None else None
         # Told, before each write, by when the write must be done (the deadline or the shutdown's).
         self.before_write = before_write
         self.stats = StreamStats()
@@ -179,26 +94,25 @@ class StreamBody:
 
     def _run(self) -> Iterator[bytes]:
         self.stats.started = True
-        saw_done = False
         try:
             if self.accepted is None:
-                yield self._written(KEEPALIVE)  # commit now; retries go on behind the heartbeats
+                yield self._written(self.keepalive)  # commit now; retries go on behind the heartbeats
                 yield from self._wait_for_acceptance()
+            relay = self.relay
             for event in self._upstream_events():
-                saw_done = saw_done or is_done(event)
-                if self._forward(event):
-                    yield self._written(event)
-            if not saw_done:
-                raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
+                for out in relay.feed(event):
+                    self.stats.events += 1
+                    yield self._written(out)
+                self.stats.usage = relay.usage
+            for out in relay.end():
+                yield self._written(out)
         except StreamBroken as exc:
             self.stats.outcome = exc.code
-            for tail in (error_event(exc.code, exc.message), DONE):
-                yield self._written(tail)
+            yield from self._tail(exc.code, exc.message)
         except StorageError as exc:  # the token store failed while retrying behind heartbeats
             log.error("storage unavailable mid-stream: %s", exc)
             self.stats.outcome = "storage_unavailable"
-            for tail in (error_event("storage_unavailable", "The gateway's storage is unavailable."), DONE):
-                yield self._written(tail)
+            yield from self._tail("storage_unavailable", "The gateway's storage is unavailable.")
         except GeneratorExit:
             self.stats.outcome = "client_disconnect"
             if self.accepted is not None and self.limits.drain:
@@ -210,6 +124,17 @@ class StreamBody:
                 self._stop_upstream()
                 self.on_finish(self.stats)
 
+    def _tail(self, code: str, message: str) -> Iterator[bytes]:
+        """End a broken stream well-formed in the client's dialect (a raw body cannot say why: it is cut)."""
+        if self.relay is None:  # the retries behind the heartbeats failed: any leg's relay speaks the client's dialect
+            call = self.attempts.call
+            self.relay = call.leg(call.upstreams[0]).relay()
+        if self.keepalive is None:
+            raise StreamBroken(code, message)  # a raw body cannot say why: the connection is cut instead
+        for out in self.relay.fail(code, message):
+            yield self._written(out)
+        self.stats.usage = self.relay.usage
+
     def _wait_for_acceptance(self) -> Iterator[bytes]:
         while True:
             now = self.clock()
@@ -218,11 +143,12 @@ class StreamBody:
                 if self.clock() >= shutdown_deadline():
                     self.attempts.abandon("server_shutdown")
                     raise StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
-                yield self._written(KEEPALIVE)
+                yield self._written(self.keepalive)
                 continue
             if hasattr(outcome, "error"):
                 raise StreamBroken(outcome.error.code or "upstream_error", outcome.error.message)
             self.accepted = outcome
+            self.relay = outcome.leg.relay()
             return
 
     def _upstream_events(self) -> Iterator[bytes]:
@@ -248,20 +174,10 @@ class StreamBody:
             else:
                 raise StreamBroken("upstream_stream_error", "The upstream connection broke mid-stream.")
 
-    def _forward(self, event: bytes) -> bool:
-        """Record usage; False for the usage chunk Sluice asked for and the client did not."""
-        usage, usage_only = usage_event(event)
-        if usage is not None:
-            self.stats.usage = usage
-            if usage_only and self.hide_usage:
-                return False
-        self.stats.events += 1
-        return True
-
     def _written(self, data: bytes) -> bytes:
         if self.before_write is not None:
             self.before_write(min(self.limits.deadline, shutdown_deadline()))
-        if self.stats.first_event_at is None and data is not KEEPALIVE:
+        if self.stats.first_event_at is None and data is not self.keepalive:
             self.stats.first_event_at = time.monotonic()
         self.stats.bytes_sent += len(data)
         return data
@@ -275,9 +191,8 @@ class StreamBody:
                 message = exchange.next(until - now)
                 if message is None or message.kind != "event":
                     break
-                usage, _ = usage_event(message.value)
-                if usage is not None:
-                    self.stats.usage = usage
+                self.relay.feed(message.value)
+                self.stats.usage = self.relay.usage
         except Exception:  # the thread's last stop: logged (redacted) here; the record is still written
             log.exception("draining the upstream after a client disconnect failed")
         finally:
@@ -288,30 +203,9 @@ class StreamBody:
                 lifecycle.drain_finished()
 
 
-SHUTDOWN_MESSAGE = "The gateway is restarting; retry the request."
-
-
 def _timeout(now: float, deadline: float) -> StreamBroken:
     if now >= deadline:
         return StreamBroken("deadline_exceeded", "The request deadline passed mid-stream.")
     if now >= shutdown_deadline():
         return StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
     return StreamBroken("upstream_idle_timeout", "The upstream sent no event within idle_timeout.")
-
-
-def relay(response: Any, on_finish: Callable[[StreamStats], None]) -> Iterator[bytes]:
-    """Relay an already-open upstream response (used by tests of the framing and error paths)."""
-    from app.services.exchange import Exchange
-
-    exchange = Exchange(lambda: response, streaming=True)
-    status = exchange.next(5.0)
-    assert status is not None and status.kind == "status"
-
-    class _Accepted:
-        prefix: list[bytes] = []
-        upstream = None
-
-    accepted = _Accepted()
-    accepted.exchange = exchange  # type: ignore[attr-defined]
-    limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=time.time() + 60, drain=False)
-    return iter(StreamBody(None, accepted, on_finish, hide_usage=False, limits=limits))

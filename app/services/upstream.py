@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -22,9 +22,11 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 
 from app.config import Config, UpstreamConfig
+from app.dialects.base import Dialect, Leg
 from app.errors import ApiError
 from app.services.attempts import Accepted, Attempt, Attempts, Failure
 from app.services.breaker import Breakers
+from app.services.calls import UpstreamCall
 from app.services.exchange import Exchange
 from app.services.headers import build_upstream_headers
 from app.services.tokens import Token, TokenPool, classify
@@ -80,25 +82,6 @@ def send_prepared(
     else:
         settings = {"proxies": proxies, "stream": True, "verify": session.verify, "cert": session.cert}
     return session.send(prepared, allow_redirects=False, **settings, **options)
-
-
-@dataclass(frozen=True)
-class UpstreamCall:
-    """One client request, as the upstream client needs it."""
-
-    method: str
-    path: str  # below the upstream's base_url, e.g. "/chat/completions"
-    body: bytes | None
-    streaming: bool
-    upstreams: Sequence[UpstreamConfig]  # routed, in order of preference
-    request_id: str
-    client_headers: Mapping[str, str] = field(default_factory=dict)
-    usage_body: bytes | None = None  # the body asking for a usage chunk, for upstreams with inject_usage
-    max_attempts: int | None = None  # overrides [gateway] max_attempts (e.g. 1 for a /models probe)
-    read_timeout: float | None = None  # overrides the upstream's read_timeout
-
-    def body_for(self, upstream: UpstreamConfig) -> bytes | None:
-        return self.usage_body if self.usage_body is not None and upstream.inject_usage else self.body
 
 
 @dataclass
@@ -184,11 +167,11 @@ class UpstreamClient:
             return breaker_wait
         return self.pool.retry_after([n for n in names if not self.breakers.is_open(n, now)], now)
 
-    def open_exchange(self, call: UpstreamCall, upstream: UpstreamConfig, token: Token) -> Exchange:
+    def open_exchange(self, call: UpstreamCall, upstream: UpstreamConfig, token: Token, leg: Leg) -> Exchange:
         """Start one attempt's HTTP exchange in the background."""
         headers = build_upstream_headers(
-            upstream, token.value, streaming=call.streaming,
-            client_headers=call.client_headers, request_id=call.request_id,
+            upstream, token.value, streaming=call.streaming, client_headers=call.client_headers,
+            request_id=call.request_id, content_type=leg.content_type,
         )  # fmt: skip
         proxies = {"http": upstream.proxy, "https": upstream.proxy} if upstream.proxy else None
         # The socket read timeout is a backstop: first-byte, idle and deadline limits are
@@ -196,10 +179,10 @@ class UpstreamClient:
         timeout = (upstream.connect_timeout, call.read_timeout or upstream.read_timeout)
 
         def send() -> requests.Response:
-            url, body = upstream.base_url + call.path, call.body_for(upstream)
-            return send_prepared(self.session, call.method, url, body, headers, timeout=timeout, proxies=proxies)
+            url = upstream.base_url + leg.path
+            return send_prepared(self.session, call.method, url, leg.body, headers, timeout=timeout, proxies=proxies)
 
-        return Exchange(send, streaming=call.streaming)
+        return Exchange(send, streaming=call.streaming, sse=leg.dialect.sse)
 
     def status_failure(self, response: requests.Response, body: bytes) -> Failure:
         """A non-2xx answer (its body already read by the exchange): the retry-table decision."""
@@ -210,8 +193,8 @@ class UpstreamClient:
     def transport_failure(self, exc: Exception) -> Failure:
         return _transport_failure(exc, self.clock())
 
-    def final_error(self, failure: Failure) -> ApiError:
-        return final_error(failure, self.pool.secrets())
+    def final_error(self, failure: Failure, dialect: Dialect) -> ApiError:
+        return final_error(failure, self.pool.secrets(), dialect)
 
 
 def _transport_failure(exc: Exception, now: float) -> Failure:
@@ -226,7 +209,7 @@ def _transport_failure(exc: Exception, now: float) -> Failure:
     return Failure(classify(None, kind, None, now), None)
 
 
-def final_error(failure: Failure, secrets: Sequence[str]) -> ApiError:
+def final_error(failure: Failure, secrets: Sequence[str], dialect: Dialect) -> ApiError:
     """The client's answer when the last attempt failed (see the retry table in the README)."""
     status = failure.status
     if status is None:
@@ -250,11 +233,11 @@ def final_error(failure: Failure, secrets: Sequence[str]) -> ApiError:
         return ApiError(502, message, code="upstream_auth_failed")
     if status >= 500 or status < 400:
         return ApiError(502, f"The upstream answered HTTP {status}.", code="upstream_error")
-    return _client_fault(failure, secrets)
+    return _client_fault(failure, secrets, dialect)
 
 
-def _client_fault(failure: Failure, secrets: Sequence[str]) -> ApiError:
-    """A 4xx the client caused: keep the upstream's OpenAI-shaped error, else wrap it as JSON."""
+def _client_fault(failure: Failure, secrets: Sequence[str], dialect: Dialect) -> ApiError:
+    """A 4xx the client caused: keep the upstream's error (as its dialect shapes it), else wrap it as JSON."""
     status = failure.status or 400
     body = failure.body
     for secret in secrets:  # an upstream echoing a credential must not pass it on
@@ -263,8 +246,8 @@ def _client_fault(failure: Failure, secrets: Sequence[str]) -> ApiError:
         parsed = json.loads(body) if "json" in failure.content_type.lower() else None
     except ValueError:
         parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        inner = parsed["error"]
+    inner = dialect.upstream_error(parsed)
+    if inner is not None:
         clean = lambda value: None if value is None else _scrub(str(value), secrets)  # noqa: E731
         return ApiError(
             status,

@@ -310,16 +310,6 @@ class SqlLimiter:
             conn.execute(delete(schema.inflight).where(_INF.expires_at <= now))
 
 
-def make_limiter(db: Database, redis_url: str | None) -> Limiter:
-    """The limiter of a deployment: on Redis when SLUICE_REDIS_URL is set, else on the database
-    (the workers' and the reaper's choice alike)."""
-    if redis_url:
-        from app.storage.redis_limits import RedisLimiter  # lazy: only with SLUICE_REDIS_URL
-
-        return RedisLimiter(redis_url, db)
-    return SqlLimiter(db)
-
-
 def _second(key_id: str, now: float, *, requests: int, tokens: int) -> dict[str, int | str]:
     """A row for this second's counters of the key (added by the `count` upsert)."""
     return {"key_id": key_id, "second": math.floor(now), "requests": requests, "tokens": tokens}

@@ -22,7 +22,8 @@ import argparse
 import sys
 
 from app.storage.db import Database, StorageError
-from app.storage.limits import InstanceIdError, Limiter, instance_prefix, make_limiter, worker_name
+from app.storage.limiters import make_limiter
+from app.storage.limits import InstanceIdError, Limiter, instance_prefix, worker_name
 
 
 def limiter_for(database_url: str, redis_url: str | None) -> tuple[Limiter, Database]:

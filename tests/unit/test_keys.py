@@ -239,7 +239,7 @@ class _Body:
     ],
 )
 def test_a_slow_body_takes_its_slot_while_it_arrives(body, taken, monkeypatch):
-    from app.api import slots
+    from app.services import slots
 
     monkeypatch.setattr(slots, "cooperative", lambda: True)
     assert slots.read_holding_slot(body.read, body.take, after=0.05) == b"{}"
@@ -247,7 +247,7 @@ def test_a_slow_body_takes_its_slot_while_it_arrives(body, taken, monkeypatch):
 
 
 def test_a_slow_body_with_no_free_slot_is_cut_short_with_the_429(monkeypatch):
-    from app.api import slots
+    from app.services import slots
 
     monkeypatch.setattr(slots, "cooperative", lambda: True)
     body, started = _Body(5.0, refuse=True), time.monotonic()
@@ -266,7 +266,7 @@ def test_a_slot_taken_before_admission_is_given_back_whatever_the_answer(app, cl
         take()
         return read()
 
-    monkeypatch.setattr("app.api.views.read_holding_slot", slow_body)
+    monkeypatch.setattr("app.services.admission.read_holding_slot", slow_body)
     upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
     key, secret = keys.create("slow", now=0.0, rpm=1, max_parallel=1, models=("gpt-*",))
     assert client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code == 200

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import urllib3
 
-from app.services.streaming import DONE, StreamBroken, StreamStats, iter_events, relay, split_events
+from app.dialects.base import Leg
+from app.dialects.openai_chat import CHAT, DONE, ChatRelay
+from app.errors import StreamBroken
+from app.services.exchange import MAX_EVENT_BYTES, Exchange, iter_events
+from app.services.sse import split as split_events
+from app.services.streaming import StreamBody, StreamLimits, StreamStats
+
+CHAT_LEG = Leg("/chat/completions", b"{}", CHAT, lambda: ChatRelay(hide_usage=False))
+
+
+class _Accepted:
+    prefix: list[bytes] = []
+    upstream = None
+    leg = CHAT_LEG
+
+    def __init__(self, exchange) -> None:
+        self.exchange = exchange
+
+
+def relay(response, on_finish):
+    """Relay an already-open upstream response through a chat leg."""
+    exchange = Exchange(lambda: response, streaming=True)
+    status = exchange.next(5.0)
+    assert status is not None and status.kind == "status"
+    limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=time.time() + 60, drain=False)
+    return iter(StreamBody(None, _Accepted(exchange), on_finish, limits=limits))
 
 
 @pytest.mark.parametrize(
@@ -82,8 +108,6 @@ def test_a_stream_that_ends_without_done_is_not_a_silent_truncation():
 
 
 def test_large_events_cost_linear_time_and_are_capped():
-    from app.services.streaming import MAX_EVENT_BYTES
-
     big = b"data: " + b"x" * (2 * 1024 * 1024) + b"\n\n"
     pieces = [big[i : i + 1400] for i in range(0, len(big), 1400)]
     assert list(iter_events(reader(pieces))) == [big]  # ~1500 reads, scanned once each
@@ -126,10 +150,8 @@ def test_client_going_away_closes_the_upstream():
 def test_a_failing_drain_is_logged_and_still_finishes_the_request(caplog):
     """on_client_disconnect = "drain": an error while draining is logged once, the record still written."""
     import threading
-    import time
 
     from app.services.exchange import Message
-    from app.services.streaming import StreamBody, StreamLimits
 
     class Exchange:
         calls = 0
@@ -146,11 +168,12 @@ def test_a_failing_drain_is_logged_and_still_finishes_the_request(caplog):
     class Accepted:
         prefix: list[bytes] = []
         upstream = None
+        leg = CHAT_LEG
         exchange = Exchange()
 
     finished = threading.Event()
     limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=time.time() + 30, drain=True)
-    body = StreamBody(None, Accepted(), lambda stats: finished.set(), hide_usage=False, limits=limits)
+    body = StreamBody(None, Accepted(), lambda stats: finished.set(), limits=limits)
     events = iter(body)
     assert next(events).startswith(b"data:")
     events.close()  # the client went away: the drain thread takes over

@@ -1,4 +1,7 @@
-"""The dashboard password settings: SLUICE_ADMIN_PASSWORD or SLUICE_ADMIN_PASSWORD_HASH, checked at start-up."""
+"""The dashboard password settings: SLUICE_ADMIN_PASSWORD or SLUICE_ADMIN_PASSWORD_HASH, checked at start-up.
+
+A bad setting raises ValueError naming the variable; app/config.py reports it as a ConfigError.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import hmac
 from collections.abc import Mapping
 
 from werkzeug.security import generate_password_hash
-
-from app.config import ConfigError
 
 
 def password_mark(env: Mapping[str, str]) -> str | None:
@@ -29,15 +30,15 @@ def password_hash(env: Mapping[str, str]) -> str | None:
     if given is None and password is None:
         return None
     if not env.get("SLUICE_SECRET_KEY"):
-        raise ConfigError("SLUICE_ADMIN_PASSWORD: the dashboard also needs SLUICE_SECRET_KEY (signs its sessions)")
+        raise ValueError("SLUICE_ADMIN_PASSWORD: the dashboard also needs SLUICE_SECRET_KEY (signs its sessions)")
     if given is not None:
         if not given.startswith(("scrypt:", "pbkdf2:")) or given.count("$") != 2:
-            raise ConfigError(
+            raise ValueError(
                 "SLUICE_ADMIN_PASSWORD_HASH: not a werkzeug password hash (make one with "
                 "`flask --app wsgi admin hash-password`)"
             )
         return given
     assert password is not None
     if len(password) < 12:
-        raise ConfigError("SLUICE_ADMIN_PASSWORD: must be at least 12 characters")
+        raise ValueError("SLUICE_ADMIN_PASSWORD: must be at least 12 characters")
     return generate_password_hash(password)

@@ -1,0 +1,1 @@
+"""Wire dialects: one object per API, and the translators between them."""

@@ -1,0 +1,99 @@
+"""What every wire dialect provides, and what one upstream attempt is given.
+
+A `Dialect` is one API's knowledge: how its requests are checked, where they go, how a
+usage count is read from an answer, how its streams start and end, and how an error is
+written in it. The request path (attempts, streaming, accounting) asks the dialect and
+knows nothing about any one API.
+
+A `Leg` is what one upstream gets for one client request: the path, the body, the
+dialect the *upstream* speaks (its first event decides the commit), and the `Relay` that
+turns the upstream's events into the client's (a pass-through, or a translator).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from app.errors import ApiError
+
+if TYPE_CHECKING:
+    from app.config import UpstreamConfig
+
+Usage = dict[str, int]
+
+
+class Verdict(enum.Enum):
+    """What an upstream event before the commit means for the attempt."""
+
+    WAIT = "wait"  # a comment or preamble: keep reading
+    ACCEPT = "accept"  # the first content: commit to this upstream
+    ERROR = "error"  # an error event before any content: retry elsewhere
+    EMPTY = "empty"  # the stream ended before any content: retry elsewhere
+
+
+class Relay(Protocol):
+    """One stream's (or plain answer's) way from the upstream's wire to the client's."""
+
+    usage: Usage | None
+
+    def feed(self, raw: bytes) -> Sequence[bytes]:
+        """The client's events for one upstream event (none, for one it must not see)."""
+
+    def end(self) -> Sequence[bytes]:
+        """The upstream's stream ended: its last events; raises StreamBroken if it ended cut short."""
+
+    def fail(self, code: str, message: str) -> Sequence[bytes]:
+        """The stream broke after the commit: the events that end it well-formed, saying why."""
+
+    def plain(self, body: bytes, content_type: str) -> bytes:
+        """A plain 2xx answer, as the client receives it (usage is read from it)."""
+
+
+class Dialect:
+    """One wire API. Subclasses override what differs; the defaults suit a JSON endpoint without streams."""
+
+    name = "generic"  # the usage record's `endpoint`
+    path = "/"
+    can_stream = False
+    sse = True  # a streamed answer is Server-Sent Events (False: raw bytes passed through)
+
+    def validate(self, payload: dict[str, Any]) -> None:
+        """Raise ApiError(400) naming the field that is wrong."""
+
+    def legs(self, payload: dict[str, Any], body: bytes, streaming: bool) -> Callable[[UpstreamConfig], Leg]:
+        """What each routed upstream is sent: by default the client's body, unchanged, to `path`."""
+        leg = Leg(self.path, body, self, lambda: self.relay(hide_usage=False))
+        return lambda upstream: leg
+
+    def verdict(self, raw: bytes) -> Verdict:
+        return Verdict.ACCEPT
+
+    def usage(self, data: Any) -> Usage | None:
+        """The token counts in a parsed answer (or stream event), when it carries them."""
+        return None
+
+    def relay(self, *, hide_usage: bool) -> Relay:
+        raise NotImplementedError
+
+    def upstream_error(self, data: Any) -> dict[str, Any] | None:
+        """The error object (message, type, code, param) of an upstream's error body, when it has one."""
+        return None
+
+    def error_body(self, error: ApiError) -> dict[str, Any]:
+        """Sluice's own error, in this dialect's shape."""
+        return error.body()
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One upstream's part of a client request."""
+
+    path: str
+    body: bytes | None
+    dialect: Dialect  # what the upstream speaks
+    relay: Callable[[], Relay]
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)  # added to the client's response

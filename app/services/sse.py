@@ -1,0 +1,116 @@
+"""Server-Sent Events framing, pure: bytes in, events out; no I/O, no globals.
+
+`Splitter` cuts a byte stream into raw events (each with its blank-line terminator, so a
+pass-through relay writes exactly the upstream's bytes); `parse` reads one raw event's
+fields (`event:`, `data:`, `id:`, comments) per the WHATWG rules; `encode` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One parsed event. `data` joins the `data:` lines with newlines (None: the event had none)."""
+
+    name: str | None = None
+    data: str | None = None
+    id: str | None = None
+    comments: tuple[str, ...] = ()
+
+    @property
+    def is_comment(self) -> bool:
+        """A keep-alive or other comment-only event: it carries nothing for the client's parser."""
+        return self.data is None and self.name is None
+
+    def json(self) -> Any:
+        """The data as JSON (ValueError when it is not)."""
+        if self.data is None:
+            raise ValueError("the event has no data")
+        return json.loads(self.data)
+
+
+def parse(raw: bytes) -> Event:
+    """The fields of one raw event (undecodable bytes are replaced, as browsers do)."""
+    name = event_id = None
+    data: list[str] = []
+    comments: list[str] = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line:
+            continue
+        if line.startswith(":"):
+            comments.append(line[1:].removeprefix(" "))
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+        elif field == "id" and "\0" not in value:
+            event_id = value
+    return Event(name, "\n".join(data) if data else None, event_id, tuple(comments))
+
+
+def has_data(raw: bytes) -> bool:
+    """Whether a raw event has a `data:` line (cheaper than `parse` on the hot path)."""
+    return raw.startswith(b"data:") or b"\ndata:" in raw or b"\rdata:" in raw
+
+
+def encode(data: Any, name: str | None = None) -> bytes:
+    """One event: `event: NAME` (when given) and `data: JSON` on one line (or the string as is)."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    head = f"event: {name}\n" if name else ""
+    return f"{head}data: {text}\n\n".encode()
+
+
+class Splitter:
+    """Incremental framing: `feed` bytes as they arrive, get each complete raw event once.
+
+    Each chunk is scanned once (from just before its start, as a separator may straddle two
+    reads), so a large event costs linear time; `pending` is the size of the unfinished event.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        start = max(0, len(self._buffer) - 3)
+        self._buffer += chunk
+        return _cut(self._buffer, start)
+
+    def tail(self) -> bytes | None:
+        """At the end of the stream: a final event that lacked its blank line, completed."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest + b"\n\n" if rest.strip() else None
+
+
+def split(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete raw events at the front of `data`, and the unfinished rest."""
+    buffer = bytearray(data)
+    return list(_cut(buffer, 0)), bytes(buffer)
+
+
+def _cut(buffer: bytearray, start: int) -> Iterator[bytes]:
+    while True:
+        cut, size = -1, 0
+        for sep in SEPARATORS:
+            index = buffer.find(sep, start)
+            if index != -1 and (cut == -1 or index < cut):
+                cut, size = index, len(sep)
+        if cut == -1:
+            return
+        event = bytes(buffer[: cut + size])
+        del buffer[: cut + size]
+        start = 0
+        yield event

@@ -1,0 +1,64 @@
+"""The pure SSE module: framing and field parsing, per the WHATWG event-stream rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.services import sse
+
+
+@pytest.mark.parametrize(
+    ("raw", "name", "data", "event_id", "comments"),
+    [
+        (b"data: x\n\n", None, "x", None, ()),
+        (b"data:x\n\n", None, "x", None, ()),  # the space after the colon is optional
+        (b"data:  two spaces\n\n", None, " two spaces", None, ()),  # only one space is removed
+        (b"event: response.created\ndata: {}\n\n", "response.created", "{}", None, ()),
+        (b"data: a\ndata: b\n\n", None, "a\nb", None, ()),  # data lines join with newlines
+        (b"id: 7\ndata: x\n\n", None, "x", "7", ()),
+        (b"id: a\0b\ndata: x\n\n", None, "x", None, ()),  # an id with NUL is ignored
+        (b": keep-alive\n\n", None, None, None, ("keep-alive",)),
+        (b":\n\n", None, None, None, ("",)),
+        (b"data: x\r\n\r\n", None, "x", None, ()),
+        (b"data: x\r\r", None, "x", None, ()),
+        (b"data\n\n", None, "", None, ()),  # a field with no colon has an empty value
+        (b"retry: 100\nfoo: bar\n\n", None, None, None, ()),  # unknown fields are ignored
+        (b"data: \xff\n\n", None, "\ufffd", None, ()),  # undecodable bytes are replaced
+    ],
+)
+def test_parse(raw, name, data, event_id, comments):
+    assert sse.parse(raw) == sse.Event(name, data, event_id, comments)
+
+
+@pytest.mark.parametrize(
+    ("raw", "is_comment", "has_data"),
+    [
+        (b": keep-alive\n\n", True, False),
+        (b"event: ping\n\n", False, False),
+        (b"data: {}\n\n", False, True),
+        (b"event: x\ndata: {}\n\n", False, True),
+        (b"id: 1\r\ndata: {}\r\n\r\n", False, True),
+    ],
+)
+def test_comment_and_data_detection(raw, is_comment, has_data):
+    assert sse.parse(raw).is_comment is is_comment
+    assert sse.has_data(raw) is has_data
+
+
+def test_splitter_yields_each_event_once_across_reads():
+    splitter = sse.Splitter()
+    got = []
+    for chunk in [b"data: o", b"ne\r", b"\n\r\ndata: two\n", b"\n: c\n\ndata: tail"]:
+        got += list(splitter.feed(chunk))
+    assert got == [b"data: one\r\n\r\n", b"data: two\n\n", b": c\n\n"]
+    assert splitter.pending == len(b"data: tail")
+    assert splitter.tail() == b"data: tail\n\n"
+    assert splitter.tail() is None
+
+
+def test_encode_round_trips():
+    raw = sse.encode({"type": "response.created", "n": "é"}, "response.created")
+    assert raw == 'event: response.created\ndata: {"type":"response.created","n":"é"}\n\n'.encode()
+    event = sse.parse(raw)
+    assert event.name == "response.created" and event.json() == {"type": "response.created", "n": "é"}
+    assert sse.encode("[DONE]") == b"data: [DONE]\n\n"
