@@ -31,7 +31,7 @@ from typing import Any
 
 import gevent
 
-from app.api.multipart import parts
+from app.dialects.multipart import parts
 from app.errors import ApiError
 
 IMAGE_PATHS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations")

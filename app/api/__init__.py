@@ -6,7 +6,8 @@ from flask import Flask
 
 
 def register_api(app: Flask) -> None:
-    from app.api.views import bp
+    from app.api import media, views  # noqa: F401  (the view modules add their routes to the blueprint)
+    from app.api.blueprint import bp
 
     app.register_blueprint(bp, url_prefix="/v1")
     app.register_blueprint(bp, url_prefix="/api/v1", name="api_alias")

@@ -17,7 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from app.dialects import fields
+from app.dialects.multipart import form_fields
 from app.errors import ApiError
+from app.jsontext import JsonError, loads_object
 
 if TYPE_CHECKING:
     from app.config import UpstreamConfig
@@ -52,6 +55,19 @@ class Relay(Protocol):
         """A plain 2xx answer, as the client receives it (usage is read from it)."""
 
 
+@dataclass(frozen=True)
+class ClientRequest:
+    """A client's request body, read and checked."""
+
+    payload: dict[str, Any]  # the JSON body, or a multipart form's text fields
+    body: bytes
+    content_type: str
+    streaming: bool  # the answer is relayed as it arrives (events, or raw bytes when the dialect has no events)
+
+
+MULTIPART_FIELDS = frozenset({"model", "stream"})
+
+
 class Dialect:
     """One wire API. Subclasses override what differs; the defaults suit a JSON endpoint without streams."""
 
@@ -59,13 +75,40 @@ class Dialect:
     path = "/"
     can_stream = False
     sse = True  # a streamed answer is Server-Sent Events (False: raw bytes passed through)
+    multipart = False  # the body is multipart/form-data (an upload), else JSON
+
+    def accepts(self, content_type: str | None) -> bool:
+        """Whether a body of this Content-Type may be read at all (else 415, before reading it)."""
+        mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+        if self.multipart:
+            return mimetype == "multipart/form-data"
+        return not mimetype or mimetype == "application/json" or mimetype.endswith("+json")
+
+    def parse(self, body: bytes, content_type: str | None) -> ClientRequest:
+        """Decode and check the body: ApiError(400) naming the field that is wrong."""
+        if self.multipart:
+            payload: dict[str, Any] = dict(form_fields(body, content_type or "", wanted=MULTIPART_FIELDS))
+            if "stream" in payload:
+                payload["stream"] = payload["stream"].strip().lower() == "true"
+        else:
+            try:
+                payload = loads_object(body)
+            except JsonError as exc:
+                raise fields.invalid(exc.message, exc.param) from None
+        self.validate(payload)
+        return ClientRequest(payload, body, content_type or "application/json", self.streaming(payload))
 
     def validate(self, payload: dict[str, Any]) -> None:
         """Raise ApiError(400) naming the field that is wrong."""
+        fields.check_model(payload)
+        fields.check_stream(payload, self.can_stream)
 
-    def legs(self, payload: dict[str, Any], body: bytes, streaming: bool) -> Callable[[UpstreamConfig], Leg]:
+    def streaming(self, payload: dict[str, Any]) -> bool:
+        return bool(payload.get("stream"))
+
+    def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
         """What each routed upstream is sent: by default the client's body, unchanged, to `path`."""
-        leg = Leg(self.path, body, self, lambda: self.relay(hide_usage=False))
+        leg = Leg(self.path, request.body, self, lambda: self.relay(hide_usage=False), request.content_type)
         return lambda upstream: leg
 
     def verdict(self, raw: bytes) -> Verdict:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from app.dialects import fields
-from app.dialects.base import Dialect, Leg, Relay, Usage, Verdict
+from app.dialects.base import ClientRequest, Dialect, Leg, Relay, Usage, Verdict
 from app.errors import StreamBroken, error_body
 from app.services import sse
 
@@ -62,10 +62,10 @@ class ChatDialect(OpenAIDialect):
         fields.check_optional(payload, OPTIONAL_FIELDS)
         fields.check_stream(payload, self.can_stream)
 
-    def legs(self, payload: dict[str, Any], body: bytes, streaming: bool) -> Callable[[UpstreamConfig], Leg]:
+    def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
         """Streams go to upstreams with `inject_usage` with a body that also asks for the usage chunk."""
-        plain = Leg(self.path, body, self, lambda: ChatRelay(hide_usage=False))
-        injected = usage_body(payload) if streaming else None
+        plain = Leg(self.path, request.body, self, lambda: ChatRelay(hide_usage=False))
+        injected = usage_body(request.payload) if request.streaming else None
         if injected is None:
             return lambda upstream: plain
         with_usage = Leg(self.path, injected, self, lambda: ChatRelay(hide_usage=True))

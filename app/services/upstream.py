@@ -170,7 +170,7 @@ class UpstreamClient:
     def open_exchange(self, call: UpstreamCall, upstream: UpstreamConfig, token: Token, leg: Leg) -> Exchange:
         """Start one attempt's HTTP exchange in the background."""
         headers = build_upstream_headers(
-            upstream, token.value, streaming=call.streaming, client_headers=call.client_headers,
+            upstream, token.value, streaming=call.streaming and leg.dialect.sse, client_headers=call.client_headers,
             request_id=call.request_id, content_type=leg.content_type,
         )  # fmt: skip
         proxies = {"http": upstream.proxy, "https": upstream.proxy} if upstream.proxy else None

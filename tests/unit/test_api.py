@@ -9,6 +9,7 @@ import pytest
 import responses
 
 from app.api.validation import read_body
+from app.dialects.openai_chat import CHAT
 from app.errors import ApiError
 from tests.conftest import BASE, MASTER_KEY, TOKENS, chat
 
@@ -112,7 +113,7 @@ def test_read_body_refuses_an_unbounded_stream_past_the_limit():
 
     stream = Endless()
     with pytest.raises(ApiError) as info:
-        read_body(stream, None, "application/json", 100_000)
+        read_body(stream, None, "application/json", 100_000, CHAT)
     assert info.value.status == 413
     assert stream.reads < 5  # stopped right after the limit, not reading "all" of it
 
@@ -123,14 +124,14 @@ def test_read_body_turns_a_broken_body_into_400():
             raise OSError("chunk size line is not hex")
 
     with pytest.raises(ApiError) as info:
-        read_body(Broken(), None, None, 1000)
+        read_body(Broken(), None, None, 1000, CHAT)
     assert info.value.status == 400
 
 
 def test_read_body_refuses_a_declared_length_without_reading():
     stream = io.BytesIO(b"")
     with pytest.raises(ApiError):
-        read_body(stream, 10**9, None, 1000)
+        read_body(stream, 10**9, None, 1000, CHAT)
 
 
 def test_unknown_path_and_wrong_method(client, auth):
