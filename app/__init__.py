@@ -73,6 +73,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.storage.limiters import make_limiter
     from app.storage.limits import SqlLimiter
     from app.storage.stats import Stats
+    from app.storage.stored_responses import StoredResponses
     from app.storage.tokens import TokenRepo
     from app.storage.usage import UsageRepo, UsageWriter
 
@@ -89,14 +90,16 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     client = UpstreamClient(config, pool, session=session)
     metrics.configure(config.upstreams)  # model labels: what the config names, never what clients send
     limiter = make_limiter(db, settings.redis_url)
-    usage = UsageRepo(db)
+    usage, stored = UsageRepo(db), StoredResponses(db)
     retention = config.gateway.usage_retention_days * 86400
     usage.prune(time.time() - retention)
+    stored.prune(time.time() - retention)
     # One supervised scheduler runs every background chore of the process (app/scheduler.py);
     # the names are the `chore` label of sluice_background_errors_total.
     writer = UsageWriter(usage)
     writer.every(1.0, pool.flush, "token_counts")
     writer.every(3600.0, lambda: usage.prune(time.time() - retention), "usage_pruning", final=False)
+    writer.every(3600.0, lambda: stored.prune(time.time() - retention), "stored_responses_pruning", final=False)
     if isinstance(limiter, SqlLimiter):
         writer.every(30.0, lambda: limiter.prune(time.time()), "limits_pruning", final=False)
     stats, sessions = Stats(db), SessionStore(db)
@@ -106,7 +109,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     gw = Gateway(
         config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
-        stats, sessions, LoginThrottle(db), worker,
+        stats, sessions, LoginThrottle(db), worker, stored,
     )  # fmt: skip
     atexit.register(gw.close)
     return gw

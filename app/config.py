@@ -82,6 +82,8 @@ class UpstreamConfig:
     inject_usage: bool = True  # ask streams for a usage chunk (stream_options.include_usage)
     first_byte_timeout: float | None = None  # None: [gateway] first_byte_timeout
     idle_timeout: float | None = None  # None: [gateway] idle_timeout
+    responses: str = "translate"  # /v1/responses: "native" (passed through) or "translate" (onto chat completions)
+    drop_builtin_tools: bool = False  # translating: drop built-in tools (web_search, ...) instead of a 400
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,7 @@ def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
     "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage", "first_byte_timeout", "idle_timeout",
+    "responses", "drop_builtin_tools",
 }  # fmt: skip
 
 
@@ -308,6 +311,8 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         inject_usage=reader.boolean(raw, where, "inject_usage", True),
         first_byte_timeout=reader.number(raw, where, "first_byte_timeout", 0.0, allow_zero=True) or None,
         idle_timeout=reader.number(raw, where, "idle_timeout", 0.0, allow_zero=True) or None,
+        responses=reader.choice(raw, where, "responses", "translate", ("native", "translate")),
+        drop_builtin_tools=reader.boolean(raw, where, "drop_builtin_tools", False),
     )
 
 

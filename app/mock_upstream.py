@@ -235,6 +235,18 @@ def _chunks(body: dict, chat: bool, opts: Options) -> Iterator[dict]:
     words = _reply_words(opts.chunks)
     base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": body["model"]}
     base["object"] = "chat.completion.chunk" if chat else "text_completion"
+    call = _tool_call(body) if chat else None
+    if call is not None:  # the name first, then the arguments in two fragments, as OpenAI streams them
+        head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
+                "arguments": ""}}  # fmt: skip
+        arguments = call["function"]["arguments"]
+        fragments = [head, {"index": 0, "function": {"arguments": arguments[:5]}},
+                     {"index": 0, "function": {"arguments": arguments[5:]}}]  # fmt: skip
+        for i, fragment in enumerate(fragments):
+            delta = {"role": "assistant", "tool_calls": [fragment]} if i == 0 else {"tool_calls": [fragment]}
+            yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        words = []
     for i, word in enumerate(words):
         last = i == len(words) - 1
         if chat:
@@ -255,13 +267,43 @@ def _reply_words(count: int) -> list[str]:
 
 def _completion(body: dict, chat: bool, opts: Options) -> dict:
     text = "".join(_reply_words(opts.chunks))
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    call = _tool_call(body) if chat else None
+    if call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        choice, kind = {"index": 0, "message": message, "finish_reason": "tool_calls"}, "chat.completion"
+    elif chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": _quoted(body, text)}, "finish_reason": "stop"}
         kind = "chat.completion"
     else:
         choice, kind = {"index": 0, "text": text, "finish_reason": "stop"}, "text_completion"
     return {"id": "chatcmpl-mock", "object": kind, "created": int(time.time()), "model": body["model"],
             "choices": [choice], "usage": _usage(body, max(1, opts.chunks))}  # fmt: skip
+
+
+def _tool_call(body: dict) -> dict | None:
+    """A call of the first function tool when the last message is the user's and mentions the weather
+    (or `tool_choice` names the function, or is "required"), like the Responses mock."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    choice = body.get("tool_choice")
+    forced = choice == "required" or (isinstance(choice, dict) and "function" in choice)
+    asked = last.get("role") == "user" and "weather" in json.dumps(last.get("content", "")).lower()
+    if not tools or choice == "none" or not (forced or asked):
+        return None
+    name = (
+        choice["function"]["name"]
+        if isinstance(choice, dict) and "function" in choice
+        else tools[0]["function"]["name"]
+    )
+    return {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": '{"city": "Paris"}'}}
+
+
+def _quoted(body: dict, text: str) -> str:
+    """The reply, quoting the last tool result if the last message is one (a round trip shows it came back)."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    return f"The tool said: {last.get('content')}. {text}" if last.get("role") == "tool" else text
 
 
 def _usage(body: dict, completion_tokens: int) -> dict:

@@ -20,6 +20,7 @@ from app.storage.db import Database, StorageError
 from app.storage.keys import KeyRepo
 from app.storage.limits import Limiter
 from app.storage.stats import Stats
+from app.storage.stored_responses import StoredResponses
 from app.storage.usage import UsageRepo, UsageWriter
 from app.version import __version__
 
@@ -44,6 +45,7 @@ class Gateway:
     admin_sessions: SessionStore
     login_throttle: LoginThrottle
     worker: str  # "<host>:<pid>", this process's row in worker_status
+    stored: StoredResponses  # which upstream and token created each stored Responses API response
 
     def close(self) -> None:
         """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_api(app: Flask) -> None:
-    from app.api import media, views  # noqa: F401  (the view modules add their routes to the blueprint)
+    from app.api import media, responses_api, views  # noqa: F401  (the view modules add their routes to the blueprint)
     from app.api.blueprint import bp
 
     app.register_blueprint(bp, url_prefix="/v1")

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 from flask import Response, g, request
 
-from app.api.responses import write_response
 from app.api.validation import read_body
+from app.api.writer import write_response
 from app.auth import Identity
-from app.dialects.base import Dialect
+from app.config import UpstreamConfig
+from app.dialects.base import Dialect, Leg
+from app.dialects.openai_responses import RESPONSES, ResponsesRelay
 from app.errors import ApiError
 from app.requestlog import RequestLine
-from app.services import admission
+from app.services import admission, stored
 from app.services.attempts import Accepted, Attempts, Failed
 from app.services.calls import UpstreamCall
 from app.services.headers import forwardable
@@ -31,6 +34,7 @@ SHUTDOWN_POLL = 0.5
 
 
 def proxy(dialect: Dialect) -> Response:
+    """Serve one request of `dialect`: the body's model picks the upstreams."""
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
@@ -43,17 +47,83 @@ def proxy(dialect: Dialect) -> Response:
     upstreams = route(gw.config.upstreams, line.model)
     if not upstreams or not identity.allows(line.model):
         raise model_not_found(line.model)
+    legs = _legs(dialect.legs(client_request), upstreams)
     admission.admit(gw.limiter, line, identity, slot_expires)
     call = UpstreamCall(
-        "POST", dialect.legs(client_request), line.streaming, upstreams, line.request_id,
-        client_headers=forwardable(request.headers.items()),
+        "POST", lambda upstream: legs[upstream.name], line.streaming, [u for u in upstreams if u.name in legs],
+        line.request_id, client_headers=forwardable(request.headers.items()),
     )  # fmt: skip
-    attempts = gw.client.start(call, deadline=line.started_at + settings.deadline)
-    if line.streaming and dialect.sse:  # an event stream waits one heartbeat for its first event before the 200
+    remember = _remembering(line, identity) if client_request.payload.get("store") is not False else None
+    return send(call, line, events=dialect.sse, on_accept=remember)
+
+
+def send(
+    call: UpstreamCall, line: RequestLine, *, events: bool, on_accept: Callable[[Accepted], None] | None = None
+) -> Response:
+    """Run the call's attempts and write the answer: an event stream commits after one heartbeat at most."""
+    settings = gateway().config.gateway
+    attempts = gateway().client.start(call, deadline=line.started_at + settings.deadline)
+    if call.streaming and events:
         outcome = attempts.advance(until=time.time() + settings.heartbeat_interval)
     else:
         outcome = _plain_answer(attempts)
-    return write_response(attempts, outcome, line, settings)
+    return write_response(attempts, outcome, line, settings, on_accept)
+
+
+def _legs(leg: Callable[[UpstreamConfig], Leg], upstreams: list[UpstreamConfig]) -> dict[str, Leg]:
+    """Each routed upstream's leg, built before any is tried; an upstream that cannot take the request
+    (e.g. a translation refusing a field) is left out, and if none can, the first refusal is the answer."""
+    legs, refusals = {}, []
+    for upstream in upstreams:
+        try:
+            legs[upstream.name] = leg(upstream)
+        except ApiError as exc:
+            refusals.append(exc)
+    if not legs:
+        raise refusals[0]
+    return legs
+
+
+def _remembering(line: RequestLine, identity: Identity) -> Callable[[Accepted], None]:
+    """For an upstream that stores what it answers (a native Responses API): remember who answered."""
+    store, key_id = gateway().stored, identity.key.id if identity.key else None
+
+    def on_accept(accepted: Accepted) -> None:
+        created_id = getattr(accepted.leg.dialect, "created_id", None)
+        response_id = created_id(accepted.prefix, accepted.body) if created_id is not None else None
+        if response_id is not None:
+            stored.remember(store, response_id, accepted.upstream.name, accepted.token.id, key_id, line.model,
+                            line.request_id)  # fmt: skip
+
+    return on_accept
+
+
+def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
+    """A call about a stored response: it goes to the upstream, and with the token, that created it."""
+    gw = gateway()
+    line: RequestLine = g.line
+    identity: Identity = g.identity
+    line.endpoint = RESPONSES.name
+    settings = gw.config.gateway
+    found = stored.find(gw.stored, response_id, identity.key.id if identity.key else None)
+    upstream = next((u for u in gw.config.upstreams if u.name == found.upstream), None)
+    if upstream is None or not identity.allows(found.model):
+        raise stored.not_found(response_id)
+    slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN
+    body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(RESPONSES, settings.max_body_bytes))
+    line.model = found.model
+    line.streaming = method == "GET" and not suffix and request.args.get("stream") == "true"
+    admission.admit(gw.limiter, line, identity, slot_expires)
+    path = f"{RESPONSES.path}/{quote(response_id, safe='')}{suffix}"
+    if request.query_string:
+        path += "?" + request.query_string.decode("ascii", "replace")
+    leg = Leg(path, body if method == "POST" else None, RESPONSES, ResponsesRelay)
+    call = UpstreamCall(
+        method, lambda _: leg, line.streaming, [upstream], line.request_id,
+        client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,
+    )  # fmt: skip
+    forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else None
+    return send(call, line, events=True, on_accept=forget)
 
 
 def _reader(dialect: Dialect, limit: int) -> Callable[[], bytes]:

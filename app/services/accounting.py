@@ -18,7 +18,7 @@ from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
 
 log = logging.getLogger("sluice.accounting")
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")  # the usage record's counts
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 
 # Error codes -> usage outcomes (anything else: "ok" below 400, "client_error", "error").
 OUTCOMES = {

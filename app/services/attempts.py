@@ -64,7 +64,7 @@ class Client(Protocol):
     first_byte_timeout: float
 
     def pick(
-        self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple]
+        self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple], pinned: str | None
     ) -> tuple[UpstreamConfig, Token] | None: ...
     def enter_queue(self, waiter: object) -> bool: ...
     def leave_queue(self, waiter: object) -> None: ...
@@ -133,7 +133,7 @@ class Attempts:
             if self.current is None:
                 if len(self.records) >= self.max_attempts:
                     return self._failed()
-                choice = self.client.pick(self.call.upstreams, self.tried, self.overrides)
+                choice = self.client.pick(self.call.upstreams, self.tried, self.overrides, self.call.token_id)
                 if choice is None:
                     if self.records or not self.client.enter_queue(self):
                         return self._failed()

@@ -20,6 +20,7 @@ class UpstreamCall:
     request_id: str
     client_headers: Mapping[str, str] = field(default_factory=dict)
     max_attempts: int | None = None  # overrides [gateway] max_attempts (e.g. 1 for a /models probe)
+    token_id: str | None = None  # only this token may serve the call (e.g. a stored response's owner)
     read_timeout: float | None = None  # overrides the upstream's read_timeout
 
 

@@ -66,9 +66,10 @@ class StreamBody:
         clock: Callable[[], float] = time.time,
         before_write: Callable[[float], None] | None = None,
         keepalive: bytes | None = KEEPALIVE,
+        on_accept: Callable[[Any], None] | None = None,
     ) -> None:
         self.attempts, self.accepted, self.on_finish = attempts, accepted, on_finish
-        self.limits, self.clock, self.keepalive = limits, clock, keepalive
+        self.limits, self.clock, self.keepalive, self.on_accept = limits, clock, keepalive, on_accept
         self.relay = accepted.leg.relay() if accepted is not None else None
         # Told, before each write, by when the write must be done (the deadline or the shutdown's).
         self.before_write = before_write
@@ -149,6 +150,8 @@ class StreamBody:
                 raise StreamBroken(outcome.error.code or "upstream_error", outcome.error.message)
             self.accepted = outcome
             self.relay = outcome.leg.relay()
+            if self.on_accept is not None:
+                self.on_accept(outcome)
             return
 
     def _upstream_events(self) -> Iterator[bytes]:

@@ -182,6 +182,11 @@ class TokenPool:
             self._values[row.id] = value
         return value
 
+    def find(self, token_id: str) -> Token | None:
+        """An enabled token by id (its upstream is the id's prefix), or None."""
+        upstream = token_id.split(":", 1)[0]
+        return next((token for token, _ in self.candidates(upstream) if token.id == token_id), None)
+
     def pick(self, upstream: str, exclude: set[str], now: float) -> Token | None:
         """Next usable token of `upstream` in rotation, skipping cooling and `exclude`d ones."""
         candidates = self.candidates(upstream)

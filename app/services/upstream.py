@@ -132,10 +132,21 @@ class UpstreamClient:
         return UpstreamResult(attempts.records, error=error)
 
     def pick(
-        self, upstreams: Sequence[UpstreamConfig], tried: set[str], overrides: Mapping[str, tuple]
+        self,
+        upstreams: Sequence[UpstreamConfig],
+        tried: set[str],
+        overrides: Mapping[str, tuple],
+        pinned: str | None = None,
     ) -> tuple[UpstreamConfig, Token] | None:
-        """The next (upstream, token) to try: config order, skipping open breakers and tried tokens."""
+        """The next (upstream, token) to try: config order, skipping open breakers and tried tokens
+        (or the `pinned` token alone, cooling down or not: no other can serve the call)."""
         now = self.clock()
+        if pinned is not None:
+            token = self.pool.find(pinned)
+            if token is None or token.id in tried:
+                return None
+            upstream = next((u for u in upstreams if u.name == token.upstream), None)
+            return (self.pool.effective(upstream, overrides), token) if upstream is not None else None
         for upstream in upstreams:
             if self.breakers.is_open(upstream.name, now):
                 continue

@@ -106,10 +106,25 @@ usage = Table(
     Column("prompt_tokens", Integer, nullable=False, default=0),
     Column("completion_tokens", Integer, nullable=False, default=0),
     Column("total_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),  # of prompt_tokens, from a cache (revision 0005)
+    Column("reasoning_tokens", Integer, nullable=False, default=0),  # of completion_tokens (revision 0005)
     Column("ttfb_ms", Float),
     Column("duration_ms", Float, nullable=False),
     Column("bytes_sent", Integer, nullable=False, default=0),
     Index("ix_usage_key_at", "key_id", "at"),
+)
+
+# Which upstream and token created a stored Responses API response, so that GET, DELETE, cancel
+# and input_items reach the same upstream account; pruned with the usage records (revision 0005).
+stored_responses = Table(
+    "stored_responses",
+    metadata,
+    Column("id", String(200), primary_key=True),  # the upstream's response id
+    Column("upstream", String(64), nullable=False),
+    Column("token_id", String(100), nullable=False),
+    Column("key_id", String(40)),  # the client key that created it (None: the master key)
+    Column("model", String(200), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
 )
 
 audit = Table(

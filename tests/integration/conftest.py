@@ -136,8 +136,14 @@ def upstream_toml(name: str, url: str, tokens: list[str], models: list[str], **e
         "tokens = [" + ", ".join(f'"{t}"' for t in tokens) + "]",
         "models = [" + ", ".join(f'"{m}"' for m in models) + "]",
     ]
-    lines += [f"{key} = {value!r}".replace("'", '"') for key, value in extra.items()]
+    lines += [f"{key} = {_toml(value)}" for key, value in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value).replace("'", '"')
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import requests
 from urllib3 import encode_multipart_formdata
 
-from app.api.multipart import MAX_PARTS, form_fields, parts
+from app.dialects.multipart import MAX_PARTS, form_fields, parts
 from app.errors import ApiError
 
 B = "b0undary"

@@ -9,7 +9,7 @@ import time
 import pytest
 import responses
 
-from app.api.responses import ClientSocket, PlainBody
+from app.api.writer import ClientSocket, PlainBody
 from app.services import lifecycle
 from tests.conftest import BASE, chat
 

@@ -28,12 +28,16 @@ def write_response(
     outcome: Accepted | Failed | None,
     line: RequestLine,
     gateway: GatewayConfig,
+    on_accept: Callable[[Accepted], None] | None = None,
 ) -> Response:
-    """Stream (committed now, or already waiting behind heartbeats), return a body, or raise the error."""
+    """Stream (committed now, or already waiting behind heartbeats), return a body, or raise the error.
+    `on_accept` learns of the accepted answer (now, or when a stream committed early finds one)."""
     line.attempts = attempts.records  # the same list: attempts made after the commit show up too
     line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
     if isinstance(outcome, Failed):
         raise outcome.error
+    if isinstance(outcome, Accepted) and on_accept is not None:
+        on_accept(outcome)
     client = ClientSocket(request.environ.get("gunicorn.socket"))
     if isinstance(outcome, Accepted) and outcome.body is not None:
         return _plain(outcome, line, client, attempts.deadline)
@@ -63,7 +67,10 @@ def write_response(
     )
     metrics.ACTIVE_STREAMS.inc()
     keepalive = KEEPALIVE if events else None
-    body = StreamBody(attempts, outcome, finish, limits=limits, before_write=client.bound, keepalive=keepalive)
+    body = StreamBody(
+        attempts, outcome, finish, limits=limits, before_write=client.bound, keepalive=keepalive,
+        on_accept=on_accept if outcome is None else None,
+    )  # fmt: skip
     return Response(body, status=200, headers=headers)
 
 

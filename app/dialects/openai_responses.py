@@ -1,0 +1,265 @@
+"""The OpenAI Responses API: POST /responses, natively passed through or translated onto chat completions.
+
+A native upstream (`responses = "native"`) gets the body unchanged and its typed event stream
+(`event: response.created` ... `event: response.completed`) passes through byte for byte;
+the stream ends with `response.completed`, `.incomplete` or `.failed` (or the API's `error`
+event), never `[DONE]`. A translating upstream (`responses = "translate"`, the default) gets a
+chat-completions body (app/dialects/responses_chat.py) and its chat answer comes back as a
+Responses object or event stream. Usage comes from the final response object's `usage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from app.dialects import fields
+from app.dialects.base import ClientRequest, Leg, Relay, Usage, Verdict
+from app.dialects.openai_chat import CHAT, OpenAIDialect, is_done, usage_body
+from app.dialects.responses_chat import ChatStreamTranslator, request_to_chat, response_from_chat
+from app.dialects.responses_chat_stream import FAILED_CODES
+from app.errors import ApiError, StreamBroken
+from app.services import sse
+
+if TYPE_CHECKING:
+    from app.config import UpstreamConfig
+
+log = logging.getLogger("sluice.api")
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+DROPPED_TOOLS_HEADER = "X-Sluice-Dropped-Tools"
+
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "stream": (bool,),
+    "input": (str, list),
+    "instructions": (str,),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "max_output_tokens": (int,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "parallel_tool_calls": (bool,),
+    "text": (dict,),
+    "reasoning": (dict,),
+    "metadata": (dict,),
+    "user": (str,),
+    "store": (bool,),
+    "background": (bool,),
+    "previous_response_id": (str,),
+    "include": (list,),
+}
+
+
+class ResponsesDialect(OpenAIDialect):
+    name = "responses"
+    path = "/responses"
+    can_stream = True
+
+    def validate(self, payload: dict[str, Any]) -> None:
+        fields.check_model(payload)
+        fields.check_optional(payload, OPTIONAL_FIELDS)
+
+    def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
+        """Native upstreams get the body as sent; translating ones a chat body (built once per setting)."""
+        native = Leg(self.path, request.body, self, ResponsesRelay)
+        translated: dict[bool, Leg] = {}
+
+        def leg(upstream: UpstreamConfig) -> Leg:
+            if upstream.responses == "native":
+                return native
+            key = upstream.drop_builtin_tools and upstream.inject_usage  # what changes the chat body
+            if key not in translated:
+                translated[key] = _translated_leg(request, upstream)
+            return translated[key]
+
+        return leg
+
+    def verdict(self, raw: bytes) -> Verdict:
+        if not sse.has_data(raw):
+            return Verdict.WAIT
+        event = sse.parse(raw)
+        if event.name == "error" or (event.name is None and b'"error"' in raw and _is_error(event)):
+            return Verdict.ERROR
+        return Verdict.ACCEPT  # the first response.* event commits
+
+    def usage(self, data: Any) -> Usage | None:
+        return responses_usage(data)
+
+    def relay(self, *, hide_usage: bool) -> Relay:
+        return ResponsesRelay()
+
+    def created_id(self, prefix: Sequence[bytes], body: bytes | None) -> str | None:
+        """The id of the response an upstream created (from its first event, or its plain answer)."""
+        try:
+            if body is not None:
+                data = json.loads(body)
+            else:
+                first = next((sse.parse(raw) for raw in prefix if sse.has_data(raw)), None)
+                data = first.json().get("response") if first is not None else None
+        except (ValueError, AttributeError):
+            return None
+        value = data.get("id") if isinstance(data, dict) else None
+        return value if isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable() else None
+
+
+def _is_error(event: sse.Event) -> bool:
+    try:
+        data = event.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and (data.get("type") == "error" or isinstance(data.get("error"), dict))
+
+
+def _translated_leg(request: ClientRequest, upstream: UpstreamConfig) -> Leg:
+    """The chat-completions leg of a Responses request (ApiError 400 for what cannot be translated)."""
+    chat, dropped = request_to_chat(request.payload, drop_builtin_tools=upstream.drop_builtin_tools)
+    if request.streaming and upstream.inject_usage:
+        body = usage_body(chat) or json.dumps(chat).encode()
+    else:
+        body = json.dumps(chat).encode()
+    response_id, created_at = "resp_" + secrets.token_hex(24), int(time.time())
+    headers = {DROPPED_TOOLS_HEADER: ",".join(dropped)} if dropped else {}
+    if dropped:
+        log.info("dropped built-in tools upstream=%s tools=%s", upstream.name, ",".join(dropped))
+    payload = request.payload
+    return Leg(
+        CHAT.path, body, CHAT,
+        lambda: TranslatedRelay(ChatStreamTranslator(payload, response_id=response_id, created_at=created_at)),
+        headers=headers,
+    )  # fmt: skip
+
+
+class ResponsesRelay:
+    """A native Responses stream passes through; the relay reads usage and watches for its end."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.done = False
+        self.sequence = -1  # the last sequence_number seen
+        self.response: dict[str, Any] | None = None  # from response.created, for a well-formed failure
+
+    def feed(self, raw: bytes) -> Sequence[bytes]:
+        if not sse.has_data(raw):
+            return (raw,)
+        event = sse.parse(raw)
+        if event.name is None or event.name in TERMINAL or self.sequence < 0 or b'"usage"' in raw:
+            self._observe(event)
+        else:
+            self.sequence += 1  # a delta: counting is enough (sequence numbers are consecutive)
+        return (raw,)
+
+    def _observe(self, event: sse.Event) -> None:
+        try:
+            data = event.json()
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        if isinstance(data.get("sequence_number"), int):
+            self.sequence = data["sequence_number"]
+        response = data.get("response")
+        if isinstance(response, dict):
+            self.response = self.response or response
+            self.usage = responses_usage(response) or self.usage
+        kind = event.name or data.get("type")
+        self.done = self.done or kind in TERMINAL
+
+    def end(self) -> Sequence[bytes]:
+        if not self.done:
+            raise StreamBroken("upstream_stream_error", "The upstream stream ended before response.completed.")
+        return ()
+
+    def fail(self, code: str, message: str) -> Sequence[bytes]:
+        return failure_events(code, message, self.sequence + 1, self.response)
+
+    def plain(self, body: bytes, content_type: str) -> bytes:
+        if "json" in content_type:
+            try:
+                self.usage = responses_usage(json.loads(body))
+            except ValueError:
+                pass
+        return body
+
+
+class TranslatedRelay:
+    """Chat chunks from a chat-completions upstream, as Responses events (or a chat answer as a response)."""
+
+    def __init__(self, translator: ChatStreamTranslator) -> None:
+        self.translator = translator
+        self.usage: Usage | None = None
+        self.done = False
+
+    def feed(self, raw: bytes) -> Sequence[bytes]:
+        if not sse.has_data(raw):
+            return (raw,)  # keep-alive comments pass
+        if is_done(raw):
+            self.done = True
+            return self._counted(self.translator.finish())
+        try:
+            chunk = sse.parse(raw).json()
+        except ValueError:
+            return ()
+        return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()
+
+    def end(self) -> Sequence[bytes]:
+        if not self.done:
+            raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
+        return ()
+
+    def fail(self, code: str, message: str) -> Sequence[bytes]:
+        return self._counted(self.translator.fail(code, message))
+
+    def plain(self, body: bytes, content_type: str) -> bytes:
+        try:
+            chat = json.loads(body)
+        except ValueError:
+            raise ApiError(502, "The upstream's chat answer is not JSON.", code="upstream_error") from None
+        if not isinstance(chat, dict):
+            raise ApiError(502, "The upstream's chat answer is not a JSON object.", code="upstream_error")
+        translator = self.translator
+        response = response_from_chat(
+            chat, translator.request, response_id=translator.response_id, created_at=translator.created_at
+        )
+        self.usage = responses_usage(response)
+        return json.dumps(response).encode()
+
+    def _counted(self, events: list[bytes]) -> list[bytes]:
+        if self.translator.usage is not None:
+            self.usage = responses_usage({"usage": self.translator.usage})
+        return events
+
+
+def failure_events(code: str, message: str, sequence: int, response: dict[str, Any] | None) -> list[bytes]:
+    """`error`, then `response.failed` with the response as created: a broken stream, ended well-formed."""
+    error = {"type": "error", "code": code, "message": message, "param": None, "sequence_number": sequence}
+    failed = dict(response or {"id": None, "object": "response", "output": []})
+    failed.update(status="failed", error={"code": code if code in FAILED_CODES else "server_error", "message": message})
+    final = {"type": "response.failed", "sequence_number": sequence + 1, "response": failed}
+    return [sse.encode(error, "error"), sse.encode(final, "response.failed")]
+
+
+def responses_usage(data: Any) -> Usage | None:
+    """Token counts from a Responses `usage` object (input/output tokens and their details)."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {"prompt_tokens": _count(usage, "input_tokens"), "completion_tokens": _count(usage, "output_tokens")}
+    counts["total_tokens"] = _count(usage, "total_tokens") or counts["prompt_tokens"] + counts["completion_tokens"]
+    cached = _count(usage.get("input_tokens_details"), "cached_tokens")
+    reasoning = _count(usage.get("output_tokens_details"), "reasoning_tokens")
+    if cached:
+        counts["cached_tokens"] = cached
+    if reasoning:
+        counts["reasoning_tokens"] = reasoning
+    return counts
+
+
+def _count(source: Any, key: str) -> int:
+    value = source.get(key) if isinstance(source, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+RESPONSES = ResponsesDialect()
