@@ -69,7 +69,8 @@ async function main() {
       text += part.text;
       emit({ type: "text", delta: part.text, t: now() });
     } else if (part.type === "tool-call") {
-      const call = { toolCallId: part.toolCallId, toolName: part.toolName, input: part.input };
+      // `invalid`: the SDK found the input does not fit the tool's schema
+      const call = { toolCallId: part.toolCallId, toolName: part.toolName, input: part.input, invalid: !!part.invalid };
       toolCalls.push(call);
       emit({ type: "tool-call", ...call, t: now() });
     } else if (part.type === "finish") {
