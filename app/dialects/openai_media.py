@@ -134,7 +134,7 @@ class EventRelay:
         self.read_usage, self.terminal = usage, terminal
         self.marker = terminal.encode() if terminal else None
         self.usage: Usage | None = None
-        self.done = False
+        self.done = terminal is None  # no event is known to end it: a stream ends when it ends
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         if (self.marker is not None and self.marker in raw) or b'"usage"' in raw:

@@ -6,6 +6,7 @@ import base64
 import time
 from collections.abc import Iterator
 
+import httpx2
 import openai
 import pytest
 import requests
@@ -18,9 +19,6 @@ TOKENS = ["media-token-000000000001", "media-token-000000000002"]
 AUDIO = b"RIFF" + bytes(range(256)) * 40  # 10244 bytes
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
 DEPRECATED = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")  # this SDK's translations
-# Exchange._read (app/services/exchange.py) frames raw audio as SSE events (held until a blank line, "\n\n"
-# appended); delete this mark with the fix (`and self._sse` in its first condition).
-AUDIO_FRAMED_AS_SSE = pytest.mark.xfail(strict=True, reason="exchange.py reads raw audio as SSE events")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,6 @@ def test_image_variation_needs_a_model_for_routing(client, mock):
     assert raised.value.body["param"] == "model"
 
 
-@AUDIO_FRAMED_AS_SSE
 def test_speech_bytes_are_relayed_as_they_arrive(client, mock):
     request = {"model": "tts-1", "voice": "alloy", "input": "The quick brown fox jumps over the lazy dog. " * 4}
     assert client.audio.speech.create(**request).content == speech_bytes(request)
@@ -101,6 +98,15 @@ def test_speech_bytes_are_relayed_as_they_arrive(client, mock):
             received += piece
     assert received == speech_bytes({**request, "response_format": "wav"})
     assert len(arrivals) >= 4 and arrivals[-1] - arrivals[0] >= 0.5  # 6 pieces 0.15 s apart, not one burst
+
+
+def test_speech_cut_short_is_cut_for_the_client_too(client):
+    request = {"model": "tts-1", "voice": "alloy", "input": "words " * 40, "extra_body": {"mock": {"drop_after": 2}}}
+    received = b""
+    with client.audio.speech.with_streaming_response.create(**request) as response, pytest.raises(httpx2.HTTPError):
+        for piece in response.iter_bytes():
+            received += piece
+    assert received and speech_bytes(request).startswith(received)  # what came is right, and it is not complete
 
 
 def test_transcription_upload_and_stream(client, mock):

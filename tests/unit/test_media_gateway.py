@@ -14,10 +14,6 @@ PREFIXES = ("/v1", "/api/v1")
 BOUNDARY = "sluice-test-boundary-0123"
 AUDIO = b"ID3" + bytes(range(256)) * 8 + b"\n\n" + b"data: not an event\r\n\r\n" + bytes(range(255, -1, -1))
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-# Exchange._read (app/services/exchange.py) frames any streamed non-JSON answer as SSE events, so raw audio
-# is held until a blank line and gets "\n\n" appended; `and self._sse` in its first condition fixes it.
-# Delete this mark with that fix (strict: the tests then pass and the mark fails them).
-AUDIO_FRAMED_AS_SSE = pytest.mark.xfail(strict=True, reason="exchange.py reads raw audio as SSE events")
 
 
 def form(values: dict, files: dict | None = None, boundary: str = BOUNDARY) -> tuple[bytes, str]:
@@ -89,7 +85,6 @@ def test_every_route_forwards_the_body_unchanged_and_records_usage(client, auth,
     assert record["status"] == 200 and record["outcome"] == "ok" and not record["streamed"]
 
 
-@AUDIO_FRAMED_AS_SSE
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_speech_audio_is_relayed_byte_for_byte(client, auth, upstream, gw, prefix):
     upstream.add(responses.POST, f"{BASE}/audio/speech", body=AUDIO, content_type="audio/mpeg")
@@ -173,9 +168,7 @@ def by_token(upstream, path: str, first: int, reply: dict | bytes, content_type:
 
 
 @pytest.mark.parametrize("status", [401, 429, 500, 503])
-@pytest.mark.parametrize(
-    "route", ["images/edits", "audio/transcriptions", "rerank", pytest.param("audio/speech", marks=AUDIO_FRAMED_AS_SSE)]
-)
+@pytest.mark.parametrize("route", ["images/edits", "audio/transcriptions", "rerank", "audio/speech"])
 def test_a_failed_token_is_retried_on_another_before_the_first_byte(client, auth, upstream, status, route):
     if route == "audio/speech":
         (body, content_type), reply, kind = (
@@ -204,7 +197,6 @@ def test_a_key_allow_list_hides_the_model_of_a_form(app, client, upstream, gw):
     assert not upstream.calls
 
 
-@AUDIO_FRAMED_AS_SSE
 def test_models_route_to_their_upstream(upstream, auth, make_app):
     from app.config import UpstreamConfig
 
