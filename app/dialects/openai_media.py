@@ -264,9 +264,8 @@ def _is_number(text: str) -> bool:
 
 def _check_upload(body: bytes, content_type: str, name: str) -> None:
     """The form carries its file (`image` may also come as `image[]`, several of them)."""
-    if not any(
-        p.filename is not None and p.name in (name, f"{name}[]") for p in parts(body, content_type, keep=frozenset())
-    ):
+    files = {part.name for part in parts(body, content_type, keep=frozenset()) if part.filename is not None}
+    if not files & {name, f"{name}[]"}:
         raise fields.invalid(f"Missing required parameter: '{name}' (a file).", name)
 
 
