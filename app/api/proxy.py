@@ -53,7 +53,8 @@ def proxy(dialect: Dialect) -> Response:
         "POST", lambda upstream: legs[upstream.name], line.streaming, [u for u in upstreams if u.name in legs],
         line.request_id, client_headers=forwardable(request.headers.items()),
     )  # fmt: skip
-    remember = _remembering(line, identity) if client_request.payload.get("store") is not False else None
+    stores = hasattr(dialect, "created_id") and client_request.payload.get("store") is not False
+    remember = _remembering(line, identity) if stores else None
     return send(call, line, events=dialect.sse, on_accept=remember)
 
 
@@ -117,7 +118,7 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     path = f"{RESPONSES.path}/{quote(response_id, safe='')}{suffix}"
     if request.query_string:
         path += "?" + request.query_string.decode("ascii", "replace")
-    leg = Leg(path, body if method == "POST" else None, RESPONSES, ResponsesRelay)
+    leg = Leg(path, body if method == "POST" else None, RESPONSES, lambda: ResponsesRelay({}))
     call = UpstreamCall(
         method, lambda _: leg, line.streaming, [upstream], line.request_id,
         client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,

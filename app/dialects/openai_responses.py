@@ -21,7 +21,7 @@ from app.dialects import fields
 from app.dialects.base import ClientRequest, Leg, Relay, Usage, Verdict
 from app.dialects.openai_chat import CHAT, OpenAIDialect, is_done, usage_body
 from app.dialects.responses_chat import ChatStreamTranslator, request_to_chat, response_from_chat
-from app.dialects.responses_chat_stream import FAILED_CODES
+from app.dialects.responses_chat_stream import FAILED_CODES, response_object
 from app.errors import ApiError, StreamBroken
 from app.services import sse
 
@@ -64,7 +64,8 @@ class ResponsesDialect(OpenAIDialect):
 
     def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
         """Native upstreams get the body as sent; translating ones a chat body (built once per setting)."""
-        native = Leg(self.path, request.body, self, ResponsesRelay)
+        payload = request.payload
+        native = Leg(self.path, request.body, self, lambda: ResponsesRelay(payload))
         translated: dict[bool, Leg] = {}
 
         def leg(upstream: UpstreamConfig) -> Leg:
@@ -89,7 +90,7 @@ class ResponsesDialect(OpenAIDialect):
         return responses_usage(data)
 
     def relay(self, *, hide_usage: bool) -> Relay:
-        return ResponsesRelay()
+        return ResponsesRelay({})
 
     def created_id(self, prefix: Sequence[bytes], body: bytes | None) -> str | None:
         """The id of the response an upstream created (from its first event, or its plain answer)."""
@@ -135,7 +136,8 @@ def _translated_leg(request: ClientRequest, upstream: UpstreamConfig) -> Leg:
 class ResponsesRelay:
     """A native Responses stream passes through; the relay reads usage and watches for its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request  # for a failure before the upstream's response.created
         self.usage: Usage | None = None
         self.done = False
         self.sequence = -1  # the last sequence_number seen
@@ -173,7 +175,7 @@ class ResponsesRelay:
         return ()
 
     def fail(self, code: str, message: str) -> Sequence[bytes]:
-        return failure_events(code, message, self.sequence + 1, self.response)
+        return failure_events(code, message, self.sequence + 1, self.response or _unstarted(self.request))
 
     def plain(self, body: bytes, content_type: str) -> bytes:
         if "json" in content_type:
@@ -232,13 +234,19 @@ class TranslatedRelay:
         return events
 
 
-def failure_events(code: str, message: str, sequence: int, response: dict[str, Any] | None) -> list[bytes]:
+def failure_events(code: str, message: str, sequence: int, response: dict[str, Any]) -> list[bytes]:
     """`error`, then `response.failed` with the response as created: a broken stream, ended well-formed."""
     error = {"type": "error", "code": code, "message": message, "param": None, "sequence_number": sequence}
-    failed = dict(response or {"id": None, "object": "response", "output": []})
+    failed = dict(response)
     failed.update(status="failed", error={"code": code if code in FAILED_CODES else "server_error", "message": message})
     final = {"type": "response.failed", "sequence_number": sequence + 1, "response": failed}
     return [sse.encode(error, "error"), sse.encode(final, "response.failed")]
+
+
+def _unstarted(request: dict[str, Any]) -> dict[str, Any]:
+    """The response of a stream that failed before the upstream created one (the retries behind heartbeats)."""
+    response_id, now = "resp_" + secrets.token_hex(24), int(time.time())
+    return response_object(request, response_id=response_id, created_at=now, model=None, status="failed", output=[])
 
 
 def responses_usage(data: Any) -> Usage | None:

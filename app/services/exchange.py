@@ -130,14 +130,14 @@ class Exchange:
 
     def _read(self, response: requests.Response) -> None:
         try:
-            if is_event_stream(response) or (self._streaming and not _is_json(response)):
-                for event in iter_events(lambda size: response.raw.read1(size, decode_content=True)):
-                    if not self._put(Message("event", event)):
-                        return
-                self._put(Message("end"))
-            elif self._streaming and not self._sse:  # e.g. audio: the bytes as they arrive
+            if self._streaming and not self._sse:  # e.g. audio: the bytes as they arrive, whatever their type
                 for chunk in iter_chunks(lambda size: response.raw.read1(size, decode_content=True)):
                     if not self._put(Message("event", chunk)):
+                        return
+                self._put(Message("end"))
+            elif is_event_stream(response) or (self._streaming and not _is_json(response)):
+                for event in iter_events(lambda size: response.raw.read1(size, decode_content=True)):
+                    if not self._put(Message("event", event)):
                         return
                 self._put(Message("end"))
             else:

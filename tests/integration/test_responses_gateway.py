@@ -12,8 +12,10 @@ import sqlite3
 import time
 
 import openai
+import pydantic
 import pytest
 import requests
+from openai.types.responses import ResponseStreamEvent
 
 from tests.integration.conftest import MASTER_KEY, mock_stats, start_gateway, start_mock, upstream_toml
 
@@ -32,13 +34,17 @@ def stack(tmp_path_factory):
     mock = start_mock(tmp, "--delay", "0.02")
     cutting = start_mock(tmp, "--delay", "0.02", "--strict-edge", "--drop-after", "4")
     config = (
-        upstream_toml("native", mock.url, ["native-tok-1"], ["resp-native"], responses="native")
+        "[gateway]\nheartbeat_interval = 0.3\n\n"
+        + upstream_toml("native", mock.url, ["native-tok-1"], ["resp-native"], responses="native")
         + upstream_toml("chat", mock.url, ["chat-tok-1"], ["resp-chat"])
         + upstream_toml("drop", mock.url, ["drop-tok-1"], ["resp-drop"], drop_builtin_tools=True)
         + upstream_toml("retry", mock.url, ["limited-tok-1", "retry-tok-2"], ["resp-retry"], responses="native")
         + upstream_toml("cut-native", cutting.url, ["cut-tok-1"], ["cut-native"], responses="native")
         + upstream_toml("cut-chat", cutting.url, ["cut-tok-2"], ["cut-chat"])
-    )
+        + upstream_toml("slow-native", mock.url, ["slow-tok-1"], ["slow-native"], responses="native",
+                        first_byte_timeout=1.0)
+        + upstream_toml("slow-chat", mock.url, ["slow-tok-2"], ["slow-chat"], first_byte_timeout=1.0)
+    )  # fmt: skip
     gateway = start_gateway(tmp, config)
     yield gateway, mock, cutting, tmp
     gateway.stop()
@@ -197,6 +203,37 @@ def test_a_stream_cut_mid_way_ends_with_error_and_response_failed(stack, mode):
         parsed = list(client.responses.create(model=model, input="Tell me a long story.", stream=True))
     assert [e.type for e in parsed[-2:]] == ["error", "response.failed"]
     assert parsed[-2].code == "upstream_stream_error" and parsed[-1].response.status == "failed"
+
+
+@pytest.mark.parametrize("model", ["slow-native", "slow-chat"])
+def test_a_stream_committed_by_heartbeats_that_then_fails_ends_well_formed(stack, model):
+    """No first event within first_byte_timeout on the only token, after the heartbeat committed the 200."""
+    gateway, _, _, _ = stack
+    body = {"model": model, "input": "hi", "stream": True}
+    with requests.post(f"{gateway.url}/v1/responses", json=body, headers=auth(), stream=True, timeout=30) as reply:
+        raw = reply.content
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert reply.status_code == 200 and events[0] == b": keep-alive"
+    assert events[-2].startswith(b"event: error\n") and events[-1].startswith(b"event: response.failed\n")
+    parsed = [json.loads(e.split(b"data: ", 1)[1]) for e in events if not e.startswith(b":")]
+    assert parsed[-2]["code"] == "upstream_first_byte_timeout"
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    for event in parsed:  # each one as the openai SDK's types define it
+        pydantic.TypeAdapter(ResponseStreamEvent).validate_python(event)
+
+
+def test_translated_events_arrive_as_the_upstream_sends_them(stack):
+    """The mock paces its chat chunks 20 ms apart: the translated deltas must arrive spread out, not at the end."""
+    gateway, _, _, _ = stack
+    body = {"model": "resp-chat", "input": "hi", "stream": True}
+    arrivals = []
+    with requests.post(f"{gateway.url}/v1/responses", json=body, headers=auth(), stream=True, timeout=30) as reply:
+        for line in reply.iter_lines():
+            if line.startswith(b"event: response.output_text.delta"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 8
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert sorted(gaps)[len(gaps) // 2] > 0.01  # the median gap is the mock's pacing, not a burst
 
 
 def test_a_retry_on_another_token_happens_before_the_first_event(stack):
