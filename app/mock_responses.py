@@ -227,7 +227,7 @@ def plan(body: dict, items: list[dict], words: list[str]) -> Reply:
     outputs = [item for item in items[(users[-1] + 1 if users else 0) :] if item["type"] == "function_call_output"]
     function = None if outputs else _function_to_call(body, _text(items[users[-1]]) if users else "")
     if function is not None:
-        arguments = json.dumps(_arguments(function.get("parameters")))
+        arguments = json.dumps(schema_arguments(function.get("parameters")))
         size = -(-len(arguments) // max(1, len(words)))  # as many argument deltas as text chunks
         deltas = [arguments[i : i + size] for i in range(0, len(arguments), size)]
         return Reply("function_call", deltas, name=function["name"], item_id=f"fc_{uuid.uuid4().hex}")
@@ -258,7 +258,7 @@ def _text(item: dict) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _arguments(schema: Any) -> dict:
+def schema_arguments(schema: Any) -> dict:
     """Arguments that fit a JSON schema's properties, the same every time."""
     samples = {"string": "Paris", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
     properties = schema.get("properties") if isinstance(schema, dict) else None

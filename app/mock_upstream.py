@@ -33,7 +33,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from app.mock_media import PATHS as MEDIA_PATHS
 from app.mock_media import MediaMock, form_summary
 from app.mock_responses import PATH as RESPONSES_PATH
-from app.mock_responses import ResponsesMock
+from app.mock_responses import ResponsesMock, schema_arguments
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 REPLY = "Hello from the Sluice mock upstream! Streaming works end to end through the gateway."
@@ -291,12 +291,10 @@ def _tool_call(body: dict) -> dict | None:
     asked = last.get("role") == "user" and "weather" in json.dumps(last.get("content", "")).lower()
     if not tools or choice == "none" or not (forced or asked):
         return None
-    name = (
-        choice["function"]["name"]
-        if isinstance(choice, dict) and "function" in choice
-        else tools[0]["function"]["name"]
-    )
-    return {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": '{"city": "Paris"}'}}
+    named = choice["function"].get("name") if isinstance(choice, dict) and "function" in choice else None
+    tool = next((t for t in tools if t["function"].get("name") == named), tools[0])["function"]
+    arguments = json.dumps(schema_arguments(tool.get("parameters")))  # fits the schema, as the Responses mock's
+    return {"id": "call_mock_1", "type": "function", "function": {"name": tool.get("name"), "arguments": arguments}}
 
 
 def _quoted(body: dict, text: str) -> str:

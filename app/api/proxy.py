@@ -55,7 +55,8 @@ def proxy(dialect: Dialect) -> Response:
     )  # fmt: skip
     stores = hasattr(dialect, "created_id") and client_request.payload.get("store") is not False
     remember = _remembering(line, identity) if stores else None
-    return send(call, line, events=dialect.sse, on_accept=remember)
+    events = next(iter(legs.values())).dialect.sse  # every leg answers in the client's form (SSE or raw bytes)
+    return send(call, line, events=events, on_accept=remember)
 
 
 def send(
