@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
@@ -64,9 +64,11 @@ def error_body(message: str, *, type: str, code: str | None = None, param: str |
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(error: ApiError) -> Response:
-    """Render an ApiError as a JSON response with its status and extra headers."""
-    response = Response(json.dumps(error.body()), status=error.status, mimetype="application/json")
+def error_response(error: ApiError, render: Callable[[ApiError], dict] | None = None) -> Response:
+    """Render an ApiError as a JSON response with its status and extra headers (in the
+    request's dialect when `render` is given: its `error_body`, else the OpenAI shape)."""
+    body = render(error) if render is not None else error.body()
+    response = Response(json.dumps(body), status=error.status, mimetype="application/json")
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
@@ -79,7 +81,8 @@ def register_error_handlers(app: Flask) -> None:
         line = g.get("line")
         if line is not None:
             line.outcome = error.code or error.type
-        return error_response(error)
+        dialect = g.get("dialect")  # set by the API's proxy once it knows which API was called
+        return error_response(error, dialect.error_body if dialect is not None else None)
 
     app.register_error_handler(ApiError, api_error)
 
@@ -115,7 +118,7 @@ def register_error_handlers(app: Flask) -> None:
 
 
 _HTTP_MESSAGES = {
-    404: "Unknown path. See /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.",
+    404: "Unknown path. See /v1/models, /v1/chat/completions, /v1/responses, /v1/embeddings (and README's endpoints).",
     405: "Method not allowed for this path.",
     413: "Request body too large.",
 }

@@ -38,7 +38,7 @@ def proxy(dialect: Dialect) -> Response:
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
-    line.endpoint = dialect.name
+    line.endpoint, g.dialect = dialect.name, dialect  # the dialect renders this request's errors
     settings = gw.config.gateway
     slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN  # a slot outlives its request
     body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
