@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLOURS = {"direct": "#9e9e9e", "bare": "#4c78a8", "sluice": "#f58518", "litellm": "#54a24b"}
+COLOURS = {
+    "direct": "#9e9e9e",
+    "bare": "#4c78a8",
+    "sluice": "#f58518",
+    "litellm": "#54a24b",
+    "sluice-responses": "#e45756",
+}
 # (panel title, [(row key, bar label)], unit); the mock alone is ~10x any gateway, so the
 # throughput panel leaves it out (its figures go in the title) to keep the gateways readable.
 PANELS = [

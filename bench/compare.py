@@ -5,13 +5,16 @@
 Measures, on 127.0.0.1 against the bundled mock upstream (a fresh one per system):
 (a) the mock directly, (b) the bare Flask+requests+gevent proxy (bench/bare_proxy.py),
 (c) Sluice under gunicorn.conf.py with a managed key (limits, usage records, metrics on),
-(d) LiteLLM proxy when .venv-peers has it (`make bench-peers`). Every gateway gets the same
+(d) LiteLLM proxy when .venv-peers has it (`make bench-peers`), and (e) "sluice-responses": the
+same Sluice instance answering `POST /v1/responses` streams translated from chat completions
+(streams only; its upstream is bench/stamped_mock.py). Every gateway gets the same
 worker count, and all run at once. Non-streaming requests/s and latency come from wrk
 (-t1, c=1 and c=10), in rounds taken in turns by every system (the median is kept), so a
 slow spell of the shared 2-core machine falls on all of them alike;
 streams from a raw-socket client: time to the first event (sequential), forwarding lag
 (receive time minus the mock's `mock_ts`, each event counted) and RSS with many streams
-held open. Prints a table and the target ratios (PASS/MISS) and writes a PNG chart.
+held open. Prints a table, the target ratios (PASS/MISS), the translated / native chat ratios
+(no target) and writes a PNG chart.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stack
 from bench.chart import write_chart
-from bench.load import OpenStreams, concurrent_streams, one_stream, run_wrk
+from bench.load import CHAT, RESPONSES, OpenStreams, Wire, concurrent_streams, one_stream, run_wrk
 
 SYSTEMS = ("direct", "bare", "sluice", "litellm")
+TRANSLATED = "sluice-responses"  # a column, not a system: Sluice's /v1/responses streams, translated
+# The models Sluice routes to bench/stamped_mock.py, which paces by path (a translated body carries no "mock").
+SHORT_MODEL, PACED_MODEL = "bench-responses-short", "bench-responses-paced"
 
 
 @dataclass(frozen=True)
@@ -117,15 +123,22 @@ def measure_streams(server: stack.Server, plan: Plan, pgid: int | None, out: Mea
         measure_rss(server, plan, pgid, out)
 
 
-def measure_first_event(server: stack.Server, plan: Plan, out: Measured) -> None:
-    """Sequential short streams: time from sending the request to the first data event."""
+def measure_translated(server: stack.Server, plan: Plan, out: Measured) -> None:
+    """Sluice's translated Responses streams: the first text delta, and each delta's lag behind its chunk."""
+    measure_first_event(server, plan, out, RESPONSES.for_model(SHORT_MODEL))
+    measure_lag(server, plan, out, RESPONSES.for_model(PACED_MODEL))
+
+
+def measure_first_event(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CHAT) -> None:
+    """Sequential short streams: time from sending the request to the first counted event (chat: the
+    first data event; Responses: the first response.output_text.delta, made from the same first chunk)."""
     short = {"chunks": 2, "delay": 0}
     for _ in range(max(3, plan.ttfb_requests // 20)):  # warm the streaming path
-        one_stream(server.address, server.key, short)
+        one_stream(server.address, server.key, short, wire=wire)
     ttfbs = []
     for _ in range(plan.ttfb_requests):
         try:
-            result = one_stream(server.address, server.key, short)
+            result = one_stream(server.address, server.key, short, wire=wire)
         except OSError:  # refused, reset or timed out: a failed request, not a crashed run
             result = None
         if result is None or result.status != 200 or not result.done or result.ttfb is None:
@@ -135,13 +148,13 @@ def measure_first_event(server: stack.Server, plan: Plan, out: Measured) -> None
     out.values["ttfb_p50"], out.values["ttfb_p99"] = percentile(ttfbs, 50), percentile(ttfbs, 99)
 
 
-def measure_lag(server: stack.Server, plan: Plan, out: Measured) -> None:
+def measure_lag(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CHAT) -> None:
     """Concurrent paced streams: each event's receive time minus the time the mock produced it."""
     paced = {"chunks": plan.lag_chunks, "delay": plan.lag_delay}
     timeout = plan.lag_chunks * plan.lag_delay + 30
     lags: list[float] = []
     for _ in range(plan.lag_rounds):
-        results = concurrent_streams(server.address, server.key, paced, plan.lag_concurrency, timeout)
+        results = concurrent_streams(server.address, server.key, paced, plan.lag_concurrency, timeout, wire)
         out.failures += plan.lag_concurrency - sum(1 for r in results if r.status == 200 and r.done)
         out.events_expected += plan.lag_concurrency * plan.lag_chunks
         for result in results:
@@ -173,47 +186,58 @@ def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> N
 
 def start_system(
     name: str, workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]
-) -> tuple[stack.Server, stack.Server | None]:
-    """A fresh mock, and the system in front of it (None for "direct", the mock itself)."""
-    mock = stack.start_mock(workdir)
+) -> tuple[list[stack.Server], stack.Server | None]:
+    """Fresh mocks (Sluice's second one serves the translated streams), and the system in front of
+    them (None for "direct", the mock itself)."""
+    mocks = [stack.start_mock(workdir)]
     connections = max(1000, plan.open_streams + 100)
+    upstream = mocks[0].url
     try:
         if name == "direct":
-            return mock, None
+            return mocks, None
         if name == "bare":
-            return mock, stack.start_bare(workdir, mock.url, workers, connections)
+            return mocks, stack.start_bare(workdir, upstream, workers, connections)
         if name == "sluice":
-            return mock, stack.start_sluice(workdir, mock.url, workers, connections, key_limits)
-        return mock, stack.start_litellm(workdir, mock.url, workers, connections)
+            mocks.append(stack.start_stamped_mock(workdir, plan.lag_chunks, plan.lag_delay))
+            routed = [(SHORT_MODEL, f"{mocks[1].url}/short/v1"), (PACED_MODEL, f"{mocks[1].url}/paced/v1")]
+            return mocks, stack.start_sluice(workdir, upstream, workers, connections, key_limits, routed)
+        return mocks, stack.start_litellm(workdir, upstream, workers, connections)
     except BaseException:
-        mock.stop()
+        for mock in mocks:
+            mock.stop()
         raise
 
 
 def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limits: tuple[str, ...]) -> dict:
     """Start every system, measure throughput in turns, then each one's streams; stop them all."""
-    started: dict[str, tuple[stack.Server, stack.Server | None]] = {}
+    started: dict[str, tuple[list[stack.Server], stack.Server | None]] = {}
     results = {name: Measured() for name in names}
+    if "sluice" in names:
+        results[TRANSLATED] = Measured()
     try:
         for name in names:
             started[name] = start_system(name, workdir, plan, workers, key_limits)
-        targets_ = {name: server or mock for name, (mock, server) in started.items()}
+        targets_ = {name: server or mocks[0] for name, (mocks, server) in started.items()}
         for server in targets_.values():
             warm_up(server, workdir, plan)
         clock = time.monotonic()
         measure_throughput(targets_, workdir, plan, results)
         print(f"measured throughput in {time.monotonic() - clock:.0f} s", flush=True)
-        for name, (_mock, server) in started.items():
+        for name, (_mocks, server) in started.items():
             clock = time.monotonic()
             measure_streams(targets_[name], plan, server.process.pid if server else None, results[name])
             print(f"measured {name}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
         if "sluice" in started:
+            clock = time.monotonic()
+            measure_translated(targets_["sluice"], plan, results[TRANSLATED])
+            print(f"measured {TRANSLATED}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
             time.sleep(1.5)  # usage records are written in batches, about once a second
             records, counted = stack.sluice_bookkeeping(targets_["sluice"])
             results["sluice"].notes.append(f"{records} usage records written, /metrics counting requests: {counted}")
     finally:
-        for mock, server in started.values():
-            mock.stop()  # first: the gateway's held upstream streams end, so it stops at once
+        for mocks, server in started.values():
+            for mock in mocks:
+                mock.stop()  # first: the gateway's held upstream streams end, so it stops at once
             if server is not None:
                 server.stop()
     return results
@@ -246,9 +270,11 @@ def cell(m: Measured, key: str, fmt: str | None) -> str:
 
 def print_table(results: dict[str, Measured]) -> None:
     names = list(results)
-    print(f"{'':<28}" + "".join(f"{n:>12}" for n in names))
+    widths = [max(12, len(n) + 2) for n in names]
+    print(f"{'':<28}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True)))
     for key, label, fmt in ROWS:
-        print(f"{label:<28}" + "".join(f"{cell(results[n], key, fmt):>12}" for n in names))
+        cells = (f"{cell(results[n], key, fmt):>{w}}" for n, w in zip(names, widths, strict=True))
+        print(f"{label:<28}" + "".join(cells))
     for name, measured in results.items():
         for note in measured.notes:
             print(f"note: {name}: {note}")
@@ -290,6 +316,20 @@ def targets(results: dict[str, Measured]) -> list[str]:
     return lines
 
 
+def translated_ratios(results: dict[str, Measured]) -> list[str]:
+    """Translated Responses over native chat, same Sluice, same measurements: lines 'name  value' (no target)."""
+    if TRANSLATED not in results or "sluice" not in results:
+        return []
+    translated, native = results[TRANSLATED].values, results["sluice"].values
+    lines = []
+    for key, label in (("ttfb_p50", "first event p50"), ("ttfb_p99", "first event p99"),
+                       ("lag_p50", "forwarding lag p50"), ("lag_p99", "forwarding lag p99")):  # fmt: skip
+        measured = ratio(translated.get(key), native.get(key))
+        shown = "-" if measured is None else f"{measured:6.3f}"
+        lines.append(f"{label + ' responses/chat':<38} {shown:>6}")
+    return lines
+
+
 def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
@@ -303,7 +343,7 @@ def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
         f"plan: {workers} worker(s) per gateway; wrk -t1 at c=1 and c=10, {plan.wrk_rounds} rounds of "
         f"{plan.wrk_seconds} s per system taken in turns (medians); "
         f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
-        f"{plan.lag_chunks} events; {plan.open_streams} streams held open",
+        f"{plan.lag_chunks} events (both also as translated Responses streams); {plan.open_streams} streams held open",
     ]
 
 
@@ -353,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = targets(results)
     print("\ntargets (ratios from this run):")
     print("\n".join(verdicts))
+    print(f"\ntranslated Responses stream / native chat stream, same Sluice ({TRANSLATED} / sluice, no target):")
+    print("\n".join(translated_ratios(results)))
     print(f"load average at the end: {_load()}")
     when = header[0].split(";")[0].removeprefix("date: ")
     machine = header[1].removeprefix("machine: ")

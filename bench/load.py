@@ -3,6 +3,9 @@
 The stream client uses gevent's sockets (no monkey-patching), so holding 1,000 open
 streams costs 1,000 greenlets and sockets. It parses HTTP/1.1 itself (chunked or not) so
 it sees every read: the time each event arrives, and whether a read carried several.
+It speaks chat completions (`CHAT`: every data event counts, `data: [DONE]` ends it) and
+the Responses API (`RESPONSES`: each `response.output_text.delta` counts, one per chat
+chunk on a translating upstream, and `response.completed` ends it).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import json
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gevent
 from gevent import socket as gsocket
+
+from bench.stamped_mock import STAMP_PREFIX
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 # Lua for wrk: one POST body, and a JSON summary line at the end (wrk's own text is for humans).
@@ -60,20 +65,55 @@ def run_wrk(url: str, key: str, connections: int, seconds: int, workdir: Path) -
     )
 
 
+@dataclass(frozen=True)
+class Wire:
+    """A streamed request on one wire API: where it goes, for which model, which events count and what ends it."""
+
+    path: str
+    model: str = "mock-gpt"
+    counted: bytes | None = None  # the SSE event name that counts (None: every data event)
+    final: bytes | None = None  # the event name that ends the stream well (None: data: [DONE])
+
+    def body(self, mock: dict) -> dict:
+        """The request body; a Responses body carries no `mock` (a translation passes no unknown field on)."""
+        if self.path.endswith("/responses"):
+            return {"model": self.model, "stream": True, "input": MESSAGES[0]["content"]}
+        return {"model": self.model, "stream": True, "messages": MESSAGES, "mock": mock}
+
+    def for_model(self, model: str) -> Wire:
+        return replace(self, model=model)
+
+    def produced_at(self, data: bytes) -> float | None:
+        """When the mock produced a counted event: its `mock_ts`, or the stamp at the head of a delta's text
+        (bench/stamped_mock.py); None when it carries neither."""
+        if self.counted is None:
+            return json.loads(data)["mock_ts"] if b'"mock_ts"' in data else None
+        head = str(json.loads(data).get("delta", "")).split(" ", 1)[0]
+        try:
+            return float(head.removeprefix(STAMP_PREFIX)) if head.startswith(STAMP_PREFIX) else None
+        except ValueError:
+            return None
+
+
+CHAT = Wire("/v1/chat/completions")
+RESPONSES = Wire("/v1/responses", counted=b"response.output_text.delta", final=b"response.completed")
+
+
 @dataclass
 class StreamResult:
     status: int = 0
-    ttfb: float | None = None  # seconds from sending the request to the first complete data event
-    events: int = 0  # data events, [DONE] excluded
+    ttfb: float | None = None  # seconds from sending the request to the first complete counted event
+    events: int = 0  # counted events ([DONE] and, on Responses, every event but the text deltas excluded)
     lags: list[float] = field(default_factory=list)  # receive time minus mock_ts, seconds, per event
-    coalesced: int = 0  # reads that completed more than one data event
-    done: bool = False  # saw data: [DONE]
+    arrivals: list[float] = field(default_factory=list)  # perf_counter() at each counted event's arrival
+    coalesced: int = 0  # reads that completed more than one counted event
+    done: bool = False  # saw data: [DONE] (chat) or response.completed (Responses)
 
 
-def stream_request(address: tuple[str, int], key: str, mock: dict) -> bytes:
-    body = json.dumps({"model": "mock-gpt", "stream": True, "messages": MESSAGES, "mock": mock}).encode()
+def stream_request(address: tuple[str, int], key: str, mock: dict, wire: Wire = CHAT) -> bytes:
+    body = json.dumps(wire.body(mock)).encode()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+        f"POST {wire.path} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
         f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
@@ -83,8 +123,8 @@ def stream_request(address: tuple[str, int], key: str, mock: dict) -> bytes:
 class StreamReader:
     """One streamed response on a socket: headers, de-chunking, SSE events with their arrival times."""
 
-    def __init__(self, sock: socket.socket, started: float) -> None:
-        self.sock, self.started = sock, started
+    def __init__(self, sock: socket.socket, started: float, wire: Wire = CHAT) -> None:
+        self.sock, self.started, self.wire = sock, started, wire
         self.result = StreamResult()
         self._raw = b""  # received, not yet de-chunked
         self._body = bytearray()  # de-chunked, not yet cut into events
@@ -142,12 +182,16 @@ class StreamReader:
             if cut == -1:
                 break
             event, self._body = text[:cut], bytearray(text[cut + 2 :])
-            data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+            lines = event.splitlines()
+            data = b"".join(line[5:].strip() for line in lines if line.startswith(b"data:"))
             if not data:
                 continue  # a comment or keep-alive
-            if data == b"[DONE]":
+            name = next((line[6:].strip() for line in lines if line.startswith(b"event:")), None)
+            if (data == b"[DONE]") if self.wire.final is None else (name == self.wire.final):
                 self.result.done = True
                 continue
+            if self.wire.counted is not None and name != self.wire.counted:
+                continue  # a Responses event around the text (created, output_item.added, ...)
             completed += 1
             self._event(data, arrived, wall)
         if completed > 1:
@@ -156,32 +200,38 @@ class StreamReader:
     def _event(self, data: bytes, arrived: float, wall: float) -> None:
         result = self.result
         result.events += 1
+        result.arrivals.append(arrived)
         if result.ttfb is None:
             result.ttfb = arrived - self.started
-        if b'"mock_ts"' in data:
-            result.lags.append(wall - json.loads(data)["mock_ts"])
+        produced = self.wire.produced_at(data)
+        if produced is not None:
+            result.lags.append(wall - produced)
 
 
-def open_stream(address: tuple[str, int], request: bytes, timeout: float) -> StreamReader:
+def open_stream(address: tuple[str, int], request: bytes, timeout: float, wire: Wire = CHAT) -> StreamReader:
     sock = gsocket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     started = time.perf_counter()
     sock.sendall(request)
-    return StreamReader(sock, started)
+    return StreamReader(sock, started, wire)
 
 
-def one_stream(address: tuple[str, int], key: str, mock: dict, timeout: float = 30.0) -> StreamResult:
+def one_stream(
+    address: tuple[str, int], key: str, mock: dict, timeout: float = 30.0, wire: Wire = CHAT
+) -> StreamResult:
     """A whole streamed request on a fresh connection."""
-    reader = open_stream(address, stream_request(address, key, mock), timeout)
+    reader = open_stream(address, stream_request(address, key, mock, wire), timeout, wire)
     try:
         return reader.read()
     finally:
         reader.sock.close()
 
 
-def concurrent_streams(address: tuple[str, int], key: str, mock: dict, count: int, timeout: float) -> list:
+def concurrent_streams(
+    address: tuple[str, int], key: str, mock: dict, count: int, timeout: float, wire: Wire = CHAT
+) -> list:
     """`count` whole streams at once; the results of those that finished within `timeout`."""
-    jobs = [gevent.spawn(one_stream, address, key, mock, timeout) for _ in range(count)]
+    jobs = [gevent.spawn(one_stream, address, key, mock, timeout, wire) for _ in range(count)]
     gevent.joinall(jobs, timeout=timeout)
     gevent.killall([j for j in jobs if not j.ready()], block=True, timeout=5)
     return [j.value for j in jobs if j.successful() and j.value is not None]

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,16 +155,37 @@ def start_bare(workdir: Path, upstream: str, workers: int, connections: int) -> 
     return Server("bare", url, process, log_path, "unused-by-the-bare-proxy")
 
 
+def start_stamped_mock(workdir: Path, paced_chunks: int, paced_delay: float) -> Server:
+    """bench/stamped_mock.py: the mock paced by path (/short, /paced), its chunks' text stamped with mock_ts."""
+    port = free_port()
+    log_path = workdir / f"stamped-mock-{port}.log"
+    cmd = [sys.executable, "-m", "bench.stamped_mock", "--port", str(port), "--paced-chunks", str(paced_chunks),
+           "--paced-delay", str(paced_delay)]  # fmt: skip
+    process = launch("stamped-mock", cmd, clean_env(), log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/short/_mock/stats", process, log_path, 30)
+    return Server("stamped-mock", url, process, log_path, UPSTREAM_TOKEN)
+
+
 KEY_LIMITS = {"rpm": 10**9, "tpm": 2 * 10**9, "max_parallel": 10**6}  # far above what a run reaches
 
 
 def start_sluice(
-    workdir: Path, upstream: str, workers: int, connections: int, limits: tuple[str, ...] = tuple(KEY_LIMITS)
+    workdir: Path,
+    upstream: str,
+    workers: int,
+    connections: int,
+    limits: tuple[str, ...] = tuple(KEY_LIMITS),
+    routed: Sequence[tuple[str, str]] = (),
 ) -> Server:
-    """Sluice under gunicorn.conf.py, SQLite, default settings, with a managed key made by the CLI."""
+    """Sluice under gunicorn.conf.py, SQLite, default settings, with a managed key made by the CLI.
+
+    `upstream` serves every model; each (model, base_url) in `routed` is an upstream of its own for that
+    one model (listed first, so it is the one tried), translating /v1/responses onto chat completions.
+    """
     port = free_port()
     config = workdir / f"sluice-{port}.toml"
-    config.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{upstream}/v1"\ntokens = ["{UPSTREAM_TOKEN}"]\n')
+    config.write_text(sluice_config(upstream, routed))
     db_path = workdir / f"sluice-{port}.db"
     env = clean_env(
         SLUICE_CONFIG=str(config), SLUICE_BIND=f"127.0.0.1:{port}", SLUICE_DATABASE_URL=f"sqlite:///{db_path}",
@@ -178,6 +200,13 @@ def start_sluice(
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/healthz", process, log_path, 60)
     return Server("sluice", url, process, log_path, key, db_path)
+
+
+def sluice_config(upstream: str, routed: Sequence[tuple[str, str]]) -> str:
+    tables = [f'[[upstreams]]\nname = "{model}"\nbase_url = "{url}"\ntokens = ["{UPSTREAM_TOKEN}"]\n'
+              f'models = ["{model}"]\nresponses = "translate"\n' for model, url in routed]  # fmt: skip
+    main = f'[[upstreams]]\nname = "mock"\nbase_url = "{upstream}/v1"\ntokens = ["{UPSTREAM_TOKEN}"]\n'
+    return "\n".join([*tables, main])
 
 
 def create_key(env: dict[str, str], limits: tuple[str, ...]) -> str:

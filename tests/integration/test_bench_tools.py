@@ -1,5 +1,6 @@
 """The benchmark tools work: the floor (bench/bare_proxy.py) really proxies, and the comparison
-harness (bench/compare.py) runs end to end, printing every row and writing its chart."""
+harness (bench/compare.py) runs end to end, printing every row (the translated Responses column
+included) and writing its chart."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import requests
 from tests.integration.conftest import ROOT, Server, free_port, start
 
 pytestmark = pytest.mark.integration
+COLUMNS = ["direct", "bare", "sluice", "sluice-responses"]  # the quick run's table (no LiteLLM)
 
 
 def test_bare_proxy_streams_through(tmp_path, mock):
@@ -56,17 +58,71 @@ def test_comparison_harness_quick_run(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     lines = done.stdout.splitlines()
-    header = next(line for line in lines if line.split() == ["direct", "bare", "sluice"])
+    header = next(line for line in lines if line.split() == COLUMNS)
     table = lines[lines.index(header) + 1 : lines.index(header) + 1 + len(ROWS)]
     for (_, label, _), line in zip(ROWS, table, strict=True):
-        assert line.startswith(label) and len(line[len(label) :].split()) == 3, output
-    measured = {line[:28].strip(): line[28:].split() for line in table}
-    assert "-" not in measured["plain req/s, c=10"] + measured["stream first event p50 ms"], output
-    assert measured["failed requests"] == ["0", "0", "0"], output
-    assert measured["streams held open"][1:] == ["50", "50"], output
+        assert line.startswith(label) and len(line[len(label) :].split()) == len(COLUMNS), output
+    measured = {line[:28].strip(): dict(zip(COLUMNS, line[28:].split(), strict=True)) for line in table}
+    for row in ("plain req/s, c=10", "stream first event p50 ms"):
+        assert "-" not in [measured[row][name] for name in ("direct", "bare", "sluice")], output
+    assert set(measured["failed requests"].values()) == {"0"}, output
+    assert [measured["streams held open"][name] for name in ("bare", "sluice")] == ["50", "50"], output
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
                    "forwarding lag p99 sluice/bare", "RSS with open streams sluice/bare",
                    "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
+    _check_translated_column({row: cells["sluice-responses"] for row, cells in measured.items()}, output)
+    _check_translated_ratios(lines, output)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_translated_column(cells: dict[str, str], output: str) -> None:
+    """Sluice's translated Responses streams: streams only, every text delta received and timed against its chunk."""
+    for row in ("stream first event p50 ms", "stream first event p99 ms", "forwarding lag p50 ms",
+                "forwarding lag p99 ms"):  # fmt: skip
+        assert cells[row] != "-", output
+    assert cells["plain req/s, c=10"] == "-" and cells["streams held open"] == "-", output
+    received, expected = cells["events received/expected"].split("/")
+    assert received == expected != "0", output
+
+
+def _check_translated_ratios(lines: list[str], output: str) -> None:
+    """Translated / native chat ratios, printed as numbers (no target, so no verdict)."""
+    ratios = [line for line in lines if " responses/chat " in line]
+    assert [line.split(" responses/chat")[0] for line in ratios] == [
+        "first event p50", "first event p99", "forwarding lag p50", "forwarding lag p99"], output  # fmt: skip
+    assert all(float(line.split()[-1]) > 0 for line in ratios), output
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (b'data: {"choices": [{"delta": {"content": "Hi "}}], "mock_seq": 0, "mock_ts": 1795853934.25}\n\n',
+         b'data: {"choices": [{"delta": {"content": "ts=1795853934.25 Hi "}}], "mock_seq": 0, '
+         b'"mock_ts": 1795853934.25}\n\n'),
+        (b'data: {"choices": [], "usage": {"total_tokens": 3}, "mock_ts": 1795853934.25}\n\n',
+         b'data: {"choices": [], "usage": {"total_tokens": 3}, "mock_ts": 1795853934.25}\n\n'),  # no text
+        (b"data: [DONE]\n\n", b"data: [DONE]\n\n"),
+    ],
+)  # fmt: skip
+def test_stamped_mock_puts_the_chunks_time_at_the_head_of_its_text(event, expected):
+    from bench.stamped_mock import stamp
+
+    assert stamp(event) == expected
+
+
+@pytest.mark.parametrize(
+    ("responses", "data", "produced"),
+    [
+        (False, b'{"choices": [], "mock_ts": 1795853934.25}', 1795853934.25),
+        (False, b'{"choices": []}', None),  # re-encoded by a peer: no mock_ts
+        (True, b'{"type": "response.output_text.delta", "delta": "ts=1795853934.25 Hi "}', 1795853934.25),
+        (True, b'{"type": "response.output_text.delta", "delta": "Hi "}', None),  # not from the stamped mock
+        (True, b'{"type": "response.output_text.delta", "delta": "ts=soon Hi "}', None),
+    ],
+)
+def test_the_stream_client_reads_when_the_mock_produced_an_event(responses, data, produced):
+    from bench.load import CHAT, RESPONSES
+
+    assert (RESPONSES if responses else CHAT).produced_at(data) == produced
