@@ -1,17 +1,49 @@
-"""docs/openapi.yaml describes exactly the routes the app serves (aliases aside)."""
+"""docs/openapi.yaml describes exactly the routes the app serves (aliases aside), and each dialect's body and answer."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR
+
+from app.dialects import openai_chat, openai_media
+from app.dialects.base import Dialect
+from app.dialects.openai_responses import DROPPED_TOOLS_HEADER, OPTIONAL_FIELDS, RESPONSES
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text())
+ERROR_STATUSES = {"400", "401", "404", "413", "415", "429", "502", "503", "504"}
+DIALECTS: list[Dialect] = [
+    openai_chat.CHAT,
+    openai_chat.COMPLETIONS,
+    openai_chat.EMBEDDINGS,
+    RESPONSES,
+    *(d for d in vars(openai_media).values() if isinstance(d, openai_media.MediaDialect)),
+]
+PROXIED = [
+    (path, method)
+    for path, ops in SPEC["paths"].items()
+    if path.startswith("/v1/") and not path.startswith("/v1/models")
+    for method in ops
+    if method != "parameters"
+]
 
 
 def normalise(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "{}", re.sub(r"<(?:[a-z]+:)?[^>]+>", "{}", path))
+
+
+def deref(node: dict[str, Any]) -> dict[str, Any]:
+    """The node a local `$ref` ('#/components/...') points at, or the node itself."""
+    while "$ref" in node:
+        target: Any = SPEC
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
 
 
 def test_every_route_is_documented_and_nothing_else(app):
@@ -27,6 +59,53 @@ def test_every_route_is_documented_and_nothing_else(app):
     assert served == documented
 
 
+def test_the_spec_is_valid_openapi_3_0():
+    """Against the OpenAPI 3.0 schema schemathesis bundles (a comma in a flow mapping's text makes a stray key)."""
+    assert [str(error) for error in OPENAPI_30_VALIDATOR.iter_errors(SPEC)] == []
+
+
 def test_error_schema_is_the_openai_shape():
     error = SPEC["components"]["schemas"]["ErrorResponse"]["properties"]["error"]
     assert error["required"] == ["message", "type", "param", "code"]
+
+
+@pytest.mark.parametrize(("path", "method"), PROXIED)
+def test_proxied_routes_document_every_error_in_the_openai_shape(path, method):
+    responses = SPEC["paths"][path][method]["responses"]
+    assert ERROR_STATUSES <= set(responses)
+    for status in ERROR_STATUSES:
+        schema = deref(responses[status])["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: f"{d.path}-{type(d).__name__}")
+def test_each_dialect_body_is_documented(dialect):
+    """The body's type is the one the dialect reads, with the fields it checks (and its upload, a file)."""
+    content = SPEC["paths"]["/v1" + dialect.path]["post"]["requestBody"]["content"]
+    media_type = "multipart/form-data" if dialect.multipart else "application/json"
+    assert list(content) == [media_type]
+    schema = deref(content[media_type]["schema"])
+    assert {"model", *getattr(dialect, "required", {})} <= set(schema["required"])
+    optional = OPTIONAL_FIELDS if dialect is RESPONSES else getattr(dialect, "optional", {})  # chat's table is shared
+    assert set(optional) <= set(schema["properties"])
+    upload = getattr(dialect, "upload", None)
+    if upload is not None:
+        assert upload in schema["required"]
+        assert schema["properties"][upload] == {"type": "string", "format": "binary"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: f"{d.path}-{type(d).__name__}")
+def test_each_dialect_answer_is_documented(dialect):
+    """A dialect that streams documents text/event-stream; one that relays raw bytes (speech), binary audio/*."""
+    answer = SPEC["paths"]["/v1" + dialect.path]["post"]["responses"]["200"]["content"]
+    if dialect.can_stream:
+        assert "text/event-stream" in answer
+    if not dialect.sse:
+        assert answer["audio/*"]["schema"] == {"type": "string", "format": "binary"}
+    if not dialect.can_stream and dialect.sse:
+        assert list(answer) in (["application/json"], ["application/json", "text/plain"])
+
+
+def test_translated_responses_document_the_dropped_tools_header():
+    answer = SPEC["paths"]["/v1/responses"]["post"]["responses"]["200"]
+    assert answer["headers"][DROPPED_TOOLS_HEADER]["schema"] == {"type": "string"}
