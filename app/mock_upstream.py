@@ -9,7 +9,8 @@ flags for that request (`chunks`, `delay`, `drop_after`, `status`). Every stream
 carries `mock_seq` and `mock_ts` (the time it was produced) so tests can measure
 forwarding. `GET /_mock/stats` reports what the mock saw; `POST /_mock/reset` clears it.
 The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py; images,
-audio, moderations and rerank (multipart bodies recorded as their fields and file sizes) app/mock_media.py.
+audio, moderations and rerank (multipart bodies recorded as their fields and file sizes) app/mock_media.py;
+the Anthropic Messages API (`/v1/messages`, count_tokens, the models list asked with x-api-key) app/mock_messages.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from app.mock_media import PATHS as MEDIA_PATHS
 from app.mock_media import MediaMock, form_summary
+from app.mock_messages import MessagesMock, is_messages_request
 from app.mock_responses import PATH as RESPONSES_PATH
 from app.mock_responses import ResponsesMock, schema_arguments
 
@@ -99,6 +101,9 @@ class MockUpstream:
             reply_words=_reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
         )
         self.media = MediaMock(send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE)
+        self.messages = MessagesMock(reply_words=_reply_words, send=_send, cookie=EDGE_COOKIE,
+                                     token_faults=TOKEN_FAULTS, edge_page=STRICT_EDGE_PAGE,
+                                     naive_agents=NAIVE_AGENTS)  # fmt: skip
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
         path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
@@ -115,6 +120,8 @@ class MockUpstream:
         if isinstance(body, dict) and isinstance(body.get("mock"), dict):
             known = {k: v for k, v in body["mock"].items() if k in Options.__dataclass_fields__}
             opts = replace(opts, **known)
+        if is_messages_request(path, environ):  # the Anthropic API: its own key header, faults and error shape
+            return self.messages(environ, start_response, body, opts, self.stats)
         token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
         for prefix, faults in TOKEN_FAULTS.items():
             if token.startswith(prefix):
