@@ -92,10 +92,13 @@ class MediaMock:
 
     def _speech(self, environ: dict, start_response: Callable, body: dict, opts: Any, stats: Any) -> Iterator[bytes]:
         audio = speech_bytes(body)
-        kind = AUDIO_TYPES[body.get("response_format") or "mp3"]
-        start_response("200 OK", [("Content-Type", kind), self.cookie])  # no length: chunked encoding
         size = -(-len(audio) // max(1, opts.chunks))
         pieces = [audio[i : i + size] for i in range(0, len(audio), size)]
+        if body.get("stream_format") == "sse":  # speech.audio.delta events (base64), then speech.audio.done
+            start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), self.cookie])
+            return self._paced(environ, _speech_events(pieces, body), opts, stats, first_delay=opts.first_delay)
+        kind = AUDIO_TYPES[body.get("response_format") or "mp3"]
+        start_response("200 OK", [("Content-Type", kind), self.cookie])  # no length: chunked encoding
         return self._paced(environ, pieces, opts, stats, first_delay=opts.first_delay)
 
     def _transcribe(self, environ: dict, start_response: Callable, body: dict, opts: Any, stats: Any) -> Any:
@@ -262,6 +265,15 @@ def _upload(path: str, body: dict) -> dict | None:
 
 def _streams(path: str, body: dict) -> bool:
     return path == "/v1/audio/speech" or (path == "/v1/audio/transcriptions" and bool(body.get("stream")))
+
+
+def _speech_events(pieces: list[bytes], body: dict) -> list[bytes]:
+    """A speech stream as OpenAI sends it with stream_format "sse": base64 audio deltas, then the usage."""
+    events = [{"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()} for piece in pieces]
+    tokens = max(1, len(str(body.get("input") or "")) // 4)
+    usage = {"input_tokens": tokens, "output_tokens": len(pieces), "total_tokens": tokens + len(pieces)}
+    events.append({"type": "speech.audio.done", "usage": usage})
+    return [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
 
 
 def _transcript_events(words: list[str], usage: dict) -> Iterator[bytes]:

@@ -127,6 +127,8 @@ class KeyRepo:
         return [_key(r) for r in rows]
 
     def update(self, key_id: str, **values: Any) -> ApiKey:
+        if not values:  # nothing to change (an empty PATCH): the key as it is, or KeyNotFound
+            return self.get(key_id)
         if "models" in values:
             values["models"] = ",".join(values["models"])
         with self.db.write() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 
@@ -98,6 +99,18 @@ def test_speech_bytes_are_relayed_as_they_arrive(client, mock):
             received += piece
     assert received == speech_bytes({**request, "response_format": "wav"})
     assert len(arrivals) >= 4 and arrivals[-1] - arrivals[0] >= 0.5  # 6 pieces 0.15 s apart, not one burst
+
+
+def test_speech_events_pass_through_and_decode_to_the_audio(client, mock):
+    """`stream_format: "sse"`: speech.audio.delta events (base64) then speech.audio.done, as an event stream."""
+    request = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "Hello there, events.", "stream_format": "sse"}
+    with client.audio.speech.with_streaming_response.create(**request) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events][-1] == "speech.audio.done" and events[-1]["usage"]["total_tokens"] > 0
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert audio == speech_bytes({k: v for k, v in request.items() if k != "stream_format"})
+    assert_headers(upstream_saw(mock, "/v1/audio/speech"), "text/event-stream")
 
 
 def test_speech_cut_short_is_cut_for_the_client_too(client):

@@ -277,3 +277,11 @@ def test_a_slot_taken_before_admission_is_given_back_whatever_the_answer(app, cl
     with app.extensions["sluice"].db.read() as conn:
         running = conn.execute(select(func.count()).where(schema.inflight.c.key_id == key.id)).scalar()
     assert running == 0
+
+
+def test_an_empty_patch_leaves_a_key_as_it_is(client, auth):
+    """PATCH with `{}` is not an update with no column (which the database refuses): the key, unchanged."""
+    created = client.post("/admin/api/keys", json={"name": "unchanged", "rpm": 5}, headers=auth).get_json()
+    patched = client.patch(f"/admin/api/keys/{created['id']}", json={}, headers=auth)
+    assert patched.status_code == 200 and patched.get_json()["rpm"] == 5
+    assert client.patch("/admin/api/keys/key_missing", json={}, headers=auth).status_code == 404
