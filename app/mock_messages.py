@@ -1,22 +1,16 @@
 """The Anthropic Messages API of the bundled mock upstream: `POST /v1/messages`, `count_tokens` and the model list.
 
-Checks what the real service checks: `x-api-key` (401 `authentication_error` without it) and `anthropic-version`
-(400 without it); the chat mock's token prefixes apply to the x-api-key value, plus `overloaded-` -> 529. Every
-error is `{"type": "error", "error": {"type", "message"}}`, and every answer carries a `request-id` header.
-A message is the chat mock's reply words as one `text` block; with `"stream": true` the typed events
-(`message_start` ... `message_stop`, a `ping` after the first block starts), each with `mock_seq` and `mock_ts`.
-`message_start` reports the input tokens (output 1); `message_delta` the cumulative output tokens.
-A client tool and a last user message that mentions the weather (or `tool_choice` `any` / `tool`) give a
-`tool_use` block, input fitted to its `input_schema`, streamed as `input_json_delta` fragments; a
-`tool_result` in the last user message is quoted back. `max_tokens` below the reply's length cuts it
-(`stop_reason: max_tokens`), a stop sequence in the text ends it there (`stop_sequence`), and `thinking`
-puts a `thinking` block first. A model named `missing-*` is not found (404).
-
-Streams honour the chat mock's Options; `drop_after` and `stall_after` count events (0 cuts before
-`message_start`), `delay` paces the deltas, `error_first` sends only an `error` event. Extra `"mock"` keys:
-`error_after` (N events, then an `overloaded_error` event ends the stream), `cache_read_input_tokens` and
-`cache_creation_input_tokens` (usage). GET /v1/models answers Anthropic's list only to a request that carries
-`x-api-key` and `anthropic-version`; `is_messages_request` says which requests are this module's.
+Checks the key (`x-api-key`, or `Authorization: Bearer` as the anthropic SDK 2.x sends it; 401 without) and
+`anthropic-version` (400 without); the chat mock's token prefixes apply to the key, plus `overloaded-` -> 529.
+Errors are `{"type": "error", "error": {"type", "message"}}`; every answer has a `request-id` header. A message
+is the chat mock's reply words as a `text` block; streamed, the typed events (`message_start` with the input
+tokens ... `message_delta` with the cumulative output tokens, `message_stop`), each with `mock_seq`/`mock_ts`.
+A client tool and a last user message about the weather (or `tool_choice` any/tool) give a `tool_use` block
+fitted to its `input_schema` (streamed as `input_json_delta`); a `tool_result` in the last user message is quoted
+back. `max_tokens` and `stop_sequences` cut the text, `thinking` puts a `thinking` block first, a `missing-*`
+model is 404. Streams honour the chat mock's Options: `drop_after`/`stall_after` count events, `delay` paces the
+deltas, `error_first` sends only an `error` event. Extra `"mock"` keys: `error_after` (N events, then an
+`overloaded_error` event ends the stream), `cache_read_input_tokens`, `cache_creation_input_tokens`.
 """
 
 from __future__ import annotations
@@ -67,7 +61,12 @@ def is_messages_request(path: str, environ: dict) -> bool:
     """Whether the Messages mock answers this request: its paths, or the model list asked the Anthropic way."""
     if path == PATH or path.startswith(PATH + "/"):
         return True
-    return path == "/v1/models" and "HTTP_X_API_KEY" in environ and "HTTP_ANTHROPIC_VERSION" in environ
+    return path == "/v1/models" and "HTTP_ANTHROPIC_VERSION" in environ  # no OpenAI client sends it
+
+
+def api_key(environ: dict) -> str:
+    """The key: `x-api-key`, else `Authorization: Bearer` (the anthropic SDK 2.x sends its api_key that way)."""
+    return environ.get("HTTP_X_API_KEY") or environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
 
 
 class MessagesMock:
@@ -79,7 +78,7 @@ class MessagesMock:
         self.edge_page, self.naive_agents = edge_page, naive_agents
 
     def __call__(self, environ: dict, start_response: Callable, body: Any, opts: Any, stats: Any) -> Iterator[bytes]:
-        token = environ.get("HTTP_X_API_KEY", "")
+        token = api_key(environ)
         for prefix, faults in self.token_faults.items():
             if token.startswith(prefix):
                 opts = replace(opts, **faults)
@@ -181,7 +180,7 @@ def refusal(token: str, version: str | None, opts: Any) -> tuple[int, str, tuple
     """Why the key, the version header or the options refuse this request, as (status, message, headers)."""
     retry = (("retry-after", str(opts.retry_after)),)
     if not token:
-        return 401, "x-api-key header is required", ()
+        return 401, "x-api-key header is required", ()  # or an Authorization: Bearer one
     if token.startswith("revoked-"):
         return 403, "This API key has been revoked.", ()
     if token.startswith("expired-"):

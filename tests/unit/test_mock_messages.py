@@ -247,8 +247,8 @@ def test_count_tokens_is_the_messages_input_tokens(client):
     [
         ({"anthropic-version": "2023-06-01"}, 401, "authentication_error", None),
         ({**HEADERS, "x-api-key": ""}, 401, "authentication_error", None),
-        ({"Authorization": "Bearer good-key-0001", "anthropic-version": "2023-06-01"}, 401, "authentication_error",
-         None),
+        ({"Authorization": "Bearer ", "anthropic-version": "2023-06-01"}, 401, "authentication_error", None),
+        ({"Authorization": "Bearer limited-key", "anthropic-version": "2023-06-01"}, 429, "rate_limit_error", "7"),
         ({"x-api-key": "good-key-0001"}, 400, "invalid_request_error", None),
         ({**HEADERS, "x-api-key": "expired-key"}, 401, "authentication_error", None),
         ({**HEADERS, "x-api-key": "revoked-key"}, 403, "permission_error", None),
@@ -263,6 +263,15 @@ def test_keys_and_versions_are_checked(client, headers, status, error_type, retr
         assert reply.get_json() == {"type": "error", "error": {"type": error_type, "message": reply.get_json()
                                     ["error"]["message"]}}  # fmt: skip
         assert reply.headers.get("retry-after") == retry_after
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "Bearer good-key-0001"}, {"x-api-key": "good-key", "Authorization": "Bearer revoked-key"}],
+)
+def test_the_key_may_come_as_a_bearer_token(client, headers):
+    """The anthropic SDK 2.x sends its api_key as `Authorization: Bearer`; x-api-key wins when both are there."""
+    assert create(client, headers={**headers, "anthropic-version": "2023-06-01"}).status_code == 200
 
 
 def test_a_limited_date_key_gets_an_http_date(client):
@@ -333,6 +342,8 @@ def test_the_model_list_follows_the_headers(client):
     assert openai["object"] == "list" and "mock-gpt" in [m["id"] for m in openai["data"]]
     refused = client.get("/v1/models", headers={**HEADERS, "x-api-key": "revoked-key"})
     assert refused.status_code == 403 and refused.get_json()["error"]["type"] == "permission_error"
+    unknown = client.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+    assert unknown.status_code == 401 and unknown.get_json()["error"]["type"] == "authentication_error"
 
 
 @pytest.mark.parametrize(
@@ -342,6 +353,7 @@ def test_the_model_list_follows_the_headers(client):
         ("/v1/messages/count_tokens", {}, True),
         ("/v1/models", {"HTTP_X_API_KEY": "k", "HTTP_ANTHROPIC_VERSION": "v"}, True),
         ("/v1/models", {"HTTP_X_API_KEY": "k"}, False),
+        ("/v1/models", {"HTTP_AUTHORIZATION": "Bearer k", "HTTP_ANTHROPIC_VERSION": "v"}, True),
         ("/v1/models", {"HTTP_AUTHORIZATION": "Bearer k"}, False),
         ("/v1/messagesx", {}, False),
         ("/v1/chat/completions", {"HTTP_X_API_KEY": "k", "HTTP_ANTHROPIC_VERSION": "v"}, False),
