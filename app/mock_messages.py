@@ -37,6 +37,10 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                529: "overloaded_error"}  # fmt: skip
 THINKING = "Let me think about this. The user wants a short friendly answer. "
+DELTAS = {"text": ("text_delta", "text"), "tool_use": ("input_json_delta", "partial_json"),
+          "thinking": ("thinking_delta", "thinking")}  # fmt: skip
+KEY_ERRORS = (("revoked-", 403, "This API key has been revoked."), ("expired-", 401, "invalid x-api-key"),
+              ("overloaded-", 529, "Overloaded"), ("broken-", 500, "Internal server error"))  # fmt: skip
 SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
 
 
@@ -178,22 +182,15 @@ def error_body(status: int, message_text: str) -> dict:
 
 def refusal(token: str, version: str | None, opts: Any) -> tuple[int, str, tuple] | None:
     """Why the key, the version header or the options refuse this request, as (status, message, headers)."""
-    retry = (("retry-after", str(opts.retry_after)),)
     if not token:
         return 401, "x-api-key header is required", ()  # or an Authorization: Bearer one
-    if token.startswith("revoked-"):
-        return 403, "This API key has been revoked.", ()
-    if token.startswith("expired-"):
-        return 401, "invalid x-api-key", ()
-    if token.startswith("limiteddate-"):
-        return 429, "Number of requests has exceeded your rate limit.", (
-            ("retry-after", formatdate(time.time() + opts.retry_after, usegmt=True)),)  # fmt: skip
-    if token.startswith("limited-"):
+    if token.startswith(("limited-", "limiteddate-")):  # seconds, or an HTTP date
+        when = formatdate(time.time() + opts.retry_after, usegmt=True) if token.startswith("limiteddate-") else None
+        retry = (("retry-after", when or str(opts.retry_after)),)
         return 429, "Number of requests has exceeded your rate limit.", retry
-    if token.startswith("overloaded-"):
-        return 529, "Overloaded", ()
-    if token.startswith("broken-"):
-        return 500, "Internal server error", ()
+    for prefix, status, text in KEY_ERRORS:
+        if token.startswith(prefix):
+            return status, text, ()
     if not version:
         return 400, "anthropic-version: header is required", ()
     if opts.status is not None:
@@ -388,14 +385,6 @@ def message(body: dict, reply: Reply, usage: dict, done: bool = True) -> dict:
     }  # fmt: skip
 
 
-def _delta(block: Block, piece: str) -> dict:
-    if block.kind == "tool_use":
-        return {"type": "input_json_delta", "partial_json": piece}
-    if block.kind == "thinking":
-        return {"type": "thinking_delta", "thinking": piece}
-    return {"type": "text_delta", "text": piece}
-
-
 def events(body: dict, reply: Reply, usage: dict) -> Iterator[tuple[dict, bool]]:
     """The typed events of one reply in the API's order, each with whether `delay` paces it (every delta but the
     first)."""
@@ -406,7 +395,8 @@ def events(body: dict, reply: Reply, usage: dict) -> Iterator[tuple[dict, bool]]
         if index == 0:
             yield {"type": "ping"}, False
         for piece in block.deltas:
-            yield {"type": "content_block_delta", "index": index, "delta": _delta(block, piece)}, not first
+            kind, field = DELTAS[block.kind]
+            yield {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: piece}}, not first
             first = False
         if block.kind == "thinking":
             signature = {"type": "signature_delta", "signature": _signature(block)}
