@@ -54,6 +54,15 @@ class StreamBroken(Exception):
         self.message = message
 
 
+class BodyCut(ConnectionAbortedError):
+    """A raw answer (audio) broke after its first byte: it cannot say why, so its connection is cut
+    (an OSError, so the server closes the connection; app/worker.py logs it as one line)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
 def error_type(status: int) -> str:
     if status in _TYPE_BY_STATUS:
         return _TYPE_BY_STATUS[status]

@@ -21,6 +21,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from app.errors import BodyCut
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
 
@@ -51,6 +52,10 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
         self._busy.add(current)
         try:
             keep_open = super().handle_request(listener_name, req, sock, addr)
+        except BodyCut as exc:
+            # An upstream broke mid-way through a raw answer (audio): cut, as it has no way to say why.
+            self.log.info("cut a raw answer short: the upstream failed mid-body (%s)", exc.code)
+            raise StopIteration from None
         except TimeoutError:
             # A client that stopped reading ran out its write bound (the request's deadline): the
             # request is recorded already and nothing failed here, so a line, not a traceback.

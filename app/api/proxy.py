@@ -54,7 +54,7 @@ def proxy(dialect: Dialect) -> Response:
         line.request_id, client_headers=forwardable(request.headers.items()),
     )  # fmt: skip
     stores = hasattr(dialect, "created_id") and client_request.payload.get("store") is not False
-    remember = _remembering(line, identity) if stores else None
+    remember = _remembering(line, identity, client_request.payload) if stores else None
     events = next(iter(legs.values())).dialect.sse  # every leg answers in the client's form (SSE or raw bytes)
     return send(call, line, events=events, on_accept=remember)
 
@@ -86,16 +86,17 @@ def _legs(leg: Callable[[UpstreamConfig], Leg], upstreams: list[UpstreamConfig])
     return legs
 
 
-def _remembering(line: RequestLine, identity: Identity) -> Callable[[Accepted], None]:
+def _remembering(line: RequestLine, identity: Identity, payload: dict) -> Callable[[Accepted], None]:
     """For an upstream that stores what it answers (a native Responses API): remember who answered."""
     store, key_id = gateway().stored, identity.key.id if identity.key else None
+    background = payload.get("background") is True and not payload.get("stream")  # a stream counts its own
 
     def on_accept(accepted: Accepted) -> None:
         created_id = getattr(accepted.leg.dialect, "created_id", None)
         response_id = created_id(accepted.prefix, accepted.body) if created_id is not None else None
-        if response_id is not None:
+        if response_id is not None:  # a background response's usage is counted when it is first fetched finished
             stored.remember(store, response_id, accepted.upstream.name, accepted.token.id, key_id, line.model,
-                            line.request_id)  # fmt: skip
+                            line.request_id, counted=not background)  # fmt: skip
 
     return on_accept
 
@@ -105,27 +106,33 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
-    line.endpoint = RESPONSES.name
+    line.endpoint, g.dialect = RESPONSES.name, RESPONSES
     settings = gw.config.gateway
     found = stored.find(gw.stored, response_id, identity.key.id if identity.key else None)
     upstream = next((u for u in gw.config.upstreams if u.name == found.upstream), None)
     if upstream is None or not identity.allows(found.model):
         raise stored.not_found(response_id)
+    if gw.pool.find(found.token_id) is None:  # removed or disabled: no other token can reach it
+        raise stored.not_found(response_id, "The upstream token that created it is no longer available: response")
     slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN
     body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(RESPONSES, settings.max_body_bytes))
     line.model = found.model
     line.streaming = method == "GET" and not suffix and request.args.get("stream") == "true"
     admission.admit(gw.limiter, line, identity, slot_expires)
-    path = f"{RESPONSES.path}/{quote(response_id, safe='')}{suffix}"
-    if request.query_string:
-        path += "?" + request.query_string.decode("ascii", "replace")
-    leg = Leg(path, body if method == "POST" else None, RESPONSES, lambda: ResponsesRelay({}))
+    first = stored.FirstFinish(gw.stored, found, line.request_id)  # a fetch counts no usage but this one
+    leg = Leg(_stored_path(response_id, suffix), body if method == "POST" else None, RESPONSES,
+              lambda: ResponsesRelay({}, count_usage=lambda: first.count))  # fmt: skip
     call = UpstreamCall(
         method, lambda _: leg, line.streaming, [upstream], line.request_id,
         client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,
     )  # fmt: skip
-    forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else None
+    forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else first
     return send(call, line, events=True, on_accept=forget)
+
+
+def _stored_path(response_id: str, suffix: str) -> str:
+    path = f"{RESPONSES.path}/{quote(response_id, safe='')}{suffix}"  # the id matched RESPONSE_ID already
+    return path + "?" + request.query_string.decode("ascii", "replace") if request.query_string else path
 
 
 def _reader(dialect: Dialect, limit: int) -> Callable[[], bytes]:

@@ -42,12 +42,31 @@ def write_response(
     if isinstance(outcome, Accepted) and outcome.body is not None:
         return _plain(outcome, line, client, attempts.deadline)
     events = outcome is None or outcome.leg.dialect.sse  # else a raw body (audio) passed through as it arrives
-    headers = dict(SSE_HEADERS) if events else {}
-    if outcome is not None:
-        headers.update(client_response_headers(outcome.response.headers.items()))
-        headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
-        headers.update(outcome.leg.headers)
+    line.deferred = True  # the stream's end finishes the line
+    metrics.ACTIVE_STREAMS.inc()
+    body = StreamBody(
+        attempts, outcome, _stream_finish(line, attempts, client), limits=_limits(outcome, attempts, gateway),
+        before_write=client.bound, keepalive=KEEPALIVE if events else None,
+        on_accept=on_accept if outcome is None else None,
+    )  # fmt: skip
+    return Response(body, status=200, headers=_stream_headers(outcome, attempts, events))
 
+
+def _stream_headers(outcome: Accepted | None, attempts: Attempts, events: bool) -> dict[str, str]:
+    """The upstream's allowed headers, the SSE ones, and the leg's own (committed early: the first leg's,
+    which every leg of a request shares but for the upstream's own headers)."""
+    headers = dict(SSE_HEADERS) if events else {}
+    if outcome is None:
+        call = attempts.call
+        headers.update(call.leg(call.upstreams[0]).headers)
+        return headers
+    headers.update(client_response_headers(outcome.response.headers.items()))
+    headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
+    headers.update(outcome.leg.headers)
+    return headers
+
+
+def _stream_finish(line: RequestLine, attempts: Attempts, client: ClientSocket) -> Callable[[StreamStats], None]:
     def finish(stats: StreamStats) -> None:
         client.reset()
         line.usage = stats.usage or {}
@@ -58,20 +77,16 @@ def write_response(
         finally:
             metrics.ACTIVE_STREAMS.dec()
 
-    line.deferred = True  # the stream's end finishes the line
-    limits = StreamLimits(
+    return finish
+
+
+def _limits(outcome: Accepted | None, attempts: Attempts, gateway: GatewayConfig) -> StreamLimits:
+    return StreamLimits(
         heartbeat_interval=gateway.heartbeat_interval,
         idle_timeout=_idle_timeout(outcome, attempts, gateway),
         deadline=attempts.deadline,
         drain=gateway.on_client_disconnect == "drain",
     )
-    metrics.ACTIVE_STREAMS.inc()
-    keepalive = KEEPALIVE if events else None
-    body = StreamBody(
-        attempts, outcome, finish, limits=limits, before_write=client.bound, keepalive=keepalive,
-        on_accept=on_accept if outcome is None else None,
-    )  # fmt: skip
-    return Response(body, status=200, headers=headers)
 
 
 class ClientSocket:

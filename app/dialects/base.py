@@ -41,6 +41,7 @@ class Relay(Protocol):
     """One stream's (or plain answer's) way from the upstream's wire to the client's."""
 
     usage: Usage | None
+    done: bool  # the stream's last event (in its dialect) has been seen
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         """The client's events for one upstream event (none, for one it must not see)."""

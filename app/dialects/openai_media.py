@@ -134,7 +134,7 @@ class EventRelay:
         self.read_usage, self.terminal = usage, terminal
         self.marker = terminal.encode() if terminal else None
         self.usage: Usage | None = None
-        self.done = terminal is None  # no event is known to end it: a stream ends when it ends
+        self.done = False  # its terminal event was seen
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         if (self.marker is not None and self.marker in raw) or b'"usage"' in raw:
@@ -154,7 +154,7 @@ class EventRelay:
             self.usage = usage
 
     def end(self) -> Sequence[bytes]:
-        if not self.done:
+        if not self.done and self.terminal is not None:  # no event is known to end it: it ends when it ends
             raise StreamBroken("upstream_stream_error", f"The upstream stream ended without {self.terminal}.")
         return ()
 
@@ -174,6 +174,7 @@ class RawRelay:
     """A raw body (speech audio): each chunk as it arrives; a broken one is cut, as it cannot say why."""
 
     usage: Usage | None = None
+    done = False  # raw bytes have no last event: the body ends when it ends
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         return (raw,)

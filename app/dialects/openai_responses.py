@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.api")
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 DROPPED_TOOLS_HEADER = "X-Sluice-Dropped-Tools"
+RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # what a stored response's id may be: safe in a path
 
 OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "stream": (bool,),
@@ -66,12 +68,12 @@ class ResponsesDialect(OpenAIDialect):
         """Native upstreams get the body as sent; translating ones a chat body (built once per setting)."""
         payload = request.payload
         native = Leg(self.path, request.body, self, lambda: ResponsesRelay(payload))
-        translated: dict[bool, Leg] = {}
+        translated: dict[tuple[bool, bool], Leg] = {}
 
         def leg(upstream: UpstreamConfig) -> Leg:
             if upstream.responses == "native":
                 return native
-            key = upstream.drop_builtin_tools and upstream.inject_usage  # what changes the chat body
+            key = (upstream.drop_builtin_tools, upstream.inject_usage)  # what changes the chat body
             if key not in translated:
                 translated[key] = _translated_leg(request, upstream)
             return translated[key]
@@ -103,7 +105,7 @@ class ResponsesDialect(OpenAIDialect):
         except (ValueError, AttributeError):
             return None
         value = data.get("id") if isinstance(data, dict) else None
-        return value if isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable() else None
+        return value if isinstance(value, str) and RESPONSE_ID.fullmatch(value) else None
 
 
 def _is_error(event: sse.Event) -> bool:
@@ -134,23 +136,25 @@ def _translated_leg(request: ClientRequest, upstream: UpstreamConfig) -> Leg:
 
 
 class ResponsesRelay:
-    """A native Responses stream passes through; the relay reads usage and watches for its end."""
+    """A native Responses stream passes through; the relay reads usage and watches for its end.
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    `count_usage` False: the answer's usage is not this request's (a stored response fetched again).
+    """
+
+    def __init__(self, request: dict[str, Any], *, count_usage: Callable[[], bool] | bool = True) -> None:
         self.request = request  # for a failure before the upstream's response.created
+        self.count_usage = count_usage
         self.usage: Usage | None = None
         self.done = False
         self.sequence = -1  # the last sequence_number seen
         self.response: dict[str, Any] | None = None  # from response.created, for a well-formed failure
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
-        if not sse.has_data(raw):
-            return (raw,)
-        event = sse.parse(raw)
-        if event.name is None or event.name in TERMINAL or self.sequence < 0 or b'"usage"' in raw:
-            self._observe(event)
-        else:
+        name = sse.event_name(raw)
+        if name is not None and name not in TERMINAL and self.sequence >= 0 and b'"usage"' not in raw:
             self.sequence += 1  # a delta: counting is enough (sequence numbers are consecutive)
+        elif sse.has_data(raw):
+            self._observe(sse.parse(raw))
         return (raw,)
 
     def _observe(self, event: sse.Event) -> None:
@@ -165,9 +169,14 @@ class ResponsesRelay:
         response = data.get("response")
         if isinstance(response, dict):
             self.response = self.response or response
-            self.usage = responses_usage(response) or self.usage
+            self._take_usage(response)
         kind = event.name or data.get("type")
         self.done = self.done or kind in TERMINAL
+
+    def _take_usage(self, response: Any) -> None:
+        counts = self.count_usage() if callable(self.count_usage) else self.count_usage
+        if counts:
+            self.usage = responses_usage(response) or self.usage
 
     def end(self) -> Sequence[bytes]:
         if not self.done:
@@ -175,12 +184,19 @@ class ResponsesRelay:
         return ()
 
     def fail(self, code: str, message: str) -> Sequence[bytes]:
-        return failure_events(code, message, self.sequence + 1, self.response or _unstarted(self.request))
+        if self.response is not None:
+            return failure_events(code, message, self.sequence + 1, self.response)
+        # Nothing from the upstream yet (retries behind heartbeats failed): a response is created first,
+        # as the SDKs' stream parsers require before any other event.
+        created = _unstarted(self.request)
+        opened = [sse.encode({"type": kind, "sequence_number": seq, "response": created}, kind)
+                  for seq, kind in enumerate(("response.created", "response.in_progress"))]  # fmt: skip
+        return opened + failure_events(code, message, 2, created)
 
     def plain(self, body: bytes, content_type: str) -> bytes:
         if "json" in content_type:
             try:
-                self.usage = responses_usage(json.loads(body))
+                self._take_usage(json.loads(body))
             except ValueError:
                 pass
         return body
@@ -246,7 +262,9 @@ def failure_events(code: str, message: str, sequence: int, response: dict[str, A
 def _unstarted(request: dict[str, Any]) -> dict[str, Any]:
     """The response of a stream that failed before the upstream created one (the retries behind heartbeats)."""
     response_id, now = "resp_" + secrets.token_hex(24), int(time.time())
-    return response_object(request, response_id=response_id, created_at=now, model=None, status="failed", output=[])
+    return response_object(
+        request, response_id=response_id, created_at=now, model=None, status="in_progress", output=[]
+    )
 
 
 def responses_usage(data: Any) -> Usage | None:

@@ -37,7 +37,10 @@ from app.errors import ApiError
 __all__ = ["IGNORED_FIELDS", "REFUSED_FIELDS", "ChatStreamTranslator", "request_to_chat", "response_from_chat"]
 
 IGNORED_FIELDS = ("store", "include", "prompt_cache_key", "service_tier", "truncation", "safety_identifier",
-                  "reasoning.summary", "text.verbosity", "stream_options")  # fmt: skip
+                  "reasoning.summary", "text.verbosity", "stream_options", "client_metadata")  # fmt: skip
+TRANSLATED_FIELDS = ("model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
+                     "max_output_tokens", "temperature", "top_p", "text", "reasoning", "metadata", "user", "stream",
+                     "background")  # fmt: skip
 REFUSED_FIELDS = {
     "previous_response_id": "stored responses are not available on a chat-completions upstream",
     "conversation": "conversations are not available on a chat-completions upstream",
@@ -126,6 +129,11 @@ def _joined(content: object) -> str:
 
 
 def _refuse_unsupported(payload: dict) -> None:
+    known = {*TRANSLATED_FIELDS, *REFUSED_FIELDS, *(f for f in IGNORED_FIELDS if "." not in f)}
+    for name in payload:
+        if name not in known:
+            raise _refused(name, f"'{name}' (not translated onto chat completions; an upstream with "
+                                 "responses = \"native\" takes it)")  # fmt: skip
     for name, why in REFUSED_FIELDS.items():
         if payload.get(name) is not None:
             raise _refused(name, f"'{name}' ({why})")

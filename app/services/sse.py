@@ -41,9 +41,10 @@ def parse(raw: bytes) -> Event:
     name = event_id = None
     data: list[str] = []
     comments: list[str] = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        if not line:
+    for raw_line in raw.splitlines():  # bytes: CR, LF and CRLF only (str would also split U+2028 in JSON text)
+        if not raw_line:
             continue
+        line = raw_line.decode("utf-8", "replace")
         if line.startswith(":"):
             comments.append(line[1:].removeprefix(" "))
             continue
@@ -56,6 +57,15 @@ def parse(raw: bytes) -> Event:
         elif field == "id" and "\0" not in value:
             event_id = value
     return Event(name, "\n".join(data) if data else None, event_id, tuple(comments))
+
+
+def event_name(raw: bytes) -> str | None:
+    """The `event:` field when it is the first line, as servers write it (cheaper than `parse`), else None."""
+    if not raw.startswith(b"event:"):
+        return None
+    end = raw.find(b"\n")
+    name = raw[6 : end if end != -1 else len(raw)].strip(b" \r")
+    return name.decode("utf-8", "replace")
 
 
 def has_data(raw: bytes) -> bool:

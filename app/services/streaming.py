@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import StreamBroken
+from app.errors import BodyCut, StreamBroken
 from app.services import lifecycle
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.storage.db import StorageError
@@ -108,6 +108,8 @@ class StreamBody:
             for out in relay.end():
                 yield self._written(out)
         except StreamBroken as exc:
+            if self.relay is not None and getattr(self.relay, "done", False):
+                return  # the stream had ended in its dialect: what broke after its last event is not the client's
             self.stats.outcome = exc.code
             yield from self._tail(exc.code, exc.message)
         except StorageError as exc:  # the token store failed while retrying behind heartbeats
@@ -131,7 +133,7 @@ class StreamBody:
             call = self.attempts.call
             self.relay = call.leg(call.upstreams[0]).relay()
         if self.keepalive is None:
-            raise StreamBroken(code, message)  # a raw body cannot say why: the connection is cut instead
+            raise BodyCut(code, message)  # a raw body cannot say why: the connection is cut instead
         for out in self.relay.fail(code, message):
             yield self._written(out)
         self.stats.usage = self.relay.usage

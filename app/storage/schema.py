@@ -125,6 +125,7 @@ stored_responses = Table(
     Column("key_id", String(40)),  # the client key that created it (None: the master key)
     Column("model", String(200), nullable=False),
     Column("created_at", Float, nullable=False, index=True),
+    Column("counted", Boolean, nullable=False, default=True),  # False: a background response, usage not yet counted
 )
 
 audit = Table(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from app.storage import schema
 from app.storage.db import Database
@@ -20,6 +20,7 @@ class StoredResponse:
     key_id: str | None
     model: str
     created_at: float
+    counted: bool = True  # False: a background response whose usage is counted when first seen finished
 
 
 class StoredResponses:
@@ -36,6 +37,14 @@ class StoredResponses:
         with self.db.read() as conn:
             found = conn.execute(select(schema.stored_responses).where(c.id == response_id)).first()
         return StoredResponse(**found._mapping) if found is not None else None
+
+    def mark_counted(self, response_id: str) -> bool:
+        """Mark a background response's usage counted; False if it already was (another call got there first)."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                update(schema.stored_responses).where(c.id == response_id, c.counted.is_(False)).values(counted=True)
+            )
+            return changed.rowcount == 1
 
     def forget(self, response_id: str) -> None:
         with self.db.write() as conn:

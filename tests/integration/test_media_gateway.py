@@ -113,13 +113,17 @@ def test_speech_events_pass_through_and_decode_to_the_audio(client, mock):
     assert_headers(upstream_saw(mock, "/v1/audio/speech"), "text/event-stream")
 
 
-def test_speech_cut_short_is_cut_for_the_client_too(client):
+def test_speech_cut_short_is_cut_for_the_client_too(client, stack):
     request = {"model": "tts-1", "voice": "alloy", "input": "words " * 40, "extra_body": {"mock": {"drop_after": 2}}}
     received = b""
     with client.audio.speech.with_streaming_response.create(**request) as response, pytest.raises(httpx2.HTTPError):
         for piece in response.iter_bytes():
             received += piece
     assert received and speech_bytes(request).startswith(received)  # what came is right, and it is not complete
+    time.sleep(0.2)
+    log = stack[1].log()
+    assert "cut a raw answer short: the upstream failed mid-body (upstream_stream_error)" in log
+    assert "Error handling request" not in log  # one line, not gunicorn's traceback
 
 
 def test_transcription_upload_and_stream(client, mock):

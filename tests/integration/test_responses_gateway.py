@@ -44,6 +44,9 @@ def stack(tmp_path_factory):
         + upstream_toml("slow-native", mock.url, ["slow-tok-1"], ["slow-native"], responses="native",
                         first_byte_timeout=1.0)
         + upstream_toml("slow-chat", mock.url, ["slow-tok-2"], ["slow-chat"], first_byte_timeout=1.0)
+        + upstream_toml("slow-native-b", mock.url, ["slow-tok-3"], ["slow-native-b"], responses="native",
+                        first_byte_timeout=1.0)
+        + upstream_toml("slow-chat-b", mock.url, ["slow-tok-4"], ["slow-chat-b"], first_byte_timeout=1.0)
     )  # fmt: skip
     gateway = start_gateway(tmp, config)
     yield gateway, mock, cutting, tmp
@@ -220,6 +223,10 @@ def test_a_stream_committed_by_heartbeats_that_then_fails_ends_well_formed(stack
     assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
     for event in parsed:  # each one as the openai SDK's types define it
         pydantic.TypeAdapter(ResponseStreamEvent).validate_python(event)
+    assert parsed[0]["type"] == "response.created"  # the SDK's stream helper wants it before anything else
+    with sdk(gateway) as client, client.responses.stream(model=model + "-b", input="hi") as stream:  # a fresh token
+        kinds = [e.type for e in stream]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
 
 
 def test_translated_events_arrive_as_the_upstream_sends_them(stack):
@@ -266,6 +273,7 @@ def test_builtin_tools_are_refused_unless_the_upstream_drops_them(stack):
         ({"model": "resp-chat", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"model": "resp-chat", "input": "hi", "background": True}, "background"),
         ({"model": "resp-chat", "input": [{"type": "computer_call"}]}, "input[0].type"),
+        ({"model": "resp-chat", "input": "hi", "top_logprobs": 2}, "top_logprobs"),  # unknown here: never dropped
         ({"input": "hi"}, "model"),
     ],
 )
@@ -281,7 +289,9 @@ def test_usage_of_native_and_translated_answers_is_recorded(stack):
     with sdk(gateway) as client:
         for model in ("resp-native", "resp-chat"):
             for stream in (False, True):
-                body = {"model": model, "input": "hi", "extra_body": {"mock": {"cached_tokens": 2}}}
+                body = {"model": model, "input": "hi"}
+                if model == "resp-native":  # the mock's knob; a translated request refuses unknown fields
+                    body["extra_body"] = {"mock": {"cached_tokens": 2}}
                 if stream:
                     with client.responses.with_streaming_response.create(**body, stream=True) as raw:
                         ids.add(raw.headers["X-Request-ID"])
@@ -293,6 +303,25 @@ def test_usage_of_native_and_translated_answers_is_recorded(stack):
     assert len(rows) == 4 and all(r["status"] == 200 and r["outcome"] == "ok" for r in rows)
     assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 for r in rows)
     assert [r["cached_tokens"] for r in rows if r["upstream"] == "native"] == [2, 2]
+
+
+def test_fetching_a_stored_response_counts_its_usage_once_and_only_for_a_background_one(stack):
+    """A stored response's tokens were counted when it was made; a background one's, on its first finished fetch."""
+    gateway, _, _, tmp = stack
+    ids = []
+    with sdk(gateway) as client:
+        for background in (False, True):
+            created = client.responses.with_raw_response.create(model="resp-native", input="hi", background=background)
+            ids.append(created.headers["X-Request-ID"])
+            response_id = created.parse().id
+            time.sleep(0.5)  # a background response has finished by now
+            for _ in range(3):
+                fetched = client.responses.with_raw_response.retrieve(response_id)
+                ids.append(fetched.headers["X-Request-ID"])
+                assert fetched.parse().status == "completed"
+    tokens = [row["total_tokens"] for row in usage_rows(tmp, set(ids))]
+    assert tokens[0] > 0 and tokens[1:4] == [0, 0, 0]  # made in the foreground: counted when made
+    assert tokens[4] == 0 and tokens[5] > 0 and tokens[6:] == [0, 0]  # background: counted on the first fetch
 
 
 def test_the_api_v1_alias_serves_responses(stack):

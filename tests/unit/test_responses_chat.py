@@ -206,7 +206,7 @@ SCHEMA = {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "s
                 "safety_identifier": "s",
                 "background": False,
                 "stream_options": {"include_obfuscation": False},
-                "some_future_field": 1,
+                "client_metadata": {"x": "y"},
             },
             chat(),
         ),
@@ -316,6 +316,9 @@ def test_request_translation(payload: dict, expected: dict) -> None:
         ({"text": {"format": {"type": "grammar"}}}, "text.format.type", "unsupported_parameter"),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name", "invalid_value"),
         ({"reasoning": "high"}, "reasoning", "invalid_value"),
+        ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),  # a field not translated is never dropped
+        ({"max_tool_calls": 3}, "max_tool_calls", "unsupported_parameter"),
+        ({"some_future_field": 1}, "some_future_field", "unsupported_parameter"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 
 import pytest
 
 from app.config import UpstreamConfig
 from app.dialects.base import Verdict
 from app.dialects.openai_responses import RESPONSES, ResponsesRelay, responses_usage
-from app.errors import StreamBroken
+from app.errors import ApiError, StreamBroken
 from app.services import sse
 from tests.conftest import BASE, TOKENS, make_config
 
@@ -78,9 +80,21 @@ def test_a_stream_cut_before_its_end_is_broken_and_fails_well_formed():
 
 
 def test_a_failure_before_any_event_invents_a_complete_response():
-    error, failed = (sse.parse(raw).json() for raw in ResponsesRelay({"model": "m"}).fail("deadline_exceeded", "late"))
-    assert error["sequence_number"] == 0 and failed["sequence_number"] == 1
-    assert failed["response"]["id"].startswith("resp_") and failed["response"]["model"] == "m"
+    events = [sse.parse(raw) for raw in ResponsesRelay({"model": "m"}).fail("deadline_exceeded", "late")]
+    assert [e.name for e in events] == ["response.created", "response.in_progress", "error", "response.failed"]
+    assert [e.json()["sequence_number"] for e in events] == [0, 1, 2, 3]  # the SDKs want response.created first
+    created, failed = events[0].json()["response"], events[-1].json()["response"]
+    assert created["status"] == "in_progress" and failed["status"] == "failed"
+    assert failed["id"] == created["id"] and failed["id"].startswith("resp_") and failed["model"] == "m"
+
+
+def test_a_fetched_stored_response_counts_no_usage_unless_asked():
+    done = event("response.completed", 0, response={**CREATED, "usage": USAGE})
+    quiet, counting = ResponsesRelay({}, count_usage=False), ResponsesRelay({}, count_usage=lambda: True)
+    for relay in (quiet, counting):
+        relay.feed(done)
+        relay.plain(json.dumps({**CREATED, "usage": USAGE}).encode(), "application/json")
+    assert quiet.usage is None and counting.usage["total_tokens"] == 12
 
 
 @pytest.mark.parametrize(
@@ -112,6 +126,8 @@ def test_usage_from_a_response_object(data, usage):
         ([b": ping\n\n", NATIVE_STREAM[0]], None, "resp_1"),
         ([], b'{"id": "resp_2", "object": "response"}', "resp_2"),
         ([], b'{"id": "a\\nb"}', None),  # not something to store or put in a path
+        ([], b'{"id": ".."}', None),  # a dot segment would leave /responses/ in the upstream's URL
+        ([], b'{"id": "resp_a/b"}', None),
         ([], b"not json", None),
         ([b'data: {"type": "x"}\n\n'], None, None),
     ],
@@ -173,3 +189,35 @@ def test_the_translated_stream_is_typed_events_ending_with_response_completed(ma
     assert events[-1].json()["response"]["usage"]["total_tokens"] == 5
     assert json.loads(upstream.calls[0].request.body)["stream_options"] == {"include_usage": True}
     assert upstream.calls[0].request.headers["Accept"] == "text/event-stream"
+
+
+def test_a_stream_committed_before_its_first_event_still_names_the_dropped_tools(make_app, auth, upstream):
+    """heartbeat_interval so short the 200 goes out before the upstream answers: the header comes from the legs."""
+    chat = UpstreamConfig(name="chat", base_url=BASE, tokens=TOKENS[:1], drop_builtin_tools=True)
+    config = make_config(chat)
+    config = replace(config, gateway=replace(config.gateway, heartbeat_interval=0.000001))
+    client = make_app(config).test_client()
+    stream = 'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+
+    def slow(request):
+        time.sleep(0.2)  # the upstream answers after the commit
+        return 200, SSE, stream
+
+    upstream.add_callback("POST", f"{BASE}/chat/completions", callback=slow)
+    body = {"model": "m", "input": "hi", "stream": True, "tools": [{"type": "web_search"}]}
+    reply = client.post("/v1/responses", json=body, headers=auth)
+    assert reply.get_data().startswith(b": keep-alive")  # committed early, as intended
+    assert reply.headers["X-Sluice-Dropped-Tools"] == "web_search"
+
+
+def test_translated_legs_are_kept_apart_by_every_setting_that_changes_them():
+    """Two translating upstreams with different settings never share a leg (tools, usage request)."""
+    request = RESPONSES.parse(b'{"model": "m", "input": "hi", "stream": true, "tools": [{"type": "web_search"}]}', None)
+    leg = RESPONSES.legs(request)
+    dropping = UpstreamConfig(name="a", base_url=BASE, drop_builtin_tools=True)
+    refusing = UpstreamConfig(name="b", base_url=BASE)
+    quiet = UpstreamConfig(name="c", base_url=BASE, drop_builtin_tools=True, inject_usage=False)
+    assert json.loads(leg(dropping).body)["stream_options"] == {"include_usage": True}
+    with pytest.raises(ApiError):
+        leg(refusing)
+    assert "stream_options" not in json.loads(leg(quiet).body)

@@ -24,6 +24,7 @@ from app.services import sse
         (b"data\n\n", None, "", None, ()),  # a field with no colon has an empty value
         (b"retry: 100\nfoo: bar\n\n", None, None, None, ()),  # unknown fields are ignored
         (b"data: \xff\n\n", None, "\ufffd", None, ()),  # undecodable bytes are replaced
+        ('data: {"t": "a\u2028b\u0085c"}\n\n'.encode(), None, '{"t": "a\u2028b\u0085c"}', None, ()),  # not line ends
     ],
 )
 def test_parse(raw, name, data, event_id, comments):
@@ -54,6 +55,19 @@ def test_splitter_yields_each_event_once_across_reads():
     assert splitter.pending == len(b"data: tail")
     assert splitter.tail() == b"data: tail\n\n"
     assert splitter.tail() is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        (b"event: response.completed\ndata: {}\n\n", "response.completed"),
+        (b"event:error\r\ndata: {}\r\n\r\n", "error"),
+        (b"data: {}\n\n", None),
+        (b"event: x", "x"),
+    ],
+)
+def test_event_name_reads_a_leading_event_field(raw, name):
+    assert sse.event_name(raw) == name
 
 
 def test_encode_round_trips():

@@ -179,3 +179,12 @@ def test_a_failing_drain_is_logged_and_still_finishes_the_request(caplog):
     events.close()  # the client went away: the drain thread takes over
     assert finished.wait(5)
     assert "draining the upstream after a client disconnect failed" in caplog.text
+
+
+def test_a_break_after_the_streams_last_event_adds_nothing():
+    """The stream had ended in its dialect ([DONE]); the connection breaking afterwards is not the client's news."""
+    finished: list[StreamStats] = []
+    broken = urllib3.exceptions.ProtocolError("Response ended prematurely")
+    writes = list(relay(FakeResponse([b"data: 1\n\ndata: [DONE]\n\n", broken]), finished.append))
+    assert writes == [b"data: 1\n\n", DONE]
+    assert finished[0].outcome == "ok"

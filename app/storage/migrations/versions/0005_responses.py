@@ -1,6 +1,7 @@
 """The Responses API: usage records gain cached_tokens and reasoning_tokens (counted within
 prompt_tokens and completion_tokens), and stored_responses remembers which upstream and token
-created each stored response, so later calls for it reach the same upstream account.
+created each stored response, so later calls for it reach the same upstream account (and whether
+its usage was counted: a background response's is counted when it is first fetched finished).
 
 Revision ID: 0005
 Revises: 0004
@@ -30,6 +31,7 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=40)),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("counted", sa.Boolean(), nullable=False, server_default=sa.true()),
     )
     op.create_index("ix_stored_responses_created_at", "stored_responses", ["created_at"])
 
