@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 
-from flask import Flask, Response, g
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 _TYPE_BY_STATUS = {
@@ -54,15 +54,6 @@ class StreamBroken(Exception):
         self.message = message
 
 
-class BodyCut(ConnectionAbortedError):
-    """A raw answer (audio) broke after its first byte: it cannot say why, so its connection is cut
-    (an OSError, so the server closes the connection; app/worker.py logs it as one line)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
 def error_type(status: int) -> str:
     if status in _TYPE_BY_STATUS:
         return _TYPE_BY_STATUS[status]
@@ -90,7 +81,8 @@ def register_error_handlers(app: Flask) -> None:
         line = g.get("line")
         if line is not None:
             line.outcome = error.code or error.type
-        dialect = g.get("dialect")  # set by the API's proxy once it knows which API was called
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        dialect = current_app.extensions.get("sluice.error_dialects", {}).get(rule)  # app/api/blueprint.py
         return error_response(error, dialect.error_body if dialect is not None else None)
 
     app.register_error_handler(ApiError, api_error)
@@ -106,7 +98,7 @@ def register_error_handlers(app: Flask) -> None:
 
     def unexpected(exc: Exception) -> Response:
         logging.getLogger("sluice.errors").exception("unhandled error: %s", type(exc).__name__)
-        return error_response(ApiError(500, "Internal error in the gateway.", code="internal_error"))
+        return api_error(ApiError(500, "Internal error in the gateway.", code="internal_error"))
 
     def storage_error(exc: Exception) -> Response:
         logging.getLogger("sluice.errors").error("storage unavailable: %s", exc)

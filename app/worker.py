@@ -21,7 +21,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from app.errors import BodyCut
+from app.aborts import BodyCut
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
 

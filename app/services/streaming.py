@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import BodyCut, StreamBroken
+from app.aborts import BodyCut
+from app.errors import StreamBroken
 from app.services import lifecycle
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.storage.db import StorageError

@@ -81,3 +81,14 @@ def test_api_views_do_not_import_storage(name):
 @pytest.mark.parametrize("name", ["app.services.headers", "app.services.sse"])
 def test_pure_modules_import_nothing_with_io(name):
     assert GRAPH[name] <= {"app.config", "app.version", "app.jsontext"}
+
+
+def test_the_worker_class_loads_without_flask():
+    """gunicorn's master imports the worker class before forking and before gevent patches anything: a
+    Flask import there leaves logging handlers that every worker then fails to free at exit (a traceback)."""
+    import subprocess
+    import sys
+
+    code = "import sys, app.worker; print('flask' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
