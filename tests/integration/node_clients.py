@@ -55,7 +55,8 @@ class Run:
         return self
 
 
-def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Run:
+def run_client(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Run:
+    """Run a client in its own process group with a minimal environment plus `env`; killed after `timeout`."""
     # A minimal environment: no OPENAI_* or proxy settings of the machine leak into the client.
     base = {k: os.environ[k] for k in ("PATH", "LANG", "TZ") if k in os.environ}
     # Its own process group: `codex` is a node wrapper around a native binary, and a timeout kills both.
@@ -83,7 +84,7 @@ def vercel_stream(mode: str, base_url: str, key: str, model: str, timeout: float
     node = require_node()
     env = {"SLUICE_BASE_URL": base_url, "SLUICE_API_KEY": key, "SLUICE_MODEL": model,
            "SLUICE_TIMEOUT_MS": str(int(timeout * 1000) - 5000), "HOME": str(NODE_DIR)}  # fmt: skip
-    return _run([node, str(VERCEL_SCRIPT), mode], env, NODE_DIR, timeout)
+    return run_client([node, str(VERCEL_SCRIPT), mode], env, NODE_DIR, timeout)
 
 
 def codex_config(base_url: str, model: str) -> str:
@@ -139,7 +140,7 @@ def codex_exec(tmp_path: Path, base_url: str, key: str, model: str, prompt: str,
     (home / "config.toml").write_text(codex_config(base_url, model))
     env = {"CODEX_HOME": str(home), "HOME": str(home), CODEX_KEY_ENV: key}
     cmd = [str(CODEX), "exec", "--json", "--ephemeral", "--strict-config", "--skip-git-repo-check", prompt]
-    return _run(cmd, env, work, timeout)
+    return run_client(cmd, env, work, timeout)
 
 
 def codex_answer(run: Run) -> str:
