@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert
+from sqlalchemy import column, insert, table
 
-from app.storage import schema
 from app.storage.admin import LoginThrottle, SessionStore
 from app.storage.migrate import upgrade
 from app.storage.stats import Stats
@@ -92,9 +91,10 @@ def test_live_streams_add_up_fresh_worker_reports(db):
 
 def test_upgrading_rolls_up_the_records_already_stored(empty_db):
     upgrade(empty_db, "0001")
+    usage_0001 = table("usage", *(column(name) for name in record(0.0)))  # the columns revision 0001 has
     with empty_db.write() as conn:
-        conn.execute(insert(schema.usage), [record(1020.5), record(1030.0, ttfb_ms=600.0, outcome="timeout_idle"),
-                                            record(7300.0, model="other", upstream=None)])  # fmt: skip
+        conn.execute(insert(usage_0001), [record(1020.5), record(1030.0, ttfb_ms=600.0, outcome="timeout_idle"),
+                                          record(7300.0, model="other", upstream=None)])  # fmt: skip
     upgrade(empty_db)
     stats = Stats(empty_db)
     minutes = {row["minute"]: row for row in stats.minutes(0.0)}
