@@ -39,6 +39,7 @@ RESERVED_HEADERS = {
     "te": "hop-by-hop headers are managed by the HTTP client",
     "upgrade": "hop-by-hop headers are managed by the HTTP client",
     "proxy-authorization": "put proxy credentials in the `proxy` URL",
+    "anthropic-version": "use the `anthropic_version` key",
 }
 # Always used with fullmatch: `$` would also match before a final newline ("X-Foo\n").
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -82,6 +83,8 @@ class UpstreamConfig:
     inject_usage: bool = True  # ask streams for a usage chunk (stream_options.include_usage)
     first_byte_timeout: float | None = None  # None: [gateway] first_byte_timeout
     idle_timeout: float | None = None  # None: [gateway] idle_timeout
+    api: str = "openai"  # what the upstream speaks: "openai" (chat completions, ...) or "anthropic" (Messages)
+    anthropic_version: str = "2023-06-01"  # the anthropic-version header, for api = "anthropic"
     responses: str = "translate"  # /v1/responses: "native" (passed through) or "translate" (onto chat completions)
     drop_builtin_tools: bool = False  # translating: drop built-in tools (web_search, ...) instead of a 400
 
@@ -283,7 +286,7 @@ def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
     "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage", "first_byte_timeout", "idle_timeout",
-    "responses", "drop_builtin_tools",
+    "responses", "drop_builtin_tools", "api", "anthropic_version",
 }  # fmt: skip
 
 
@@ -311,9 +314,17 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         inject_usage=reader.boolean(raw, where, "inject_usage", True),
         first_byte_timeout=reader.number(raw, where, "first_byte_timeout", 0.0, allow_zero=True) or None,
         idle_timeout=reader.number(raw, where, "idle_timeout", 0.0, allow_zero=True) or None,
+        api=reader.choice(raw, where, "api", "openai", ("openai", "anthropic")),
+        anthropic_version=_anthropic_version(reader, raw, where),
         responses=reader.choice(raw, where, "responses", "translate", ("native", "translate")),
         drop_builtin_tools=reader.boolean(raw, where, "drop_builtin_tools", False),
     )
+
+
+def _anthropic_version(reader: _Reader, raw: dict, where: str) -> str:
+    version = reader.string(raw, where, "anthropic_version") or "2023-06-01"
+    reader.header_value(f"{where}.anthropic_version", version)
+    return version
 
 
 def _parse_tokens(reader: _Reader, raw: dict, where: str, env: Mapping[str, str]) -> tuple[str, ...]:

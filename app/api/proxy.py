@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
-from flask import Response, g, request
+from flask import Response, g, jsonify, request
 
 from app.api.validation import read_body
 from app.api.writer import write_response
@@ -38,10 +39,12 @@ def proxy(dialect: Dialect) -> Response:
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
-    line.endpoint, g.dialect = dialect.name, dialect  # the dialect renders this request's errors
+    line.endpoint = dialect.name
     settings = gw.config.gateway
     slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN  # a slot outlives its request
-    body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
+    body = g.pop("body", None)  # answer_locally read it already
+    if body is None:
+        body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
     client_request = dialect.parse(body, request.headers.get("Content-Type"))
     line.model, line.streaming = client_request.payload["model"], client_request.streaming
     upstreams = route(gw.config.upstreams, line.model)
@@ -56,20 +59,56 @@ def proxy(dialect: Dialect) -> Response:
     stores = hasattr(dialect, "created_id") and client_request.payload.get("store") is not False
     remember = _remembering(line, identity, client_request.payload) if stores else None
     events = next(iter(legs.values())).dialect.sse  # every leg answers in the client's form (SSE or raw bytes)
-    return send(call, line, events=events, on_accept=remember)
+    return send(call, line, keepalive=dialect.keepalive if events else None, on_accept=remember)
+
+
+def answer_locally(dialect: Dialect, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Response | None:
+    """When no routed upstream can serve the request (every leg refuses it), `answer(payload)` is the answer,
+    computed here, with the same key checks and admission; None: an upstream can, so proxy it instead."""
+    gw = gateway()
+    line: RequestLine = g.line
+    identity: Identity = g.identity
+    line.endpoint = dialect.name
+    settings = gw.config.gateway
+    slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN
+    body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
+    client_request = dialect.parse(body, request.headers.get("Content-Type"))
+    line.model = client_request.payload["model"]
+    upstreams = route(gw.config.upstreams, line.model)
+    if not upstreams or not identity.allows(line.model):
+        raise model_not_found(line.model)
+    legs = dialect.legs(client_request)
+    if any(_serves(legs, upstream) for upstream in upstreams):
+        g.body = body  # read once: proxy() takes it from here
+        return None
+    admission.admit(gw.limiter, line, identity, slot_expires)
+    return jsonify(answer(client_request.payload))
+
+
+def _serves(legs: Callable[[UpstreamConfig], Leg], upstream: UpstreamConfig) -> bool:
+    try:
+        legs(upstream)
+    except ApiError:
+        return False
+    return True
 
 
 def send(
-    call: UpstreamCall, line: RequestLine, *, events: bool, on_accept: Callable[[Accepted], None] | None = None
+    call: UpstreamCall,
+    line: RequestLine,
+    *,
+    keepalive: bytes | None,
+    on_accept: Callable[[Accepted], None] | None = None,
 ) -> Response:
-    """Run the call's attempts and write the answer: an event stream commits after one heartbeat at most."""
+    """Run the call's attempts and write the answer: an event stream commits after one heartbeat at most
+    (`keepalive`: what the client's dialect sends meanwhile; None: the answer is not an event stream)."""
     settings = gateway().config.gateway
     attempts = gateway().client.start(call, deadline=line.started_at + settings.deadline)
-    if call.streaming and events:
+    if call.streaming and keepalive is not None:
         outcome = attempts.advance(until=time.time() + settings.heartbeat_interval)
     else:
         outcome = _plain_answer(attempts)
-    return write_response(attempts, outcome, line, settings, on_accept)
+    return write_response(attempts, outcome, line, settings, keepalive, on_accept)
 
 
 def _legs(leg: Callable[[UpstreamConfig], Leg], upstreams: list[UpstreamConfig]) -> dict[str, Leg]:
@@ -106,7 +145,7 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
-    line.endpoint, g.dialect = RESPONSES.name, RESPONSES
+    line.endpoint = RESPONSES.name
     settings = gw.config.gateway
     found = stored.find(gw.stored, response_id, identity.key.id if identity.key else None)
     upstream = next((u for u in gw.config.upstreams if u.name == found.upstream), None)
@@ -127,7 +166,7 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
         client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,
     )  # fmt: skip
     forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else first
-    return send(call, line, events=True, on_accept=forget)
+    return send(call, line, keepalive=RESPONSES.keepalive, on_accept=forget)
 
 
 def _stored_path(response_id: str, suffix: str) -> str:

@@ -14,7 +14,7 @@ from app.services import metrics
 from app.services.attempts import Accepted, Attempts, Failed
 from app.services.headers import client_response_headers
 from app.services.lifecycle import shutdown_deadline
-from app.services.streaming import KEEPALIVE, StreamBody, StreamLimits, StreamStats
+from app.services.streaming import StreamBody, StreamLimits, StreamStats
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -28,6 +28,7 @@ def write_response(
     outcome: Accepted | Failed | None,
     line: RequestLine,
     gateway: GatewayConfig,
+    keepalive: bytes | None,
     on_accept: Callable[[Accepted], None] | None = None,
 ) -> Response:
     """Stream (committed now, or already waiting behind heartbeats), return a body, or raise the error.
@@ -41,12 +42,12 @@ def write_response(
     client = ClientSocket(request.environ.get("gunicorn.socket"))
     if isinstance(outcome, Accepted) and outcome.body is not None:
         return _plain(outcome, line, client, attempts.deadline)
-    events = outcome is None or outcome.leg.dialect.sse  # else a raw body (audio) passed through as it arrives
+    events = keepalive is not None  # else a raw body (audio) passed through as it arrives
     line.deferred = True  # the stream's end finishes the line
     metrics.ACTIVE_STREAMS.inc()
     body = StreamBody(
         attempts, outcome, _stream_finish(line, attempts, client), limits=_limits(outcome, attempts, gateway),
-        before_write=client.bound, keepalive=KEEPALIVE if events else None,
+        before_write=client.bound, keepalive=keepalive,
         on_accept=on_accept if outcome is None else None,
     )  # fmt: skip
     return Response(body, status=200, headers=_stream_headers(outcome, attempts, events))

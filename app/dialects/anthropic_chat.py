@@ -160,6 +160,9 @@ def _messages(value: object) -> list[dict]:
     out: list[dict] = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"
+        if isinstance(message, dict) and message.get("role") == "system":  # Claude Code's first turn: a system
+            out += _system(message.get("content"))  # message in the conversation, as chat takes it anywhere
+            continue
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             raise _invalid(f"{where}.role", f"'{where}.role' must be user or assistant.")
         content = message.get("content")

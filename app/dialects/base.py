@@ -77,6 +77,7 @@ class Dialect:
     can_stream = False
     sse = True  # a streamed answer is Server-Sent Events (False: raw bytes passed through)
     multipart = False  # the body is multipart/form-data (an upload), else JSON
+    keepalive = b": keep-alive\n\n"  # sent while a stream waits for its first event (an SSE comment)
 
     def accepts(self, content_type: str | None) -> bool:
         """Whether a body of this Content-Type may be read at all (else 415, before reading it)."""
@@ -141,3 +142,32 @@ class Leg:
     relay: Callable[[], Relay]
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)  # added to the client's response
+
+
+class ChainRelay:
+    """Two translations in a row (e.g. Messages events -> chat chunks -> Responses events): the first's
+    output is the second's input; the client sees the second's."""
+
+    def __init__(self, first: Relay, second: Relay) -> None:
+        self.first, self.second = first, second
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.second.usage or self.first.usage
+
+    @property
+    def done(self) -> bool:
+        return self.second.done
+
+    def feed(self, raw: bytes) -> Sequence[bytes]:
+        return [out for middle in self.first.feed(raw) for out in self.second.feed(middle)]
+
+    def end(self) -> Sequence[bytes]:
+        out = [out for middle in self.first.end() for out in self.second.feed(middle)]
+        return [*out, *self.second.end()]
+
+    def fail(self, code: str, message: str) -> Sequence[bytes]:
+        return self.second.fail(code, message)
+
+    def plain(self, body: bytes, content_type: str) -> bytes:
+        return self.second.plain(self.first.plain(body, content_type), "application/json")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from app.dialects.openai_chat import DONE, error_event
+from app.dialects.chat_events import DONE, error_event
 
 FINISH_REASONS = {
     "end_turn": "stop",

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from app.dialects import fields
 from app.dialects.base import ClientRequest, Dialect, Leg, Relay, Usage, Verdict
-from app.errors import StreamBroken, error_body
+from app.dialects.chat_events import DONE, error_event, is_done
+from app.dialects.chat_on_anthropic import chat_leg, refused
+from app.errors import StreamBroken
 from app.services import sse
 
 if TYPE_CHECKING:
     from app.config import UpstreamConfig
 
-DONE = b"data: [DONE]\n\n"
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 
 # Optional fields checked when present: name -> accepted types.
@@ -63,13 +64,23 @@ class ChatDialect(OpenAIDialect):
         fields.check_stream(payload, self.can_stream)
 
     def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
-        """Streams go to upstreams with `inject_usage` with a body that also asks for the usage chunk."""
+        """Streams go to upstreams with `inject_usage` with a body that also asks for the usage chunk;
+        chat requests to an Anthropic upstream are translated (app/dialects/chat_on_anthropic.py)."""
         plain = Leg(self.path, request.body, self, lambda: ChatRelay(hide_usage=False))
         injected = usage_body(request.payload) if request.streaming else None
-        if injected is None:
-            return lambda upstream: plain
-        with_usage = Leg(self.path, injected, self, lambda: ChatRelay(hide_usage=True))
-        return lambda upstream: with_usage if upstream.inject_usage else plain
+        with_usage = Leg(self.path, injected, self, lambda: ChatRelay(hide_usage=True)) if injected else plain
+        anthropic: list[Leg] = []
+
+        def leg(upstream: UpstreamConfig) -> Leg:
+            if upstream.api == "anthropic":
+                if self is not CHAT:
+                    raise refused(self.path.strip("/"))
+                if not anthropic:  # built once, when an Anthropic upstream is routed
+                    anthropic.append(chat_leg(request, chat_usage))
+                return anthropic[0]
+            return with_usage if upstream.inject_usage else plain
+
+        return leg
 
     def verdict(self, raw: bytes) -> Verdict:
         return chat_verdict(raw)
@@ -123,15 +134,6 @@ def usage_body(payload: dict[str, Any]) -> bytes | None:
     if options.get("include_usage") is True:
         return None
     return json.dumps({**payload, "stream_options": {**options, "include_usage": True}}).encode()
-
-
-def error_event(code: str, message: str) -> bytes:
-    body = error_body(message, type="server_error", code=code)
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
-def is_done(raw: bytes) -> bool:
-    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in raw.splitlines())
 
 
 def is_error_event(raw: bytes) -> bool:

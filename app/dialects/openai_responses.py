@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from app.dialects import fields
-from app.dialects.base import ClientRequest, Leg, Relay, Usage, Verdict
-from app.dialects.openai_chat import CHAT, OpenAIDialect, is_done, usage_body
+from app.dialects.base import ChainRelay, ClientRequest, Leg, Relay, Usage, Verdict
+from app.dialects.chat_on_anthropic import chat_leg
+from app.dialects.openai_chat import CHAT, OpenAIDialect, chat_usage, is_done, usage_body
 from app.dialects.responses_chat import ChatStreamTranslator, request_to_chat, response_from_chat
 from app.dialects.responses_chat_stream import FAILED_CODES, response_object
 from app.errors import ApiError, StreamBroken
@@ -68,12 +69,12 @@ class ResponsesDialect(OpenAIDialect):
         """Native upstreams get the body as sent; translating ones a chat body (built once per setting)."""
         payload = request.payload
         native = Leg(self.path, request.body, self, lambda: ResponsesRelay(payload))
-        translated: dict[tuple[bool, bool], Leg] = {}
+        translated: dict[tuple[str, bool, bool], Leg] = {}
 
         def leg(upstream: UpstreamConfig) -> Leg:
             if upstream.responses == "native":
                 return native
-            key = (upstream.drop_builtin_tools, upstream.inject_usage)  # what changes the chat body
+            key = (upstream.api, upstream.drop_builtin_tools, upstream.inject_usage)  # what changes the body
             if key not in translated:
                 translated[key] = _translated_leg(request, upstream)
             return translated[key]
@@ -117,8 +118,11 @@ def _is_error(event: sse.Event) -> bool:
 
 
 def _translated_leg(request: ClientRequest, upstream: UpstreamConfig) -> Leg:
-    """The chat-completions leg of a Responses request (ApiError 400 for what cannot be translated)."""
+    """The chat-completions leg of a Responses request (ApiError 400 for what cannot be translated);
+    on an Anthropic upstream, that chat request goes on as a Messages request."""
     chat, dropped = request_to_chat(request.payload, drop_builtin_tools=upstream.drop_builtin_tools)
+    if upstream.api == "anthropic":
+        return _on_anthropic(request, chat, dropped)
     if request.streaming and upstream.inject_usage:
         body = usage_body(chat) or json.dumps(chat).encode()
     else:
@@ -133,6 +137,21 @@ def _translated_leg(request: ClientRequest, upstream: UpstreamConfig) -> Leg:
         lambda: TranslatedRelay(ChatStreamTranslator(payload, response_id=response_id, created_at=created_at)),
         headers=headers,
     )  # fmt: skip
+
+
+def _on_anthropic(request: ClientRequest, chat: dict[str, Any], dropped: list[str]) -> Leg:
+    """Responses -> chat -> Messages, and back: the Messages answer as chat chunks, those as Responses events."""
+    chat_request = ClientRequest({**chat, "stream_options": {"include_usage": True}} if request.streaming else chat,
+                                 b"", "application/json", request.streaming)  # fmt: skip
+    messages = chat_leg(chat_request, chat_usage)
+    response_id, created_at, payload = "resp_" + secrets.token_hex(24), int(time.time()), request.payload
+    headers = {DROPPED_TOOLS_HEADER: ",".join(dropped)} if dropped else {}
+
+    def relay() -> Relay:
+        translator = ChatStreamTranslator(payload, response_id=response_id, created_at=created_at)
+        return ChainRelay(messages.relay(), TranslatedRelay(translator))
+
+    return Leg(messages.path, messages.body, messages.dialect, relay, headers=headers)
 
 
 class ResponsesRelay:

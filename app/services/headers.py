@@ -17,7 +17,9 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]{1,256}")
 
 # Client headers forwarded upstream, each with its validator. Everything else the
 # client sent (Authorization, Cookie, Host, hop-by-hop, ...) stays at the gateway.
-CLIENT_HEADER_ALLOWLIST = {"openai-beta": ("OpenAI-Beta", _PRINTABLE)}
+CLIENT_HEADER_ALLOWLIST = {"openai-beta": ("OpenAI-Beta", _PRINTABLE), "anthropic-beta": ("anthropic-beta", _PRINTABLE)}
+# Which of them each kind of upstream gets (`api` in the config).
+FORWARDED_BY_API = {"openai": {"OpenAI-Beta"}, "anthropic": {"anthropic-beta"}}
 
 # Upstream response headers passed to the client. Anything not listed (Set-Cookie,
 # hop-by-hop, x-ratelimit-* describing *our* token, Server, ...) is dropped.
@@ -44,9 +46,10 @@ def build_upstream_headers(
     already be validated (see `resolve_request_id`).
     """
     headers = dict(upstream.headers)  # validated at start-up: none of the keys below
+    forwarded = FORWARDED_BY_API[upstream.api]
     for key, value in client_headers.items():
         allowed = CLIENT_HEADER_ALLOWLIST.get(key.lower())
-        if allowed and allowed[1].fullmatch(value):
+        if allowed and allowed[0] in forwarded and allowed[1].fullmatch(value):
             headers[allowed[0]] = value
     headers["User-Agent"] = upstream.user_agent
     headers["Content-Type"] = content_type  # JSON, or a multipart upload's own (with its boundary)
@@ -57,7 +60,11 @@ def build_upstream_headers(
         headers["Accept"] = "*/*"
         headers["Accept-Encoding"] = "gzip, deflate"
     headers["X-Request-ID"] = request_id
-    if token is not None:
+    if upstream.api == "anthropic":  # Anthropic's own scheme: the key as x-api-key, and the API version
+        headers["anthropic-version"] = upstream.anthropic_version
+        if token is not None:
+            headers["x-api-key"] = token
+    elif token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return headers
 

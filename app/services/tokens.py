@@ -37,7 +37,7 @@ RETRY_TABLE: dict[int, tuple[bool, float]] = {
     401: (True, 600.0),
     403: (True, 60.0),
     429: (True, 30.0),
-    **{s: (True, 5.0) for s in (408, 500, 502, 503, 504, 520, 521, 522, 523, 524)},
+    **{s: (True, 5.0) for s in (408, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529)},  # 529: Anthropic overloaded
 }
 TRANSPORT_COOLDOWN = 5.0  # connection error, connect or read timeout
 

@@ -290,7 +290,7 @@ def test_server_tools_are_refused_by_name(kind: str) -> None:
         ({"container": "cont_1"}, "container"),
         ({"mcp_servers": [{"type": "url", "url": "https://m", "name": "m"}]}, "mcp_servers"),
         ({"messages": "hi"}, "messages"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         ({"messages": ["hi"]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         (
@@ -839,3 +839,12 @@ def test_failed_stream_raises_in_the_anthropic_sdk() -> None:
     with sdk_client(body) as client, pytest.raises(anthropic.APIStatusError, match="Upstream overloaded"):
         with client.messages.stream(model="claude", max_tokens=64, messages=[USER]) as stream:
             list(stream)
+
+
+def test_a_system_turn_inside_messages_becomes_a_chat_system_message():
+    """Claude Code's first request carries a `system` role in `messages`; chat takes system messages anywhere."""
+    chat = messages_to_chat({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+    ]})  # fmt: skip
+    assert chat["messages"] == [{"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"}]

@@ -195,7 +195,8 @@ def test_tokens_rotate_across_requests(client, auth, upstream):
 
 
 @pytest.mark.parametrize(
-    ("status", "retry"), [(400, False), (404, False), (413, False), (422, False), (401, True), (529, False)]
+    ("status", "retry"),
+    [(400, False), (404, False), (413, False), (422, False), (401, True), (529, True), (418, False)],
 )
 def test_is_retryable_matches_the_table(status, retry):
     assert is_retryable(status) is retry
