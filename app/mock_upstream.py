@@ -87,7 +87,8 @@ class Stats:
         headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        self.recent.append({"path": environ["PATH_INFO"], "headers": headers, "body": body})
+        self.recent.append({"path": environ["PATH_INFO"], "query": environ.get("QUERY_STRING", ""),
+                            "headers": headers, "body": body})  # fmt: skip
         del self.recent[:-50]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +46,9 @@ def proxy(dialect: Dialect) -> Response:
     body = g.pop("body", None)  # answer_locally read it already
     if body is None:
         body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
-    client_request = dialect.parse(body, request.headers.get("Content-Type"))
+    client_request = replace(
+        dialect.parse(body, request.headers.get("Content-Type")), query=request.query_string.decode("latin-1")
+    )
     line.model, line.streaming = client_request.payload["model"], client_request.streaming
     upstreams = route(gw.config.upstreams, line.model)
     if not upstreams or not identity.allows(line.model):

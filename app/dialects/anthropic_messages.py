@@ -49,7 +49,7 @@ class MessagesDialect(AnthropicWire):
         fields.check_optional(payload, OPTIONAL_FIELDS)
 
     def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
-        native = Leg(self.path, request.body, ANTHROPIC, AnthropicRelay)
+        native = Leg(_with_query(self.path, request.query), request.body, ANTHROPIC, AnthropicRelay)
         translated: dict[bool, Leg] = {}
 
         def leg(upstream: UpstreamConfig) -> Leg:
@@ -60,6 +60,11 @@ class MessagesDialect(AnthropicWire):
             return translated[upstream.inject_usage]
 
         return leg
+
+
+def _with_query(path: str, query: str) -> str:
+    """The client's query string, kept for a native upstream when it is plain (`beta=true`)."""
+    return f"{path}?{query}" if query and all(c.isalnum() or c in "=&_-.%" for c in query) else path
 
 
 def _translated_leg(request: ClientRequest, inject_usage: bool) -> Leg:

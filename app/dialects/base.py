@@ -64,6 +64,7 @@ class ClientRequest:
     body: bytes
     content_type: str
     streaming: bool  # the answer is relayed as it arrives (events, or raw bytes when the dialect has no events)
+    query: str = ""  # the URL's query string, for a pass-through that keeps it (e.g. Claude Code's ?beta=true)
 
 
 MULTIPART_FIELDS = frozenset({"model", "stream"})

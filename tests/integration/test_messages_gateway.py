@@ -8,6 +8,7 @@ and a real User-Agent).
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import anthropic
@@ -37,6 +38,8 @@ def stack(tmp_path_factory):
         + upstream_toml("retry", mock.url, ["limited-a", "anth-tok-2"], ["claude-retry"], api="anthropic")
         + upstream_toml("edge", edge.url, ["edge-tok-1"], ["claude-edge"], api="anthropic")
         + upstream_toml("overloaded", mock.url, ["overloaded-1"], ["claude-busy"], api="anthropic")
+        + upstream_toml("errorfirst", mock.url, ["errorfirst-a", "anth-tok-3"], ["claude-errorfirst"], api="anthropic")
+        + upstream_toml("listed", mock.url, ["anth-tok-4"], ["mock-claude*"], api="anthropic")
     )
     gateway = start_gateway(tmp, config)
     gateway.edge = edge  # for the strict-edge test
@@ -227,3 +230,56 @@ def test_the_responses_api_through_an_anthropic_upstream(stack):
     assert plain.status == "completed" and plain.output_text
     assert streamed[0].type == "response.created" and streamed[-1].type == "response.completed"
     assert streamed[-1].response.output_text == plain.output_text
+
+
+def normalized(raw: bytes) -> bytes:
+    """An event stream without what differs between two runs: the mock's timestamps and ids."""
+    raw = re.sub(rb'"mock_ts": ?[0-9.e+-]+', b'"mock_ts":0', raw)
+    return re.sub(rb'"(msg|toolu)_[A-Za-z0-9]+"', rb'"\1_x"', raw)
+
+
+def test_native_pass_through_is_byte_exact_and_keeps_the_query(stack):
+    """The same request to the mock directly and through Sluice: the same bytes (but timestamps and ids)."""
+    gateway, mock, _ = stack
+    body = {"model": "claude-native", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    direct_headers = {"x-api-key": "anth-tok-1", "anthropic-version": "2023-06-01", "Accept": "text/event-stream",
+                      "User-Agent": "test"}  # fmt: skip
+    direct = requests.post(f"{mock.url}/v1/messages", json=body, headers=direct_headers, timeout=30).content
+    via = requests.post(f"{gateway.url}/v1/messages?beta=true", json=body, timeout=30,
+                        headers={"x-api-key": MASTER_KEY, "anthropic-version": "2023-06-01"}).content  # fmt: skip
+    assert normalized(via) == normalized(direct) and via.count(b"event: content_block_delta") == 8
+    assert last_request(mock, "/v1/messages")["query"] == "beta=true"
+
+
+def test_an_error_event_before_any_content_is_retried_on_another_token(stack):
+    gateway, mock, _ = stack
+    with claude(gateway) as client:
+        with client.messages.stream(model="claude-errorfirst", max_tokens=20,
+                                    messages=[{"role": "user", "content": "hi"}]) as stream:  # fmt: skip
+            assert "".join(stream.text_stream)
+    assert last_request(mock, "/v1/messages")["headers"]["X-Api-Key"] == "anth-tok-3"
+
+
+def test_a_native_stream_cut_after_its_first_event_ends_with_an_anthropic_error_event(stack):
+    """(The translated relay's end is in tests/unit/test_messages_dialect.py.)"""
+    gateway, _, _ = stack
+    model = "claude-native"
+    body = {"model": model, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}],
+            "mock": {"drop_after": 3}}  # the mock's knob, passed through untouched  # fmt: skip
+    with requests.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": MASTER_KEY}, stream=True,
+                       timeout=30) as reply:  # fmt: skip
+        events = [e for e in reply.content.split(b"\n\n") if e.strip()]
+    assert events[-1].startswith(b"event: error\n") and b"[DONE]" not in reply.content
+    error = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    with claude(gateway) as client, pytest.raises(anthropic.APIStatusError):
+        with client.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+                                    extra_body={"mock": {"drop_after": 3}}) as stream:  # fmt: skip
+            list(stream.text_stream)
+
+
+def test_models_of_anthropic_upstreams_are_listed(stack):
+    gateway, _, _ = stack
+    reply = requests.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=10)
+    ids = {m["id"] for m in reply.json()["data"]}
+    assert {"mock-claude", "mock-claude-haiku"} <= ids  # the upstream's own /v1/models, matching its glob
