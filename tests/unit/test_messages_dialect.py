@@ -186,14 +186,17 @@ def claude_client(make_app):
     return make_app(make_config(anthropic_upstream(models=("claude-*",)))).test_client()
 
 
+KEY = {"x-api-key": "sk-test-master-key-0123456789"}
+HI = [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.parametrize(
     ("headers", "body", "status", "kind"),
     [
         ({}, {"model": "claude-x", "max_tokens": 5, "messages": []}, 401, "authentication_error"),
         ({"x-api-key": "sk-test-master-key-0123456789"}, {"model": "claude-x", "messages": []}, 400,
          "invalid_request_error"),
-        ({"x-api-key": "sk-test-master-key-0123456789"}, {"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
-         404,
+        (KEY, {"model": "gpt", "max_tokens": 5, "messages": HI}, 404,
          "not_found_error"),
         ({"x-api-key": "sk-test-master-key-0123456789"}, {"model": "claude-x", "max_tokens": 5,
          "messages": ["x" * 20000]}, 413, "request_too_large"),
