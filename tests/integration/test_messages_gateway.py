@@ -283,3 +283,15 @@ def test_models_of_anthropic_upstreams_are_listed(stack):
     reply = requests.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=10)
     ids = {m["id"] for m in reply.json()["data"]}
     assert {"mock-claude", "mock-claude-haiku"} <= ids  # the upstream's own /v1/models, matching its glob
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"messages": [{"role": "user", "content": "hi"}]}, {"model": "claude-native"}, {"model": 5, "messages": []},
+     {"model": "claude-native", "messages": [], "stream": True}],
+)  # fmt: skip
+def test_bad_count_tokens_bodies_get_an_anthropic_shaped_400(stack, body):
+    gateway, _, _ = stack
+    reply = requests.post(f"{gateway.url}/v1/messages/count_tokens", json=body, headers={"x-api-key": MASTER_KEY},
+                          timeout=10)  # fmt: skip
+    assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_request_error"
