@@ -159,7 +159,9 @@ class ChatStreamTranslator:
         self._items: list[_Item] = []
         self._text: _Item | None = None  # the open message or reasoning item
         self._calls: dict[int, _Item] = {}  # chat tool_calls index -> its open item
+        self._unnamed: dict[int, dict] = {}  # a call's fragments that came before its name (the item needs it)
         self._finish_reason: str | None = None
+        self._ending = False
 
     def feed(self, chunk: dict) -> list[bytes]:
         """Events for one parsed chat chunk; an `{"error": ...}` chunk ends the stream like fail()."""
@@ -192,7 +194,7 @@ class ChatStreamTranslator:
         """Close every open item and send response.completed (or .incomplete on length/content_filter)."""
         if self._ended:
             return []
-        out = self._start()
+        out = self._start() + self._flush_unnamed()
         status = "incomplete" if self._finish_reason in ENDED else "completed"
         out += self._close_all(status)
         self._ended = True
@@ -260,6 +262,13 @@ class ChatStreamTranslator:
         key = self._call_key(call)
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
         item, out = self._calls.get(key), []
+        if item is None and not (isinstance(function.get("name"), str) and function["name"]) and not self._ending:
+            self._hold(key, call, function)  # output_item.added must name the function: wait for the name
+            return out
+        if item is None and key in self._unnamed:  # the name has come: the held fragments first
+            held = self._unnamed.pop(key)
+            call = {**call, "id": call.get("id") or held["id"]}
+            function = {**function, "arguments": held["arguments"] + (function.get("arguments") or "")}
         if item is None:
             out += self._close_text("completed")
             call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
@@ -275,6 +284,20 @@ class ChatStreamTranslator:
             item.text += arguments
             out.append(self._event("response.function_call_arguments.delta", item_id=item.id,
                                    output_index=item.index, delta=arguments))  # fmt: skip
+        return out
+
+    def _hold(self, key: int, call: dict, function: dict) -> None:
+        held = self._unnamed.setdefault(key, {"id": None, "arguments": ""})
+        held["id"] = held["id"] or (call.get("id") if isinstance(call.get("id"), str) else None)
+        if isinstance(function.get("arguments"), str):
+            held["arguments"] += function["arguments"]
+
+    def _flush_unnamed(self) -> list[bytes]:
+        """Calls whose name never came, opened as they are at the end (nothing is lost)."""
+        out: list[bytes] = []
+        self._ending = True
+        for key, held in list(self._unnamed.items()):
+            out += self._call_delta({"index": key, "id": held["id"], "function": {"arguments": ""}})
         return out
 
     def _call_key(self, call: dict) -> int:

@@ -963,3 +963,29 @@ def test_stream_calls_without_index(chunks: list[dict], calls: list[tuple[str, s
     output = events[-1]["response"]["output"]
     assert [(item["call_id"], item["arguments"]) for item in output] == calls
     assert [item["id"] for item in output] == [f"fc_test_{i}" for i in range(len(calls))]
+
+
+def test_a_call_whose_name_comes_after_its_id_is_announced_with_the_name():
+    """Some servers send a call's id (and even argument fragments) before its name: output_item.added waits."""
+    translator = ChatStreamTranslator({"model": "m"}, response_id="resp_late", created_at=1)
+    deltas = [{"index": 0, "id": "call_1", "function": {"arguments": ""}},
+              {"index": 0, "function": {"arguments": '{"a":'}},
+              {"index": 0, "function": {"name": "f", "arguments": " 1}"}}]  # fmt: skip
+    events = []
+    for delta in deltas:
+        events += translator.feed({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}]})
+    events += translator.finish()
+    parsed = [json.loads(e.split(b"data: ", 1)[1]) for e in events]
+    added = next(e for e in parsed if e["type"] == "response.output_item.added")
+    assert added["item"]["name"] == "f" and added["item"]["call_id"] == "call_1"
+    done = next(e for e in parsed if e["type"] == "response.function_call_arguments.done")
+    assert done["arguments"] == '{"a": 1}'
+
+
+def test_a_call_that_never_gets_a_name_is_still_delivered():
+    translator = ChatStreamTranslator({"model": "m"}, response_id="resp_anon", created_at=1)
+    delta = {"index": 0, "id": "call_2", "function": {"arguments": "{}"}}
+    events = translator.feed({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}]})
+    events += translator.finish()
+    kinds = [json.loads(e.split(b"data: ", 1)[1])["type"] for e in events]
+    assert "response.output_item.added" in kinds and kinds[-1] == "response.completed"
