@@ -16,7 +16,6 @@ the Anthropic Messages API (`/v1/messages`, count_tokens, the models list asked 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -31,14 +30,14 @@ import gevent
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from app.mock_chat import chunks, completion, embeddings, reply_words
 from app.mock_media import PATHS as MEDIA_PATHS
 from app.mock_media import MediaMock, form_summary
 from app.mock_messages import MessagesMock, is_messages_request
 from app.mock_responses import PATH as RESPONSES_PATH
-from app.mock_responses import ResponsesMock, schema_arguments
+from app.mock_responses import ResponsesMock
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
-REPLY = "Hello from the Sluice mock upstream! Streaming works end to end through the gateway."
 STRICT_EDGE_PAGE = b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1><p>Request blocked by edge.</p></body></html>"  # noqa: E501
 NAIVE_AGENTS = ("python-requests/", "python-urllib3/", "python-urllib/")
 
@@ -99,10 +98,10 @@ class MockUpstream:
         self.options = options
         self.stats = Stats()
         self.responses = ResponsesMock(
-            reply_words=_reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
+            reply_words=reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
         )
         self.media = MediaMock(send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE)
-        self.messages = MessagesMock(reply_words=_reply_words, send=_send, cookie=EDGE_COOKIE,
+        self.messages = MessagesMock(reply_words=reply_words, send=_send, cookie=EDGE_COOKIE,
                                      token_faults=TOKEN_FAULTS, edge_page=STRICT_EDGE_PAGE,
                                      naive_agents=NAIVE_AGENTS)  # fmt: skip
 
@@ -175,13 +174,13 @@ class MockUpstream:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _json(start_response, 400, _error_body("Body must be a JSON object with a model.", "invalid_body"))
         if path == "/v1/embeddings":
-            reply = _embeddings(body)
+            reply = embeddings(body)
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
         chat = path == "/v1/chat/completions"
         if not streaming:
             gevent.sleep(opts.header_delay + opts.first_delay)
-            reply = _completion(body, chat, opts)
+            reply = completion(body, chat, opts)
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
         start_response(
@@ -206,7 +205,7 @@ class MockUpstream:
             if opts.error_first:
                 error = _error_body("The model is overloaded.", "server_overloaded")
                 yield b"data: " + json.dumps(error).encode() + b"\n\n"
-            for seq, chunk in enumerate(_chunks(body, chat, opts)):
+            for seq, chunk in enumerate(chunks(body, chat, opts)):
                 if opts.drop_after is not None and seq >= opts.drop_after:
                     self.stats.streams_dropped += 1
                     finished = True
@@ -237,96 +236,6 @@ def _send(event: bytes, trickle: bool) -> Iterator[bytes]:
     for i in range(0, len(event), 7):  # a few bytes per write, each its own chunk on the wire
         yield event[i : i + 7]
         gevent.sleep(0.002)
-
-
-def _chunks(body: dict, chat: bool, opts: Options) -> Iterator[dict]:
-    words = _reply_words(opts.chunks)
-    base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": body["model"]}
-    base["object"] = "chat.completion.chunk" if chat else "text_completion"
-    call = _tool_call(body) if chat else None
-    if call is not None:  # the name first, then the arguments in two fragments, as OpenAI streams them
-        head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
-                "arguments": ""}}  # fmt: skip
-        arguments = call["function"]["arguments"]
-        fragments = [head, {"index": 0, "function": {"arguments": arguments[:5]}},
-                     {"index": 0, "function": {"arguments": arguments[5:]}}]  # fmt: skip
-        for i, fragment in enumerate(fragments):
-            delta = {"role": "assistant", "tool_calls": [fragment]} if i == 0 else {"tool_calls": [fragment]}
-            yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
-        words = []
-    for i, word in enumerate(words):
-        last = i == len(words) - 1
-        if chat:
-            delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
-            choice = {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
-        else:
-            choice = {"index": 0, "text": word, "finish_reason": "stop" if last else None}
-        yield {**base, "choices": [choice]}
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage"):
-        yield {**base, "choices": [], "usage": _usage(body, len(words))}
-
-
-def _reply_words(count: int) -> list[str]:
-    words = REPLY.split(" ")
-    return [(words[i % len(words)] + " ") for i in range(max(1, count))]
-
-
-def _completion(body: dict, chat: bool, opts: Options) -> dict:
-    text = "".join(_reply_words(opts.chunks))
-    call = _tool_call(body) if chat else None
-    if call is not None:
-        message = {"role": "assistant", "content": None, "tool_calls": [call]}
-        choice, kind = {"index": 0, "message": message, "finish_reason": "tool_calls"}, "chat.completion"
-    elif chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": _quoted(body, text)}, "finish_reason": "stop"}
-        kind = "chat.completion"
-    else:
-        choice, kind = {"index": 0, "text": text, "finish_reason": "stop"}, "text_completion"
-    return {"id": "chatcmpl-mock", "object": kind, "created": int(time.time()), "model": body["model"],
-            "choices": [choice], "usage": _usage(body, max(1, opts.chunks))}  # fmt: skip
-
-
-def _tool_call(body: dict) -> dict | None:
-    """A call of the first function tool when the last message is the user's and mentions the weather
-    (or `tool_choice` names the function, or is "required"), like the Responses mock."""
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    choice = body.get("tool_choice")
-    forced = choice == "required" or (isinstance(choice, dict) and "function" in choice)
-    asked = last.get("role") == "user" and "weather" in json.dumps(last.get("content", "")).lower()
-    if not tools or choice == "none" or not (forced or asked):
-        return None
-    named = choice["function"].get("name") if isinstance(choice, dict) and "function" in choice else None
-    tool = next((t for t in tools if t["function"].get("name") == named), tools[0])["function"]
-    arguments = json.dumps(schema_arguments(tool.get("parameters")))  # fits the schema, as the Responses mock's
-    return {"id": "call_mock_1", "type": "function", "function": {"name": tool.get("name"), "arguments": arguments}}
-
-
-def _quoted(body: dict, text: str) -> str:
-    """The reply, quoting the last tool result if the last message is one (a round trip shows it came back)."""
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    return f"The tool said: {last.get('content')}. {text}" if last.get("role") == "tool" else text
-
-
-def _usage(body: dict, completion_tokens: int) -> dict:
-    prompt_tokens = max(1, len(json.dumps(body.get("messages", body.get("prompt", "")))) // 4)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-
-
-def _embeddings(body: dict) -> dict:
-    inputs = body.get("input")
-    items = inputs if isinstance(inputs, list) else [inputs]
-    data = []
-    for i, item in enumerate(items):
-        digest = hashlib.sha256(json.dumps(item).encode()).digest()
-        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
-    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
-    return {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
 
 def _read_json(environ: dict) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from app.mock_upstream import REPLY
+from app.mock_chat import REPLY
 from tests.integration.claude_code import VERSION, ProxyTrap, claude_print, claude_result
 from tests.integration.conftest import MASTER_KEY, start_gateway, start_mock, upstream_toml
 

@@ -9,7 +9,7 @@ import anthropic
 import pytest
 import requests
 
-from app.mock_upstream import REPLY
+from app.mock_chat import REPLY
 from tests.integration.conftest import mock_stats
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from app.mock_upstream import REPLY
+from app.mock_chat import REPLY
 from tests.integration.conftest import mock_stats
 
 pytestmark = pytest.mark.integration

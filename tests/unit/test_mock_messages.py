@@ -10,8 +10,9 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 from werkzeug.test import Client
 
+from app.mock_chat import reply_words as _reply_words
 from app.mock_messages import input_tokens, is_messages_request, plan
-from app.mock_upstream import MockUpstream, Options, _reply_words
+from app.mock_upstream import MockUpstream, Options
 
 HEADERS = {"x-api-key": "good-key-0001", "anthropic-version": "2023-06-01"}
 REPLY_TEXT = "".join(_reply_words(8))

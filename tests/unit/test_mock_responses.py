@@ -24,8 +24,9 @@ from openai.types.responses import (
 )
 from werkzeug.test import Client
 
+from app.mock_chat import reply_words as _reply_words
 from app.mock_responses import STORE_LIMIT, input_items, plan
-from app.mock_upstream import MockUpstream, Options, _reply_words
+from app.mock_upstream import MockUpstream, Options
 
 TOKEN = {"Authorization": "Bearer good-token-0001"}
 REPLY_TEXT = "".join(_reply_words(8))
