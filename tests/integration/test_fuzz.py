@@ -34,7 +34,7 @@ ANTHROPIC_TYPES = {*ANTHROPIC_ERROR_TYPES.values(), "api_error", "invalid_reques
 # Hypothesis draws strings from the constants of the code it runs with (app/bodylimit.py's "Transfer-Encoding"),
 # and negative mode adds arbitrary headers: an empty Transfer-Encoding then got gunicorn's own 501.
 FRAMING = frozenset({"transfer-encoding", "content-length", "expect", "connection", "host", "upgrade", "te"})
-EXAMPLES = 15
+EXAMPLES = 13  # 36 operations; 15 when there were 34 (the run stays near 30 s)
 
 
 @pytest.fixture(scope="module")
