@@ -44,7 +44,7 @@ def authenticate(header: str | None, master_key: str | None, keys: KeyRepo, now:
     if presented is None:
         raise ApiError(
             401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
             code="missing_api_key",
         )
     if master_key and hmac.compare_digest(presented.encode(), master_key.encode()):

@@ -82,8 +82,14 @@ def register_error_handlers(app: Flask) -> None:
         if line is not None:
             line.outcome = error.code or error.type
         rule = request.url_rule.rule if request.url_rule is not None else None
-        dialect = current_app.extensions.get("sluice.error_dialects", {}).get(rule)  # app/api/blueprint.py
-        return error_response(error, dialect.error_body if dialect is not None else None)
+        find = current_app.extensions.get("sluice.error_dialect")  # app/api/blueprint.py
+        dialect = find(rule, request.path) if find is not None else None
+        if dialect is None:
+            return error_response(error)
+        response = error_response(error, dialect.error_body)
+        if line is not None:
+            response.headers["request-id"] = line.request_id  # as Anthropic's API names it
+        return response
 
     app.register_error_handler(ApiError, api_error)
 

@@ -24,15 +24,25 @@ ERROR_DIALECTS: dict[str, Dialect] = {}  # full URL rule -> the dialect its erro
 
 
 def dialect_route(rule: str, dialect: Dialect, **options: Any) -> Callable:
-    """`bp.route`, and every error on the route (under each prefix) in `dialect`'s shape."""
+    """`bp.route`, and every error on the route (under each prefix) in `dialect`'s shape, and below it
+    (a 404 for /v1/messages/batches, a 405 for GET /v1/messages)."""
     ERROR_DIALECTS.update({prefix + rule: dialect for prefix in PREFIXES})
     return bp.route(rule, **options)
+
+
+def error_dialect(rule: str | None, path: str) -> Dialect | None:
+    """The dialect a request's errors are written in: its route's, or (no route matched) the one of the
+    declared route the path falls under; None: the OpenAI shape."""
+    if rule is not None and rule in ERROR_DIALECTS:
+        return ERROR_DIALECTS[rule]
+    under = [r for r in ERROR_DIALECTS if path == r or path.startswith(r + "/")]
+    return ERROR_DIALECTS[min(under, key=len)] if under else None
 
 
 @bp.before_request
 def _authenticate() -> None:
     gw = gateway()
-    header = request.headers.get("Authorization")
+    header = request.headers.get("Authorization") or None
     if header is None and request.headers.get("x-api-key"):  # Anthropic clients send the key this way
         header = "Bearer " + request.headers["x-api-key"]
     identity = authenticate(header, gw.settings.master_key, gw.keys, time.time())
@@ -45,5 +55,5 @@ def _ratelimit_window(response: Response) -> Response:
     """Managed keys get x-ratelimit-* headers on every response, admitted or not."""
     admission.window(gateway().limiter, g.get("identity"), g.line)
     if request.url_rule is not None and request.url_rule.rule in ERROR_DIALECTS:
-        response.headers["request-id"] = g.line.request_id  # as Anthropic's API names it
+        response.headers["request-id"] = g.line.request_id  # as Anthropic's API names it (errors: app/errors.py)
     return response

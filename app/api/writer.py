@@ -9,6 +9,7 @@ from typing import Any
 from flask import Response, request
 
 from app.config import GatewayConfig
+from app.errors import ApiError
 from app.requestlog import RequestLine
 from app.services import metrics
 from app.services.attempts import Accepted, Attempts, Failed
@@ -149,7 +150,10 @@ def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline:
     status = outcome.response.status_code
     headers = client_response_headers(outcome.response.headers.items())
     relay = outcome.leg.relay()
-    data = relay.plain(outcome.body or b"", headers.get("Content-Type", ""))
+    try:
+        data = relay.plain(outcome.body or b"", headers.get("Content-Type", ""))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a malformed upstream answer
+        raise ApiError(502, "The upstream's answer could not be read or translated.", code="upstream_error") from exc
     line.usage = relay.usage or {}
     headers.update(outcome.leg.headers)
     line.first_byte = time.monotonic()

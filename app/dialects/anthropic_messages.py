@@ -138,7 +138,7 @@ class CountTokensDialect(MessagesDialect):
         fields.check_stream(payload, can_stream=False)
 
     def legs(self, request: ClientRequest) -> Callable[[UpstreamConfig], Leg]:
-        native = Leg(self.path, request.body, ANTHROPIC, AnthropicRelay)
+        native = Leg(_with_query(self.path, request.query), request.body, ANTHROPIC, AnthropicRelay)
 
         def leg(upstream: UpstreamConfig) -> Leg:
             if upstream.api != "anthropic":

@@ -97,6 +97,7 @@ class AnthropicRelay:
         self.counts: dict[str, int] = {}
         self.usage: Usage | None = None
         self.done = False
+        self.failed = False  # the upstream ended the stream with its own error event
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         name = sse.event_name(raw)
@@ -112,11 +113,13 @@ class AnthropicRelay:
         if not isinstance(data, dict):
             return
         kind = data.get("type")
-        found = data.get("message", {}).get("usage") if kind == "message_start" else data.get("usage")
+        message = data.get("message") if isinstance(data.get("message"), dict) else {}
+        found = message.get("usage") if kind == "message_start" else data.get("usage")
         if isinstance(found, dict):
             self.counts.update({k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)})
             self.usage = message_usage(self.counts)
         self.done = self.done or kind in TERMINAL
+        self.failed = self.failed or kind == "error"
 
     def end(self) -> Sequence[bytes]:
         if not self.done:

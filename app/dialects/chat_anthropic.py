@@ -70,8 +70,8 @@ def chat_to_messages(payload: dict, *, default_max_tokens: int) -> dict:
     choice = _tool_choice(payload.get("tool_choice"))
     if tools:
         body["tools"] = tools
-        if payload.get("parallel_tool_calls") is False:
-            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+        if payload.get("parallel_tool_calls") is False and (choice or {}).get("type") != "none":
+            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}  # "none" takes no such flag
         if choice is not None:
             body["tool_choice"] = choice
     elif choice is not None and choice["type"] == "tool":

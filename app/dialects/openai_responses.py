@@ -165,6 +165,7 @@ class ResponsesRelay:
         self.count_usage = count_usage
         self.usage: Usage | None = None
         self.done = False
+        self.failed = False  # the upstream ended the stream with error or response.failed
         self.sequence = -1  # the last sequence_number seen
         self.response: dict[str, Any] | None = None  # from response.created, for a well-formed failure
 
@@ -191,6 +192,7 @@ class ResponsesRelay:
             self._take_usage(response)
         kind = event.name or data.get("type")
         self.done = self.done or kind in TERMINAL
+        self.failed = self.failed or kind in ("error", "response.failed")
 
     def _take_usage(self, response: Any) -> None:
         counts = self.count_usage() if callable(self.count_usage) else self.count_usage

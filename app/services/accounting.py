@@ -32,6 +32,7 @@ OUTCOMES = {
     "deadline_exceeded": "timeout_deadline",
     "server_shutdown": "server_shutdown",
     "upstream_error": "upstream_error",
+    "upstream_overloaded": "upstream_error",
     "upstream_stream_error": "upstream_error",
     "upstream_auth_failed": "upstream_auth_failed",
     "no_upstream_available": "no_upstream_available",

@@ -17,7 +17,12 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]{1,256}")
 
 # Client headers forwarded upstream, each with its validator. Everything else the
 # client sent (Authorization, Cookie, Host, hop-by-hop, ...) stays at the gateway.
-CLIENT_HEADER_ALLOWLIST = {"openai-beta": ("OpenAI-Beta", _PRINTABLE), "anthropic-beta": ("anthropic-beta", _PRINTABLE)}
+# anthropic-beta is a comma-separated list of feature names: Claude Code's alone is over 230 characters.
+_FEATURE_LIST = re.compile(r"[\x20-\x7e]{1,4096}")
+CLIENT_HEADER_ALLOWLIST = {
+    "openai-beta": ("OpenAI-Beta", _PRINTABLE),
+    "anthropic-beta": ("anthropic-beta", _FEATURE_LIST),
+}
 # Which of them each kind of upstream gets (`api` in the config).
 FORWARDED_BY_API = {"openai": {"OpenAI-Beta"}, "anthropic": {"anthropic-beta"}}
 

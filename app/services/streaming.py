@@ -102,12 +102,14 @@ class StreamBody:
                 yield from self._wait_for_acceptance()
             relay = self.relay
             for event in self._upstream_events():
-                for out in relay.feed(event):
+                for out in _relayed(relay.feed, event):
                     self.stats.events += 1
                     yield self._written(out)
                 self.stats.usage = relay.usage
             for out in relay.end():
                 yield self._written(out)
+            if getattr(relay, "failed", False):  # the upstream's own error event ended it: relayed, and recorded
+                self.stats.outcome = "upstream_error"
         except StreamBroken as exc:
             if self.relay is not None and getattr(self.relay, "done", False):
                 return  # the stream had ended in its dialect: what broke after its last event is not the client's
@@ -207,6 +209,16 @@ class StreamBody:
                 self.on_finish(self.stats)
             finally:
                 lifecycle.drain_finished()
+
+
+def _relayed(feed: Callable[[bytes], Any], event: bytes) -> Any:
+    """The relay's output for one upstream event; an event it cannot read or translate (a malformed
+    upstream) breaks the stream like a transport error, so it still ends well-formed."""
+    try:
+        return feed(event)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        log.warning("an upstream event could not be relayed: %s: %s", type(exc).__name__, exc)
+        raise StreamBroken("upstream_stream_error", "The upstream sent an event the gateway could not read.") from exc
 
 
 def _timeout(now: float, deadline: float) -> StreamBroken:

@@ -242,6 +242,10 @@ def final_error(failure: Failure, secrets: Sequence[str], dialect: Dialect) -> A
     if status in (401, 403):
         message = f"The upstream rejected the gateway's credentials (HTTP {status}); no token was accepted."
         return ApiError(502, message, code="upstream_auth_failed")
+    if status == 529:  # Anthropic's "overloaded": a 503 with Retry-After (an Anthropic client sees overloaded_error)
+        seconds = str(max(1, round(failure.decision.cooldown)))
+        message = "The upstream is overloaded (HTTP 529) on every available token."
+        return ApiError(503, message, code="upstream_overloaded", headers={"Retry-After": seconds})
     if status >= 500 or status < 400:
         return ApiError(502, f"The upstream answered HTTP {status}.", code="upstream_error")
     return _client_fault(failure, secrets, dialect)

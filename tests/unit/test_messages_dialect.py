@@ -138,7 +138,7 @@ def test_a_chain_of_two_translations_feeds_the_first_into_the_second():
 
 
 def anthropic_upstream(**extra) -> UpstreamConfig:
-    return UpstreamConfig(name="claude", base_url=BASE, tokens=("sk-ant-1",), api="anthropic", **extra)
+    return UpstreamConfig(**{"name": "claude", "base_url": BASE, "tokens": ("sk-ant-1",), "api": "anthropic", **extra})
 
 
 @pytest.mark.parametrize("streaming", [True, False])
@@ -210,3 +210,65 @@ def test_every_error_on_the_messages_route_is_anthropic_shaped(claude_client, he
         "error": {"type": kind, "message": reply.get_json()["error"]["message"]},
     }
     assert reply.headers["request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/messages", 405),
+        ("GET", "/api/v1/messages/count_tokens", 405),
+        ("POST", "/v1/messages/batches", 404),
+    ],
+)
+def test_routing_errors_under_the_messages_routes_are_anthropic_shaped_too(claude_client, method, path, status):
+    reply = claude_client.open(path, method=method, headers=KEY)
+    assert reply.status_code == status and reply.get_json()["type"] == "error" and reply.headers["request-id"]
+
+
+def test_an_empty_authorization_header_does_not_hide_x_api_key(claude_client, upstream):
+    upstream.add("POST", f"{BASE}/messages", json={"type": "message", "content": [], "usage": {}})
+    reply = claude_client.post("/v1/messages", json={"model": "claude-x", "max_tokens": 5, "messages": HI},
+                               headers={**KEY, "Authorization": ""})  # fmt: skip
+    assert reply.status_code == 200
+
+
+def test_a_long_anthropic_beta_list_is_forwarded_whole():
+    features = ",".join(f"feature-{i}-2025-01-01" for i in range(20))  # over 400 characters, as Claude Code's grow
+    headers = build_upstream_headers(anthropic_upstream(), "k", streaming=True, client_headers={"anthropic-beta":
+                                     features}, request_id="r")  # fmt: skip
+    assert len(features) > 256 and headers["anthropic-beta"] == features
+
+
+def test_an_upstream_overloaded_on_every_token_is_an_overloaded_error(make_app, upstream):
+    client = make_app(make_config(anthropic_upstream(models=("claude-*",), tokens=("a1", "a2")))).test_client()
+    busy = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    upstream.add("POST", f"{BASE}/messages", status=529, json=busy)
+    reply = client.post("/v1/messages", json={"model": "claude-x", "max_tokens": 5, "messages": HI}, headers=KEY)
+    assert reply.status_code == 503 and reply.get_json()["error"]["type"] == "overloaded_error"
+    assert reply.headers["Retry-After"] and len(upstream.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"choices": [{"index": 0, "message": {"role": "assistant", "content": True}, "finish_reason": ["x"]}]},
+     {"choices": "nope"}],
+)  # fmt: skip
+def test_a_malformed_chat_answer_is_a_502_never_a_500(make_app, upstream, answer):
+    chat = UpstreamConfig(name="chat", base_url=BASE, tokens=("c1",), models=("claude-*",))
+    client = make_app(make_config(chat)).test_client()
+    upstream.add("POST", f"{BASE}/chat/completions", json=answer)
+    reply = client.post("/v1/messages", json={"model": "claude-x", "max_tokens": 5, "messages": HI}, headers=KEY)
+    assert reply.status_code in (200, 502) and reply.get_json()["type"] in ("message", "error")
+
+
+def test_a_malformed_upstream_event_ends_the_stream_with_an_error_event(make_app, upstream):
+    chat = UpstreamConfig(name="chat", base_url=BASE, tokens=("c1",), models=("claude-*",))
+    client = make_app(make_config(chat)).test_client()
+    weird = (
+        'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+        'data: {"choices":[{"index":{"x":1},"delta":{"tool_calls":[{"index":{"a":1}}]},"finish_reason":[1]}]}\n\n'
+    )
+    upstream.add("POST", f"{BASE}/chat/completions", body=weird, headers={"Content-Type": "text/event-stream"})
+    body = {"model": "claude-x", "max_tokens": 5, "stream": True, "messages": HI}
+    events = [sse.parse(raw) for raw in sse.split(client.post("/v1/messages", json=body, headers=KEY).get_data())[0]]
+    assert events[0].name == "message_start" and events[-1].name in ("error", "message_stop")
