@@ -96,8 +96,9 @@ class ModelCatalog:
             lock.release()
 
     def _fetch(self, upstream: UpstreamConfig, request_id: str) -> list[dict] | None:
+        path = "/models?limit=1000" if upstream.api == "anthropic" else "/models"  # Anthropic pages by 20
         call = UpstreamCall(
-            "GET", fixed_leg("/models", None, MODELS), False, [upstream], request_id,
+            "GET", fixed_leg(path, None, MODELS), False, [upstream], request_id,
             max_attempts=1, read_timeout=FETCH_TIMEOUT,
         )  # fmt: skip
         result = self.client.send(call)
