@@ -133,19 +133,20 @@ def test_count_tokens_native_and_estimated(stack):
     assert native.input_tokens > 0 and estimated.input_tokens == -(-len(json.dumps([None, messages, None])) // 4)
 
 
-def test_typed_errors_for_a_bad_key_an_unknown_model_and_a_rate_limited_key(stack):
+@pytest.mark.parametrize("mode", ["native", "translated"])
+def test_typed_errors_for_a_bad_key_an_unknown_model_and_a_rate_limited_key(stack, mode):
     gateway, _, _ = stack
     key = gateway.cli("keys", "create", f"claude-{time.time_ns()}", "--rpm", "1").stdout.strip()
     ask = {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
     with claude(gateway, "sk-wrong-key-0123456789") as wrong, pytest.raises(anthropic.AuthenticationError):
-        wrong.messages.create(model="claude-native", **ask)
+        wrong.messages.create(model=MODELS[mode], **ask)
     with claude(gateway) as client, pytest.raises(anthropic.NotFoundError) as missing:
         client.messages.create(model="nope", **ask)
     assert missing.value.body["error"]["type"] == "not_found_error"
     with claude(gateway, key) as limited:
-        limited.messages.create(model="claude-native", **ask)
+        limited.messages.create(model=MODELS[mode], **ask)
         with pytest.raises(anthropic.RateLimitError) as refused:
-            limited.messages.create(model="claude-native", **ask)
+            limited.messages.create(model=MODELS[mode], **ask)
     assert refused.value.response.headers["request-id"] and refused.value.response.headers["retry-after"]
 
 
