@@ -190,7 +190,8 @@ def test_an_overloaded_upstream_is_a_typed_error(stack):
     gateway, _, _ = stack
     with claude(gateway) as client, pytest.raises(anthropic.APIStatusError) as failed:
         client.messages.create(model="claude-busy", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
-    assert failed.value.body["type"] == "error" and failed.value.status_code == 502
+    assert failed.value.status_code == 503 and failed.value.body["error"]["type"] == "overloaded_error"
+    assert failed.value.response.headers["retry-after"]
 
 
 def test_the_strict_edge_takes_sluices_headers_and_refuses_naive_ones(stack):
