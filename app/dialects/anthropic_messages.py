@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.dialects import fields
 from app.dialects.anthropic_chat import ChatToMessagesStream, chat_to_message, messages_to_chat
 from app.dialects.anthropic_wire import ANTHROPIC, STREAM_ERROR_TYPES, AnthropicRelay, AnthropicWire, message_usage
 from app.dialects.base import ClientRequest, Leg, Usage
-from app.dialects.openai_chat import CHAT, is_done, usage_body
-from app.errors import ApiError, StreamBroken
-from app.services import sse
+from app.dialects.from_chat import FromChatRelay
+from app.dialects.openai_chat import CHAT, usage_body
+from app.errors import ApiError
 
 if TYPE_CHECKING:
     from app.config import UpstreamConfig
@@ -79,49 +79,19 @@ def _translated_leg(request: ClientRequest, inject_usage: bool) -> Leg:
     return Leg(CHAT.path, body, CHAT, relay)
 
 
-class MessagesFromChatRelay:
-    """Chat chunks from a chat-completions upstream, as a Messages event stream (or a chat answer as a message)."""
+class MessagesFromChatRelay(FromChatRelay):
+    """Chat chunks from a chat-completions upstream, as a Messages event stream (or a chat answer as a message);
+    upstream comments are dropped: Claude clients are kept alive with pings."""
 
-    def __init__(self, translator: ChatToMessagesStream) -> None:
-        self.translator = translator
-        self.usage: Usage | None = None
-        self.done = False
+    def _fail(self, code: str, message: str) -> list[bytes]:
+        return self.translator.fail(STREAM_ERROR_TYPES.get(code, "api_error"), f"{message} ({code})")
 
-    def feed(self, raw: bytes) -> Sequence[bytes]:
-        if not sse.has_data(raw):
-            return ()  # an upstream comment: Claude clients are kept alive with pings
-        if is_done(raw):
-            self.done = True
-            return self._counted(self.translator.finish())
-        try:
-            chunk = sse.parse(raw).json()
-        except ValueError:
-            return ()
-        return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()
-
-    def end(self) -> Sequence[bytes]:
-        if not self.done:
-            raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
-        return ()
-
-    def fail(self, code: str, message: str) -> Sequence[bytes]:
-        return self._counted(self.translator.fail(STREAM_ERROR_TYPES.get(code, "api_error"), f"{message} ({code})"))
-
-    def plain(self, body: bytes, content_type: str) -> bytes:
-        try:
-            chat = json.loads(body)
-        except ValueError:
-            raise ApiError(502, "The upstream's chat answer is not JSON.", code="upstream_error") from None
-        if not isinstance(chat, dict):
-            raise ApiError(502, "The upstream's chat answer is not a JSON object.", code="upstream_error")
+    def _answer(self, chat: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         message = chat_to_message(chat, self.translator.request, message_id=self.translator.message_id)
-        self.usage = message_usage(message.get("usage"))
-        return json.dumps(message).encode()
+        return message, message_usage(message.get("usage"))
 
-    def _counted(self, events: list[bytes]) -> list[bytes]:
-        if self.translator.usage is not None:
-            self.usage = message_usage(self.translator.usage)
-        return events
+    def _usage(self, translated: dict[str, Any]) -> Usage | None:
+        return message_usage(translated)
 
 
 class CountTokensDialect(MessagesDialect):

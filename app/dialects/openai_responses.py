@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from app.dialects import fields
 from app.dialects.base import ChainRelay, ClientRequest, Leg, Relay, Usage, Verdict
 from app.dialects.chat_on_anthropic import chat_leg
-from app.dialects.openai_chat import CHAT, OpenAIDialect, chat_usage, is_done, usage_body
+from app.dialects.from_chat import FromChatRelay
+from app.dialects.openai_chat import CHAT, OpenAIDialect, chat_usage, usage_body
 from app.dialects.responses_chat import ChatStreamTranslator, request_to_chat, response_from_chat
 from app.dialects.responses_chat_stream import FAILED_CODES, response_object
-from app.errors import ApiError, StreamBroken
+from app.errors import StreamBroken
 from app.services import sse
 
 if TYPE_CHECKING:
@@ -223,52 +224,20 @@ class ResponsesRelay:
         return body
 
 
-class TranslatedRelay:
+class TranslatedRelay(FromChatRelay):
     """Chat chunks from a chat-completions upstream, as Responses events (or a chat answer as a response)."""
 
-    def __init__(self, translator: ChatStreamTranslator) -> None:
-        self.translator = translator
-        self.usage: Usage | None = None
-        self.done = False
+    pass_comments = True  # keep-alive comments are allowed in a Responses stream
 
-    def feed(self, raw: bytes) -> Sequence[bytes]:
-        if not sse.has_data(raw):
-            return (raw,)  # keep-alive comments pass
-        if is_done(raw):
-            self.done = True
-            return self._counted(self.translator.finish())
-        try:
-            chunk = sse.parse(raw).json()
-        except ValueError:
-            return ()
-        return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()
-
-    def end(self) -> Sequence[bytes]:
-        if not self.done:
-            raise StreamBroken("upstream_stream_error", "The upstream stream ended without data: [DONE].")
-        return ()
-
-    def fail(self, code: str, message: str) -> Sequence[bytes]:
-        return self._counted(self.translator.fail(code, message))
-
-    def plain(self, body: bytes, content_type: str) -> bytes:
-        try:
-            chat = json.loads(body)
-        except ValueError:
-            raise ApiError(502, "The upstream's chat answer is not JSON.", code="upstream_error") from None
-        if not isinstance(chat, dict):
-            raise ApiError(502, "The upstream's chat answer is not a JSON object.", code="upstream_error")
+    def _answer(self, chat: dict[str, Any]) -> tuple[dict[str, Any], Usage | None]:
         translator = self.translator
         response = response_from_chat(
             chat, translator.request, response_id=translator.response_id, created_at=translator.created_at
         )
-        self.usage = responses_usage(response)
-        return json.dumps(response).encode()
+        return response, responses_usage(response)
 
-    def _counted(self, events: list[bytes]) -> list[bytes]:
-        if self.translator.usage is not None:
-            self.usage = responses_usage({"usage": self.translator.usage})
-        return events
+    def _usage(self, translated: dict[str, Any]) -> Usage | None:
+        return responses_usage({"usage": translated})
 
 
 def failure_events(code: str, message: str, sequence: int, response: dict[str, Any]) -> list[bytes]:
