@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from app.dialects.chat_events import tool_call_key
+
 STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -198,7 +200,7 @@ class ChatToMessagesStream:
         return out + [sse({"type": "content_block_delta", "index": block.index, "delta": delta})]
 
     def _call_delta(self, call: dict) -> list[bytes]:
-        key = self._call_key(call)
+        key = tool_call_key(call, self._calls, len(self._blocks))
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
         name = function.get("name") if isinstance(function.get("name"), str) else ""
         block, out = self._calls.get(key), []
@@ -222,19 +224,6 @@ class ChatToMessagesStream:
             delta = {"type": "input_json_delta", "partial_json": arguments}
             out.append(sse({"type": "content_block_delta", "index": block.index, "delta": delta}))
         return out
-
-    def _call_key(self, call: dict) -> int:
-        """Which call a fragment belongs to: its `index`, or for servers that leave the index out, its id."""
-        index = call.get("index")
-        if isinstance(index, int) and not isinstance(index, bool):
-            return index
-        call_id = call.get("id")
-        known = {block.call_id: key for key, block in self._calls.items()}
-        if call_id and call_id in known:
-            return known[call_id]
-        if not call_id and self._calls:
-            return next(reversed(self._calls))  # a fragment continues the latest call
-        return -1 - len(self._blocks)  # a new call, on a key no index can take
 
     def _new_block(self, kind: str) -> _Block:
         block = _Block(len(self._blocks), kind)

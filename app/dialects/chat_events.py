@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from app.errors import error_body
 
@@ -16,3 +18,19 @@ def error_event(code: str, message: str) -> bytes:
 
 def is_done(raw: bytes) -> bool:
     return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in raw.splitlines())
+
+
+def tool_call_key(call: dict, open_calls: Mapping[int, Any], opened: int) -> int:
+    """Which tool call a chat delta fragment belongs to: its `index`, or for servers that leave the index out,
+    its id among `open_calls` (key -> something with a `call_id`); `opened` counts what the translator has
+    opened so far, so a new call without an index gets a key no index can take."""
+    index = call.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        return index
+    call_id = call.get("id")
+    known = {value.call_id: key for key, value in open_calls.items()}
+    if call_id and call_id in known:
+        return known[call_id]
+    if not call_id and open_calls:
+        return next(reversed(open_calls))  # a fragment continues the latest call
+    return -1 - opened

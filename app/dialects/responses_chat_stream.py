@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from app.dialects.chat_events import tool_call_key
+
 ENDED = {"length": "max_output_tokens", "content_filter": "content_filter"}  # chat finish_reason -> incomplete
 # The codes the SDK accepts in a response's `error`; the `error` event carries the exact code either way.
 FAILED_CODES = frozenset({"server_error", "rate_limit_exceeded", "invalid_prompt"})
@@ -161,7 +163,6 @@ class ChatStreamTranslator:
         self._calls: dict[int, _Item] = {}  # chat tool_calls index -> its open item
         self._unnamed: dict[int, dict] = {}  # a call's fragments that came before its name (the item needs it)
         self._finish_reason: str | None = None
-        self._ending = False
 
     def feed(self, chunk: dict) -> list[bytes]:
         """Events for one parsed chat chunk; an `{"error": ...}` chunk ends the stream like fail()."""
@@ -259,59 +260,40 @@ class ChatStreamTranslator:
         return out
 
     def _call_delta(self, call: dict) -> list[bytes]:
-        key = self._call_key(call)
+        key = tool_call_key(call, self._calls, len(self._items))
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        item, out = self._calls.get(key), []
-        if item is None and not (isinstance(function.get("name"), str) and function["name"]) and not self._ending:
-            self._hold(key, call, function)  # output_item.added must name the function: wait for the name
-            return out
-        if item is None and key in self._unnamed:  # the name has come: the held fragments first
-            held = self._unnamed.pop(key)
-            call = {**call, "id": call.get("id") or held["id"]}
-            function = {**function, "arguments": held["arguments"] + (function.get("arguments") or "")}
-        if item is None:
-            out += self._close_text("completed")
-            call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
-            name = function.get("name") if isinstance(function.get("name"), str) else ""
-            call_id = call_id or item_id(self.response_id, "call", len(self._items))
-            item, opened = self._open("function_call", call_id=call_id, name=name)
-            self._calls[key] = item
-            out += opened
-        elif not item.name and isinstance(function.get("name"), str):
-            item.name = function["name"]  # some servers send the name after the id; never concatenated
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            item.text += arguments
-            out.append(self._event("response.function_call_arguments.delta", item_id=item.id,
-                                   output_index=item.index, delta=arguments))  # fmt: skip
-        return out
-
-    def _hold(self, key: int, call: dict, function: dict) -> None:
+        item = self._calls.get(key)
+        if item is not None:
+            return self._arguments(item, function.get("arguments"))
+        name = function.get("name") if isinstance(function.get("name"), str) else ""
         held = self._unnamed.setdefault(key, {"id": None, "arguments": ""})
-        held["id"] = held["id"] or (call.get("id") if isinstance(call.get("id"), str) else None)
-        if isinstance(function.get("arguments"), str):
-            held["arguments"] += function["arguments"]
+        held["id"] = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else held["id"]
+        held["arguments"] += function.get("arguments") if isinstance(function.get("arguments"), str) else ""
+        if not name:  # output_item.added must name the function: its fragments wait for the name
+            return []
+        del self._unnamed[key]
+        return self._open_call(key, held["id"], name, held["arguments"])
+
+    def _open_call(self, key: int, call_id: str | None, name: str, arguments: str) -> list[bytes]:
+        out = self._close_text("completed")
+        call_id = call_id or item_id(self.response_id, "call", len(self._items))
+        item, opened = self._open("function_call", call_id=call_id, name=name)
+        self._calls[key] = item
+        return out + opened + self._arguments(item, arguments)
+
+    def _arguments(self, item: _Item, arguments: object) -> list[bytes]:
+        if not isinstance(arguments, str) or not arguments:
+            return []
+        item.text += arguments
+        return [self._event("response.function_call_arguments.delta", item_id=item.id, output_index=item.index,
+                            delta=arguments)]  # fmt: skip
 
     def _flush_unnamed(self) -> list[bytes]:
         """Calls whose name never came, opened as they are at the end (nothing is lost)."""
-        out: list[bytes] = []
-        self._ending = True
-        for key, held in list(self._unnamed.items()):
-            out += self._call_delta({"index": key, "id": held["id"], "function": {"arguments": ""}})
+        out = [event for key, held in self._unnamed.items()
+               for event in self._open_call(key, held["id"], "", held["arguments"])]  # fmt: skip
+        self._unnamed.clear()
         return out
-
-    def _call_key(self, call: dict) -> int:
-        """Which call a fragment belongs to: its `index`, or for servers that leave the index out, its id."""
-        index = call.get("index")
-        if isinstance(index, int) and not isinstance(index, bool):
-            return index
-        call_id = call.get("id")
-        known = {item.call_id: key for key, item in self._calls.items()}
-        if call_id and call_id in known:
-            return known[call_id]
-        if not call_id and self._calls:
-            return next(reversed(self._calls))  # a fragment continues the latest call
-        return -1 - len(self._items)  # a new call, on a key no index can take
 
     def _close_text(self, status: str) -> list[bytes]:
         item, self._text = self._text, None
