@@ -12,7 +12,6 @@ import anthropic
 import httpx2 as httpx
 import pydantic
 import pytest
-from anthropic import BaseModel as SdkModel
 from anthropic.types import Message, RawMessageStreamEvent
 
 from app.dialects.anthropic_chat import (
@@ -23,6 +22,8 @@ from app.dialects.anthropic_chat import (
     messages_to_chat,
 )
 from app.errors import ApiError
+from tests import strict_models
+from tests.strict_models import validated
 
 EVENTS = pydantic.TypeAdapter(RawMessageStreamEvent)
 MID = "msg_test"
@@ -30,21 +31,12 @@ USER = {"role": "user", "content": "hi"}
 THINK = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
 
 
-def no_extras(model: object, where: str = "") -> None:
-    """Fail on any field the SDK's model does not declare (its models allow extras)."""
-    if isinstance(model, SdkModel):
-        assert not model.model_extra, f"unknown fields at {where or 'top'}: {sorted(model.model_extra)}"
-        for name in type(model).model_fields:
-            no_extras(getattr(model, name), f"{where}.{name}")
-    elif isinstance(model, list):
-        for i, value in enumerate(model):
-            no_extras(value, f"{where}[{i}]")
+def no_extras(model: object) -> None:
+    strict_models.no_extras(model)
 
 
 def strict_message(obj: dict) -> Message:
-    model = Message.model_validate(json.loads(json.dumps(obj)), strict=True)
-    no_extras(model)
-    return model
+    return validated(Message, obj)
 
 
 def parse_events(frames: list[bytes]) -> list[dict]:

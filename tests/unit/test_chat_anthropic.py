@@ -12,7 +12,6 @@ import json
 import httpx2 as httpx
 import openai
 import pytest
-from openai import BaseModel as SdkModel
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from app.dialects.chat_anthropic import (
@@ -24,28 +23,24 @@ from app.dialects.chat_anthropic import (
 )
 from app.dialects.openai_chat import DONE
 from app.errors import ApiError
+from tests import strict_models
+from tests.strict_models import validated
 
 CID, CREATED = "chatcmpl-test", 1_700_000_000
 USER = {"role": "user", "content": "hi"}
 WIRE_ONLY = "reasoning_content"  # DeepSeek's and vLLM's name for reasoning text
 
 
-def no_extras(model: object, where: str = "") -> None:
-    """Fail on any field the SDK's model does not declare (its models allow extras)."""
-    if isinstance(model, SdkModel):
-        extra = {name for name in model.model_extra or {} if name != WIRE_ONLY}
-        assert not extra, f"unknown fields at {where or 'top'}: {sorted(extra)}"
-        for name in type(model).model_fields:
-            no_extras(getattr(model, name), f"{where}.{name}")
-    elif isinstance(model, list):
-        for i, value in enumerate(model):
-            no_extras(value, f"{where}[{i}]")
+def no_extras(model: object) -> None:
+    strict_models.no_extras(model, wire_only)
+
+
+def wire_only(where: str, name: str) -> bool:
+    return name == WIRE_ONLY
 
 
 def strict_completion(obj: dict) -> ChatCompletion:
-    model = ChatCompletion.model_validate(json.loads(json.dumps(obj)), strict=True)
-    no_extras(model)
-    return model
+    return validated(ChatCompletion, obj, wire_only)
 
 
 def parse_chunks(frames: list[bytes]) -> list[dict]:

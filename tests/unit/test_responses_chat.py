@@ -10,7 +10,6 @@ import json
 
 import pydantic
 import pytest
-from openai import BaseModel as SdkModel
 from openai.types.responses import Response, ResponseStreamEvent
 
 from app.dialects.responses_chat import (
@@ -21,6 +20,8 @@ from app.dialects.responses_chat import (
     response_from_chat,
 )
 from app.errors import ApiError
+from tests import strict_models
+from tests.strict_models import validated
 
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 RID, CREATED = "resp_test", 1_700_000_000
@@ -31,22 +32,16 @@ USER = {"role": "user", "content": "hi"}
 WIRE_ONLY = {".response.store", ".store"}
 
 
-def no_extras(model: object, where: str = "") -> None:
-    """Fail on any field the SDK's model does not declare (its models allow extras)."""
-    if isinstance(model, SdkModel):
-        extra = {name for name in model.model_extra or {} if f"{where}.{name}" not in WIRE_ONLY}
-        assert not extra, f"unknown fields at {where or 'top'}: {sorted(extra)}"
-        for name in type(model).model_fields:
-            no_extras(getattr(model, name), f"{where}.{name}")
-    elif isinstance(model, list):
-        for i, value in enumerate(model):
-            no_extras(value, f"{where}[{i}]")
+def no_extras(model: object) -> None:
+    strict_models.no_extras(model, wire_only)
+
+
+def wire_only(where: str, name: str) -> bool:
+    return f"{where}.{name}" in WIRE_ONLY
 
 
 def strict_response(obj: dict) -> Response:
-    model = Response.model_validate(json.loads(json.dumps(obj)), strict=True)
-    no_extras(model)
-    return model
+    return validated(Response, obj, wire_only)
 
 
 def parse_events(frames: list[bytes]) -> list[dict]:
