@@ -28,7 +28,7 @@ from typing import Any
 
 import gevent
 
-from app.mock_responses import schema_arguments
+from app.mock_responses import schema_arguments, typed_event
 
 PATH = "/v1/messages"
 COUNT_PATH = "/v1/messages/count_tokens"
@@ -144,7 +144,7 @@ class MessagesMock:
                     finished = True
                     environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no message_stop
                     return
-                yield from self._send_event(event, seq, paced, opts)
+                yield from typed_event(self.send, event, seq, paced, opts)
                 if event["type"] == "message_stop":
                     stats.usage_total += sum(usage.values())
             finished = True
@@ -152,16 +152,6 @@ class MessagesMock:
         finally:
             if not finished:
                 stats.streams_aborted += 1
-
-    def _send_event(self, event: dict, seq: int, paced: bool, opts: Any) -> Iterator[bytes]:
-        if paced and opts.delay:
-            gevent.sleep(opts.delay)
-        if opts.stall_after is not None and seq == opts.stall_after:
-            gevent.sleep(opts.stall)
-        event = {**event, "mock_seq": seq, "mock_ts": time.time()}
-        if opts.noise:
-            yield b": comment\nnot-a-field\n\n"
-        yield from self.send(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode(), opts.trickle)
 
     def _json(self, start_response: Callable, status: int, payload: dict, extra: tuple = ()) -> list[bytes]:
         start_response(f"{status} Mock", [("Content-Type", "application/json"), self.cookie, _request_id(), *extra])

@@ -127,7 +127,7 @@ class ResponsesMock:
                         return
                     if "response" in event:  # a GET while it streams sees it as the last event showed it
                         self._keep(Stored(event["response"], items))
-                    yield from self._send_event(event, seq, paced, opts)
+                    yield from typed_event(self.send, event, seq, paced, opts, sequence_number=seq)
                     if event["type"] in TERMINAL:
                         stats.usage_total += final["usage"]["total_tokens"]
             finished = True
@@ -135,17 +135,6 @@ class ResponsesMock:
         finally:
             if not finished:
                 stats.streams_aborted += 1
-
-    def _send_event(self, event: dict, seq: int, paced: bool, opts: Any) -> Iterator[bytes]:
-        if paced and opts.delay:
-            gevent.sleep(opts.delay)
-        if opts.stall_after is not None and seq == opts.stall_after:
-            gevent.sleep(opts.stall)
-        event = {**event, "sequence_number": seq, "mock_seq": seq, "mock_ts": time.time()}
-        if opts.noise:
-            yield b": comment\nnot-a-field\n\n"
-        frame = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-        yield from self.send(frame, opts.trickle)
 
     def _cancel(self, start_response: Callable, entry: Stored) -> list[bytes]:
         if not entry.response.get("background"):
@@ -256,6 +245,19 @@ def _text(item: dict) -> str:
     if isinstance(content, list):
         return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return content if isinstance(content, str) else ""
+
+
+def typed_event(send: Callable, event: dict, seq: int, paced: bool, opts: Any, **fields: Any) -> Iterator[bytes]:
+    """One typed event (`event: TYPE`), stamped with `fields`, `mock_seq` and `mock_ts`, after the pacing and
+    stall the options ask for (the Responses and the Messages mocks both stream this way)."""
+    if paced and opts.delay:
+        gevent.sleep(opts.delay)
+    if opts.stall_after is not None and seq == opts.stall_after:
+        gevent.sleep(opts.stall)
+    event = {**event, **fields, "mock_seq": seq, "mock_ts": time.time()}
+    if opts.noise:
+        yield b": comment\nnot-a-field\n\n"
+    yield from send(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode(), opts.trickle)
 
 
 def schema_arguments(schema: Any) -> dict:
