@@ -13,6 +13,7 @@ from werkzeug.test import Client
 from app.mock_chat import reply_words as _reply_words
 from app.mock_messages import input_tokens, is_messages_request, plan
 from app.mock_upstream import MockUpstream, Options
+from tests.unit.mocks.fakes import FakeSocket
 
 HEADERS = {"x-api-key": "good-key-0001", "anthropic-version": "2023-06-01"}
 REPLY_TEXT = "".join(_reply_words(8))
@@ -32,24 +33,6 @@ WEATHER_TOOL = {
     },
 }
 THINKING = {"type": "enabled", "budget_tokens": 1024}
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.shut = False
-
-    def shutdown(self, how: int) -> None:
-        self.shut = True
-
-
-@pytest.fixture
-def mock() -> MockUpstream:
-    return MockUpstream(Options(delay=0))
-
-
-@pytest.fixture
-def client(mock) -> Client:
-    return Client(mock)
 
 
 def body_of(content: str | list = "Hi", **extra) -> dict:

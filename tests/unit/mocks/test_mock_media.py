@@ -22,27 +22,10 @@ from werkzeug.test import Client
 
 from app.mock_media import overlap, png_bytes, speech_bytes, transcript_text
 from app.mock_upstream import MockUpstream, Options
+from tests.unit.mocks.fakes import FakeSocket
 
 TOKEN = {"Authorization": "Bearer good-token-0001"}
 SPEECH = {"model": "tts-1", "input": "Hello from the speech mock, twice as long as before.", "voice": "alloy"}
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.shut = False
-
-    def shutdown(self, how: int) -> None:
-        self.shut = True
-
-
-@pytest.fixture
-def mock() -> MockUpstream:
-    return MockUpstream(Options(delay=0))
-
-
-@pytest.fixture
-def client(mock) -> Client:
-    return Client(mock)
 
 
 def upload(client: Client, path: str, files: dict, headers: dict | None = None, **fields):

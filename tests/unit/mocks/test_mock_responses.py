@@ -27,6 +27,7 @@ from werkzeug.test import Client
 from app.mock_chat import reply_words as _reply_words
 from app.mock_responses import STORE_LIMIT, input_items, plan
 from app.mock_upstream import MockUpstream, Options
+from tests.unit.mocks.fakes import FakeSocket
 
 TOKEN = {"Authorization": "Bearer good-token-0001"}
 REPLY_TEXT = "".join(_reply_words(8))
@@ -54,24 +55,6 @@ WEATHER_TOOL = {
         "required": ["city", "unit"],
     },
 }
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.shut = False
-
-    def shutdown(self, how: int) -> None:
-        self.shut = True
-
-
-@pytest.fixture
-def mock() -> MockUpstream:
-    return MockUpstream(Options(delay=0))
-
-
-@pytest.fixture
-def client(mock) -> Client:
-    return Client(mock)
 
 
 def create(client: Client, headers: dict | None = None, **body):
