@@ -46,14 +46,21 @@ def form_fields(body: bytes, content_type: str, *, wanted: frozenset[str]) -> di
     body, a field that is not UTF-8 (or holds a NUL), or a duplicated wanted field; ApiError(415) if content_type
     is not multipart/form-data. A file part is never a text field, even under a wanted name.
     """
+    return form(body, content_type, wanted=wanted)[0]
+
+
+def form(body: bytes, content_type: str, *, wanted: frozenset[str]) -> tuple[dict[str, str], set[str]]:
+    """`form_fields`, and the names of the file parts, from one decoding of the body."""
     fields: dict[str, str] = {}
+    files: set[str] = set()
     for part in parts(body, content_type, keep=wanted):
-        if part.filename is not None or part.name not in wanted:
-            continue
-        if part.name in fields:
-            raise _invalid(f"The form field '{part.name}' is given more than once.", part.name)
-        fields[part.name] = _text(part)
-    return fields
+        if part.filename is not None:
+            files.add(part.name)
+        elif part.name in wanted:
+            if part.name in fields:
+                raise _invalid(f"The form field '{part.name}' is given more than once.", part.name)
+            fields[part.name] = _text(part)
+    return fields, files
 
 
 def parts(body: bytes, content_type: str, *, keep: frozenset[str] | None = None) -> list[Part]:

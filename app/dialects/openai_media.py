@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.dialects import fields
 from app.dialects.base import ClientRequest, Leg, Relay, Usage, Verdict
-from app.dialects.multipart import form_fields, parts
+from app.dialects.multipart import form
 from app.dialects.openai_chat import OpenAIDialect, chat_usage
 from app.errors import StreamBroken, error_body
 from app.services import sse
@@ -64,11 +64,12 @@ class MediaDialect(OpenAIDialect):
         if not self.multipart:
             return super().parse(body, content_type)
         content_type = content_type or ""
-        payload: dict[str, Any] = dict(form_fields(body, content_type, wanted=FORM_FIELDS))
+        text, files = form(body, content_type, wanted=FORM_FIELDS)
+        payload: dict[str, Any] = dict(text)
         _form_types(payload)
         self.validate(payload)
         if self.upload is not None:
-            _check_upload(body, content_type, self.upload)
+            _check_upload(files, self.upload)
         return ClientRequest(payload, body, content_type, self.streaming(payload))
 
     def validate(self, payload: dict[str, Any]) -> None:
@@ -263,9 +264,8 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _check_upload(body: bytes, content_type: str, name: str) -> None:
+def _check_upload(files: set[str], name: str) -> None:
     """The form carries its file (`image` may also come as `image[]`, several of them)."""
-    files = {part.name for part in parts(body, content_type, keep=frozenset()) if part.filename is not None}
     if not files & {name, f"{name}[]"}:
         raise fields.invalid(f"Missing required parameter: '{name}' (a file).", name)
 
