@@ -18,7 +18,7 @@ from app.api.validation import read_body
 from app.api.writer import write_response
 from app.auth import Identity
 from app.config import UpstreamConfig
-from app.dialects.base import Dialect, Leg
+from app.dialects.base import ClientRequest, Dialect, Leg
 from app.dialects.openai_responses import RESPONSES, ResponsesRelay
 from app.errors import ApiError
 from app.requestlog import RequestLine
@@ -37,24 +37,11 @@ SHUTDOWN_POLL = 0.5
 
 def proxy(dialect: Dialect) -> Response:
     """Serve one request of `dialect`: the body's model picks the upstreams."""
-    gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
-    line.endpoint = dialect.name
-    settings = gw.config.gateway
-    slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN  # a slot outlives its request
-    body = g.pop("body", None)  # answer_locally read it already
-    if body is None:
-        body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
-    client_request = replace(
-        dialect.parse(body, request.headers.get("Content-Type")), query=request.query_string.decode("latin-1")
-    )
-    line.model, line.streaming = client_request.payload["model"], client_request.streaming
-    upstreams = route(gw.config.upstreams, line.model)
-    if not upstreams or not identity.allows(line.model):
-        raise model_not_found(line.model)
+    client_request, upstreams, slot_expires = g.pop("routed", None) or _routed(dialect)
     legs = _legs(dialect.legs(client_request), upstreams)
-    admission.admit(gw.limiter, line, identity, slot_expires)
+    admission.admit(gateway().limiter, line, identity, slot_expires)
     call = UpstreamCall(
         "POST", lambda upstream: legs[upstream.name], line.streaming, [u for u in upstreams if u.name in legs],
         line.request_id, client_headers=forwardable(request.headers.items()),
@@ -68,24 +55,34 @@ def proxy(dialect: Dialect) -> Response:
 def answer_locally(dialect: Dialect, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Response | None:
     """When no routed upstream can serve the request (every leg refuses it), `answer(payload)` is the answer,
     computed here, with the same key checks and admission; None: an upstream can, so proxy it instead."""
+    routed = _routed(dialect)
+    client_request, upstreams, slot_expires = routed
+    legs = dialect.legs(client_request)
+    if any(_serves(legs, upstream) for upstream in upstreams):
+        g.routed = routed  # read and checked once: proxy() takes it from here
+        return None
+    admission.admit(gateway().limiter, g.line, g.identity, slot_expires)
+    return jsonify(answer(client_request.payload))
+
+
+def _routed(dialect: Dialect) -> tuple[ClientRequest, list[UpstreamConfig], float]:
+    """Read and check the body, and route its model (404 when no upstream serves it or the key may not use it):
+    the request, its upstreams in order, and when its max_parallel slot expires."""
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
     line.endpoint = dialect.name
     settings = gw.config.gateway
-    slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN
+    slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN  # a slot outlives its request
     body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
-    client_request = dialect.parse(body, request.headers.get("Content-Type"))
-    line.model = client_request.payload["model"]
+    client_request = replace(
+        dialect.parse(body, request.headers.get("Content-Type")), query=request.query_string.decode("latin-1")
+    )
+    line.model, line.streaming = client_request.payload["model"], client_request.streaming
     upstreams = route(gw.config.upstreams, line.model)
     if not upstreams or not identity.allows(line.model):
         raise model_not_found(line.model)
-    legs = dialect.legs(client_request)
-    if any(_serves(legs, upstream) for upstream in upstreams):
-        g.body = body  # read once: proxy() takes it from here
-        return None
-    admission.admit(gw.limiter, line, identity, slot_expires)
-    return jsonify(answer(client_request.payload))
+    return client_request, upstreams, slot_expires
 
 
 def _serves(legs: Callable[[UpstreamConfig], Leg], upstream: UpstreamConfig) -> bool:
