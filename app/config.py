@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.config_reader import ConfigError, Reader
+from app.config_routing import AlertConfig, ModelAlias, ProbeConfig, parse_alerts, parse_models, parse_probe
 from app.jsontext import encodable
 from app.passwords import password_hash, password_mark
 from app.version import __version__
@@ -46,10 +49,6 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class ConfigError(Exception):
-    """A setting is missing or invalid; the message names the file (or variable) and key."""
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     max_attempts: int = 3
@@ -67,6 +66,8 @@ class GatewayConfig:
     deadline: float = 900.0  # the whole client request, queueing and retries included
     on_client_disconnect: str = "cancel"  # or "drain": read the upstream to its end to record usage
     body_timeout: float = 30.0  # the whole request body must arrive within this long after its headers
+    probe_interval: float = 60.0  # seconds between health probes of an upstream with `probe` set (jittered)
+    auto_disable_after: int = 3  # 401/403 answers in a row that take a token out until a probe passes (0: never)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class UpstreamConfig:
     anthropic_version: str = "2023-06-01"  # the anthropic-version header, for api = "anthropic"
     responses: str = "translate"  # /v1/responses: "native" (passed through) or "translate" (onto chat completions)
     drop_builtin_tools: bool = False  # translating: drop built-in tools (web_search, ...) instead of a 400
+    probe: ProbeConfig | None = None  # background health probe of the tokens; None: off
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,12 @@ class Config:
     gateway: GatewayConfig
     upstreams: tuple[UpstreamConfig, ...]
     source: str
+    models: tuple[ModelAlias, ...] = ()  # [[models]]: aliases clients may ask for
+    alerts: tuple[AlertConfig, ...] = ()  # [[alerts]]: webhooks
+    loaded_at: float = 0.0  # UNIX time the file was read (shown on the dashboard)
+
+    def alias(self, name: str) -> ModelAlias | None:
+        return next((a for a in self.models if a.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -241,13 +249,13 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
 def demo_config(port: int = DEMO_MOCK_PORT) -> Config:
     """The built-in config: one upstream, the bundled mock on 127.0.0.1:<port> (9100)."""
     mock = UpstreamConfig(name="mock", base_url=f"http://127.0.0.1:{port}/v1", tokens=DEMO_TOKENS)
-    return Config(gateway=GatewayConfig(), upstreams=(mock,), source=DEMO_SOURCE)
+    return Config(gateway=GatewayConfig(), upstreams=(mock,), source=DEMO_SOURCE, loaded_at=time.time())
 
 
 def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Config:
     """Validate a parsed TOML document; raise ConfigError naming `source` and the key."""
-    reader = _Reader(source)
-    reader.no_unknown(data, "", {"gateway", "upstreams"})
+    reader = Reader(source)
+    reader.no_unknown(data, "", {"gateway", "upstreams", "models", "alerts"})
     gateway = _parse_gateway(reader, data.get("gateway", {}))
     raw_upstreams = data.get("upstreams")
     if not isinstance(raw_upstreams, list) or not raw_upstreams:
@@ -257,10 +265,12 @@ def parse_config(data: Mapping[str, Any], *, source: str, env: Mapping[str, str]
     for name in names:
         if names.count(name) > 1:
             raise reader.error("upstreams", f"name {name!r} is used more than once")
-    return Config(gateway=gateway, upstreams=upstreams, source=source)
+    models = parse_models(reader, data.get("models"), upstreams)
+    alerts = parse_alerts(reader, data.get("alerts"))
+    return Config(gateway, upstreams, source, models, alerts, loaded_at=time.time())
 
 
-def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
+def _parse_gateway(reader: Reader, raw: Any) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise reader.error("gateway", "must be a table")
     reader.no_unknown(raw, "gateway", set(GatewayConfig.__dataclass_fields__))
@@ -280,17 +290,19 @@ def _parse_gateway(reader: _Reader, raw: Any) -> GatewayConfig:
         deadline=reader.number(raw, "gateway", "deadline", 900.0),
         on_client_disconnect=reader.choice(raw, "gateway", "on_client_disconnect", "cancel", ("cancel", "drain")),
         body_timeout=reader.number(raw, "gateway", "body_timeout", 30.0),
+        probe_interval=reader.number(raw, "gateway", "probe_interval", 60.0),
+        auto_disable_after=reader.integer(raw, "gateway", "auto_disable_after", 3, minimum=0),
     )
 
 
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
     "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage", "first_byte_timeout", "idle_timeout",
-    "responses", "drop_builtin_tools", "api", "anthropic_version",
+    "responses", "drop_builtin_tools", "api", "anthropic_version", "probe",
 }  # fmt: skip
 
 
-def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str]) -> UpstreamConfig:
+def _parse_upstream(reader: Reader, raw: Any, where: str, env: Mapping[str, str]) -> UpstreamConfig:
     if not isinstance(raw, dict):
         raise reader.error(where, "must be a table")
     reader.no_unknown(raw, where, _UPSTREAM_KEYS)
@@ -318,16 +330,17 @@ def _parse_upstream(reader: _Reader, raw: Any, where: str, env: Mapping[str, str
         anthropic_version=_anthropic_version(reader, raw, where),
         responses=reader.choice(raw, where, "responses", "translate", ("native", "translate")),
         drop_builtin_tools=reader.boolean(raw, where, "drop_builtin_tools", False),
+        probe=parse_probe(reader, raw, where),
     )
 
 
-def _anthropic_version(reader: _Reader, raw: dict, where: str) -> str:
+def _anthropic_version(reader: Reader, raw: dict, where: str) -> str:
     version = reader.string(raw, where, "anthropic_version") or "2023-06-01"
     reader.header_value(f"{where}.anthropic_version", version)
     return version
 
 
-def _parse_tokens(reader: _Reader, raw: dict, where: str, env: Mapping[str, str]) -> tuple[str, ...]:
+def _parse_tokens(reader: Reader, raw: dict, where: str, env: Mapping[str, str]) -> tuple[str, ...]:
     if "tokens" in raw and "tokens_env" in raw:
         raise reader.error(f"{where}.tokens_env", "set either tokens or tokens_env, not both")
     if "tokens_env" in raw:
@@ -348,7 +361,7 @@ def _parse_tokens(reader: _Reader, raw: dict, where: str, env: Mapping[str, str]
 
 def validate_overrides(upstream: str, user_agent: Any, headers: Any) -> tuple[str | None, dict[str, str] | None]:
     """Check run-time overrides of an upstream with the config file's rules (ConfigError if bad)."""
-    reader = _Reader(f"upstream {upstream}")
+    reader = Reader(f"upstream {upstream}")
     if user_agent is not None:
         if not isinstance(user_agent, str) or not user_agent:
             raise reader.error("user_agent", "must be a non-empty string")
@@ -356,7 +369,7 @@ def validate_overrides(upstream: str, user_agent: Any, headers: Any) -> tuple[st
     return user_agent, None if headers is None else _parse_headers(reader, headers, "headers")
 
 
-def _parse_headers(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
+def _parse_headers(reader: Reader, raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise reader.error(where, "must be a table of header names to string values")
     headers: dict[str, str] = {}
@@ -370,86 +383,3 @@ def _parse_headers(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
         reader.header_value(f"{where}.{name}", value)
         headers[name] = value
     return headers
-
-
-class _Reader:
-    """Typed access to TOML values, raising ConfigError('<file>: <key>: <problem>')."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {problem}")
-
-    def no_unknown(self, raw: Mapping[str, Any], where: str, known: set[str]) -> None:
-        for key in raw:
-            if key not in known:
-                path = f"{where}.{key}" if where else key
-                raise self.error(path, f"unknown key (known: {', '.join(sorted(known))})")
-
-    def string(self, raw: dict, where: str, key: str, *, required: bool = False) -> str:
-        value = raw.get(key)
-        if value is None:
-            if required:
-                raise self.error(f"{where}.{key}", "is required")
-            return ""
-        if not isinstance(value, str) or (required and not value):
-            raise self.error(f"{where}.{key}", "must be a non-empty string")
-        return value
-
-    def string_list(self, raw: dict, where: str, key: str, default: list[str], *, non_empty: bool = False) -> list[str]:
-        value = raw.get(key, default)
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(f"{where}.{key}", "must be a list of non-empty strings")
-        if non_empty and not value:
-            raise self.error(f"{where}.{key}", "must list at least one model id or glob")
-        return value
-
-    def url(self, raw: dict, where: str, key: str, *, required: bool, schemes: tuple[str, ...]) -> str | None:
-        value = self.string(raw, where, key, required=required)
-        if not value:
-            return None
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme.lower() not in schemes or not rest or any(c.isspace() for c in value):
-            raise self.error(f"{where}.{key}", f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
-        return value
-
-    def header_value(self, key: str, value: str) -> None:
-        if any(c in value for c in "\r\n\0"):
-            raise self.error(key, "may not contain CR, LF or NUL")
-        if any(not " " <= c <= "~" for c in value):
-            raise self.error(key, "must be printable ASCII (HTTP header values)")
-
-    def integer(
-        self, raw: dict, where: str, key: str, default: int, *, minimum: int, maximum: int | None = None
-    ) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"{where}.{key}", "must be a whole number")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise self.error(f"{where}.{key}", f"must be {bound}")
-        return value
-
-    def number(self, raw: dict, where: str, key: str, default: float, *, allow_zero: bool = False) -> float:
-        value = raw.get(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or value < 0
-            or (value == 0 and not allow_zero)
-        ):
-            raise self.error(f"{where}.{key}", "must be a positive number of seconds" + (" or 0" if allow_zero else ""))
-        return float(value)
-
-    def choice(self, raw: dict, where: str, key: str, default: str, options: tuple[str, ...]) -> str:
-        value = raw.get(key, default)
-        if value not in options:
-            raise self.error(f"{where}.{key}", f"must be one of {', '.join(repr(o) for o in options)}")
-        return value
-
-    def boolean(self, raw: dict, where: str, key: str, default: bool) -> bool:
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(f"{where}.{key}", "must be true or false")
-        return value

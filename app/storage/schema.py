@@ -76,6 +76,15 @@ upstream_tokens = Table(
     Column("successes", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+    # Credential health (revision 0006). Who disabled a token: "operator" (stays off until an operator
+    # enables it) or "auto" (Sluice, after `auto_disable_after` 401/403 in a row; a passing probe re-enables it).
+    Column("disabled_by", String(16)),
+    Column("disabled_at", Float),
+    Column("auth_failures", Integer, nullable=False, default=0),  # 401/403 answers in a row
+    Column("last_error", String(200)),  # short and secret-free: "HTTP 401", "connect error"
+    Column("last_probe_at", Float),
+    Column("last_probe_ok", Boolean),
+    Column("last_probe_detail", String(64)),
 )
 upstream_overrides = Table(
     "upstream_overrides",
@@ -165,6 +174,35 @@ worker_status = Table(
     Column("worker", String(100), primary_key=True),  # "<host>:<pid>"
     Column("active_streams", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# Load per worker and routing target ("<upstream>/<model>") or token id, written every second or two,
+# so `least_busy` counts the requests in flight on every worker and the dashboard shows recent
+# time-to-first-event (revision 0006). Rows of a worker that stopped reporting are ignored, then pruned.
+target_load = Table(
+    "target_load",
+    metadata,
+    Column("worker", String(100), primary_key=True),
+    Column("target", String(300), primary_key=True),
+    Column("inflight", Integer, nullable=False),
+    Column("ttfe_ms", Float),  # recent time to first event (an exponential moving average), None: no sample
+    Column("updated_at", Float, nullable=False),
+)
+# Deployment-wide leases: one holder at a time (e.g. the health prober), taken over when it expires.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+# Alert de-duplication: the last time an (event, subject) alert was sent by any worker (revision 0006).
+alert_marks = Table(
+    "alert_marks",
+    metadata,
+    Column("event", String(32), primary_key=True),
+    Column("subject", String(200), primary_key=True),
+    Column("sent_at", Float, nullable=False),
 )
 
 # Roll-ups of the usage records, written in the same transaction as each batch of them, so

@@ -30,6 +30,13 @@ class TokenRow:
     successes: int
     failures: int
     created_at: float
+    disabled_by: str | None = None  # "operator" | "auto" (revision 0006)
+    disabled_at: float | None = None
+    auth_failures: int = 0
+    last_error: str | None = None
+    last_probe_at: float | None = None
+    last_probe_ok: bool | None = None
+    last_probe_detail: str | None = None
 
     def public(self, now: float) -> dict[str, Any]:
         """The JSON view: masked, never the value or its ciphertext."""
@@ -154,7 +161,10 @@ class TokenRepo:
 
 def _token(row: Any) -> TokenRow:
     """A row as read by a quick transaction (SQLite returns its booleans as 0 and 1)."""
-    return TokenRow(**{**row._asdict(), "enabled": bool(row.enabled), "removed": bool(row.removed)})
+    probe_ok = None if row.last_probe_ok is None else bool(row.last_probe_ok)
+    return TokenRow(
+        **{**row._asdict(), "enabled": bool(row.enabled), "removed": bool(row.removed), "last_probe_ok": probe_ok}
+    )
 
 
 def _new_row(
@@ -164,4 +174,5 @@ def _new_row(
     return {
         "id": token_id, "upstream": upstream, "source": source, "secret": secret, "masked": masked,
         "enabled": True, "removed": False, "cooldown_until": 0.0, "successes": 0, "failures": 0, "created_at": now,
+        "auth_failures": 0,
     }  # fmt: skip

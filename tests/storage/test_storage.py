@@ -19,7 +19,7 @@ from tests.services import race
 def test_migrations_are_idempotent(db):
     upgrade(db)
     with db.read() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0006"
 
 
 def test_migrations_match_the_schema(db):
