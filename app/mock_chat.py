@@ -91,10 +91,15 @@ def _quoted(body: dict, text: str) -> str:
     return f"The tool said: {last.get('content')}. {text}" if last.get("role") == "tool" else text
 
 
+def prompt_tokens(body: dict) -> int:
+    """The prompt_tokens the mock reports: a quarter of the JSON size of the messages (or the prompt)."""
+    return max(1, len(json.dumps(body.get("messages", body.get("prompt", "")))) // 4)
+
+
 def _usage(body: dict, completion_tokens: int) -> dict:
-    prompt_tokens = max(1, len(json.dumps(body.get("messages", body.get("prompt", "")))) // 4)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    prompt = prompt_tokens(body)
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens}  # fmt: skip
 
 
 def embeddings(body: dict) -> dict:

@@ -9,8 +9,9 @@ A client tool and a last user message about the weather (or `tool_choice` any/to
 fitted to its `input_schema` (streamed as `input_json_delta`); a `tool_result` in the last user message is quoted
 back. `max_tokens` and `stop_sequences` cut the text, `thinking` puts a `thinking` block first, a `missing-*`
 model is 404. Streams honour the chat mock's Options: `drop_after`/`stall_after` count events, `delay` paces the
-deltas, `error_first` sends only an `error` event. Extra `"mock"` keys: `error_after` (N events, then an
-`overloaded_error` event ends the stream), `cache_read_input_tokens`, `cache_creation_input_tokens`.
+deltas, `error_first` sends only an `error` event; `context_window`/`refuse` answer 400 before any event. Extra
+`"mock"` keys: `error_after` (N events, then an `overloaded_error` event ends the stream),
+`cache_read_input_tokens`, `cache_creation_input_tokens`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import gevent
 
+from app.mock_models import policy_error
 from app.mock_responses import schema_arguments, typed_event
 
 PATH = "/v1/messages"
@@ -114,6 +116,9 @@ class MessagesMock:
         return bool(agent) and not agent.startswith(self.naive_agents) and "text/event-stream" in accept
 
     def _create(self, environ: dict, start_response: Callable, body: dict, opts: Any, stats: Any) -> Iterator[bytes]:
+        refused = policy_error(opts, input_tokens(body), anthropic=True)  # context_window, refuse: before any event
+        if refused is not None:
+            return self._json(start_response, 400, refused)
         reply = plan(body, self.reply_words(opts.chunks))
         usage = usage_of(body, reply)
         if body.get("stream") is True:

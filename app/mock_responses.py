@@ -11,7 +11,8 @@ message is quoted back in the text. `max_output_tokens` below the reply's length
 
 Streams honour the chat mock's Options; `drop_after` and `stall_after` count events (sequence numbers),
 so 0 cuts before `response.created`, and `delay` paces the deltas. `error_first` sends only an `error`
-event. `"mock": {"cached_tokens": n, "reasoning_tokens": n}` sets those usage details.
+event. `context_window` and `refuse` answer a 400 (app/mock_models.py) before any event.
+`"mock": {"cached_tokens": n, "reasoning_tokens": n}` sets those usage details.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
+
+from app.mock_models import policy_error
 
 PATH = "/v1/responses"
 STORE_LIMIT = 1000
@@ -90,6 +93,9 @@ class ResponsesMock:
             problem = ("Previous response not found.", "previous_response_not_found", "previous_response_id")
         if problem is not None:
             return self._fail(start_response, 400, *problem)
+        refused = policy_error(opts, prompt_tokens(body))  # context_window, refuse: before any event
+        if refused is not None:
+            return self.json_reply(start_response, 400, refused)
         items = input_items(body.get("input"))
         reply = plan(body, items, self.reply_words(opts.chunks))
         start = skeleton(body)
@@ -315,7 +321,7 @@ def _usage(body: dict, reply: Reply) -> dict:
     extra = body.get("mock") if isinstance(body.get("mock"), dict) else {}
     counts = {k: extra.get(k) if isinstance(extra.get(k), int) and extra.get(k) >= 0 else 0
               for k in ("cached_tokens", "reasoning_tokens")}  # fmt: skip
-    input_tokens = max(1, len(json.dumps([body.get("instructions"), body.get("input")])) // 4)
+    input_tokens = prompt_tokens(body)
     output_tokens = len(reply.deltas) + counts["reasoning_tokens"]
     return {
         "input_tokens": input_tokens,
@@ -324,6 +330,11 @@ def _usage(body: dict, reply: Reply) -> dict:
         "output_tokens_details": {"reasoning_tokens": counts["reasoning_tokens"]},
         "total_tokens": input_tokens + output_tokens,
     }
+
+
+def prompt_tokens(body: dict) -> int:
+    """The input_tokens the mock reports: a quarter of the JSON size of the instructions and the input."""
+    return max(1, len(json.dumps([body.get("instructions"), body.get("input")])) // 4)
 
 
 def events(start: dict, reply: Reply, final: dict) -> Iterator[tuple[dict, bool]]:

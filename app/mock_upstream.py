@@ -1,13 +1,25 @@
 """The bundled OpenAI-compatible fake upstream, used by `make run`, the tests and bench/.
 
     python -m app.mock_upstream --port 9100 [--port-file PATH] [--chunks 8] [--delay 0.05] [--strict-edge]
+                                [--model-options '{"mock-slow": {"first_delay": 0.4}}']
 
 Behaviour per token prefix: `revoked-` -> 403, `expired-` -> 401, `limited-` -> 429
 with `Retry-After: <seconds>`, `limiteddate-` -> 429 with an HTTP-date Retry-After,
 `broken-` -> 500 HTML page. A request body may carry `"mock": {...}` to override the
 flags for that request (`chunks`, `delay`, `drop_after`, `status`). Every stream chunk
 carries `mock_seq` and `mock_ts` (the time it was produced) so tests can measure
-forwarding. `GET /_mock/stats` reports what the mock saw; `POST /_mock/reset` clears it.
+forwarding. `GET /_mock/stats` reports what the mock saw (`models`: requests per requested model id, every
+dialect); `POST /_mock/reset` clears it.
+
+Per-model options: `POST /_mock/models` with `{"<model id>": {<Options field>: value}}` replaces the overrides
+(`{}` clears them; `/_mock/reset` keeps them), `GET /_mock/models` returns them, `--model-options JSON` sets
+them at start. An unknown option or a value of the wrong type is a 400 (OpenAI's error shape). A request naming
+the model gets them over the process flags; its body's `"mock"` and the token-prefix faults still win.
+Two options (per model, or per request in `"mock"`): `context_window: N` answers a 400 `context_length_exceeded`
+(Anthropic: "prompt is too long") when the prompt tokens the mock would report exceed N; `refuse: true` a 400
+`content_policy_violation` (Anthropic: "Output blocked by content filtering policy"); both on chat, completions,
+Responses and Messages, streamed or not, before any event (app/mock_models.py). Every answer names the model the
+request named, exactly.
 The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py; images,
 audio, moderations and rerank (multipart bodies recorded as their fields and file sizes) app/mock_media.py;
 the Anthropic Messages API (`/v1/messages`, count_tokens, the models list asked with x-api-key) app/mock_messages.py.
@@ -30,10 +42,11 @@ import gevent
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from app.mock_chat import chunks, completion, embeddings, reply_words
+from app.mock_chat import chunks, completion, embeddings, prompt_tokens, reply_words
 from app.mock_media import PATHS as MEDIA_PATHS
 from app.mock_media import MediaMock, form_summary
 from app.mock_messages import MessagesMock, is_messages_request
+from app.mock_models import parse_overrides, policy_error, requested_model
 from app.mock_responses import PATH as RESPONSES_PATH
 from app.mock_responses import ResponsesMock
 
@@ -59,6 +72,8 @@ class Options:
     garbage: bool = False  # only garbage lines: no data event at all
     error_first: bool = False  # the first event is an error event
     empty: bool = False  # headers, then the stream ends without any event
+    context_window: int | None = None  # a longer prompt (in the mock's prompt tokens) is a 400
+    refuse: bool = False  # a content-policy refusal (400)
 
 
 # Token prefixes that switch a fault on for every request made with that token.
@@ -79,10 +94,14 @@ class Stats:
     streams_aborted: int = 0  # the client (the gateway) went away mid-stream
     streams_dropped: int = 0  # dropped on purpose (drop_after)
     usage_total: int = 0  # total_tokens of every usage object the mock sent
+    models: dict[str, int] = field(default_factory=dict)  # requests per requested model id
     recent: list[dict] = field(default_factory=list)
 
     def record(self, environ: dict, body: dict | None) -> None:
         self.requests += 1
+        model = requested_model(body)
+        if model is not None:
+            self.models[model] = self.models.get(model, 0) + 1
         headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
@@ -94,8 +113,9 @@ class Stats:
 class MockUpstream:
     """A small WSGI app; one instance per process."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, model_options: dict[str, dict] | None = None) -> None:
         self.options = options
+        self.model_options = parse_overrides(model_options or {}, Options.__dataclass_fields__)
         self.stats = Stats()
         self.responses = ResponsesMock(
             reply_words=reply_words, send=_send, json_reply=_json, error_body=_error_body, cookie=EDGE_COOKIE
@@ -113,10 +133,12 @@ class MockUpstream:
             self.stats = Stats()
             return _json(start_response, 200, {"reset": True})
         body = _read_json(environ)
+        if path == "/_mock/models":
+            return self._models(start_response, method, body)
         if body is None:  # a multipart upload: its fields and file sizes, never the bytes
             body = form_summary(environ, environ.pop("mock.raw_body"))
         self.stats.record(environ, body)
-        opts = self.options
+        opts = replace(self.options, **self.model_options.get(requested_model(body) or "", {}))
         if isinstance(body, dict) and isinstance(body.get("mock"), dict):
             known = {k: v for k, v in body["mock"].items() if k in Options.__dataclass_fields__}
             opts = replace(opts, **known)
@@ -133,6 +155,17 @@ class MockUpstream:
             start_response(status, headers)
             return [payload]
         return self._route(environ, start_response, path, method, body, opts, streaming)
+
+    def _models(self, start_response: Callable, method: str, body: Any) -> list[bytes]:
+        """GET: the per-model overrides; POST: replace them (checked first: a 400 leaves them unchanged)."""
+        if method == "POST":
+            try:
+                self.model_options = parse_overrides(body, Options.__dataclass_fields__)
+            except ValueError as exc:
+                return _json(start_response, 400, _error_body(str(exc), "invalid_mock_options"))
+        elif method != "GET":
+            return _json(start_response, 405, _error_body("Use GET or POST.", "method_not_allowed"))
+        return _json(start_response, 200, self.model_options)
 
     def _refuse(self, environ: dict, opts: Options, streaming: bool) -> tuple[str, list, bytes] | None:
         agent = environ.get("HTTP_USER_AGENT", "")
@@ -177,6 +210,9 @@ class MockUpstream:
             reply = embeddings(body)
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
+        refused = policy_error(opts, prompt_tokens(body))  # context_window, refuse: before any event
+        if refused is not None:
+            return _json(start_response, 400, refused)
         chat = path == "/v1/chat/completions"
         if not streaming:
             gevent.sleep(opts.header_delay + opts.first_delay)
@@ -301,6 +337,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _model_options(text: str) -> dict[str, dict]:
+    try:
+        return parse_overrides(json.loads(text), Options.__dataclass_fields__)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.mock_upstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -315,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="403 HTML page to streaming requests without a real User-Agent and Accept: text/event-stream",
     )
+    parser.add_argument("--model-options", type=_model_options, default={},
+                        help='per-model options as JSON, e.g. \'{"mock-slow": {"first_delay": 0.4}}\'')  # fmt: skip
     args = parser.parse_args(argv)
     options = Options(args.chunks, args.delay, args.drop_after, args.status, args.strict_edge)
     try:
@@ -322,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # e.g. the port is taken by another `make run`: one line, not a traceback
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         parser.exit(1, f"mock upstream: cannot listen on {args.host}:{args.port}: {reason}\n")
-    server = WSGIServer(listener, MockUpstream(options), handler_class=_Handler, log=None)
+    server = WSGIServer(listener, MockUpstream(options, args.model_options), handler_class=_Handler, log=None)
     if args.port_file:  # written whole, then renamed: a reader never sees half a number
         Path(f"{args.port_file}.tmp").write_text(f"{server.server_port}\n")
         Path(f"{args.port_file}.tmp").replace(args.port_file)
