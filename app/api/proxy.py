@@ -27,6 +27,7 @@ from app.services.attempts import Accepted, Attempts, Failed
 from app.services.calls import UpstreamCall
 from app.services.headers import forwardable
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
+from app.services.outcomes import Outcome
 from app.services.router import route
 from app.state import gateway
 
@@ -189,7 +190,7 @@ def _plain_answer(attempts: Attempts) -> Accepted | Failed:
         if outcome is not None:
             return outcome
         if time.time() >= shutdown_deadline():
-            attempts.abandon("server_shutdown")
+            attempts.abandon(Outcome.SERVER_SHUTDOWN)
             return Failed(ApiError(503, SHUTDOWN_MESSAGE, code="server_shutdown", headers={"Retry-After": "1"}))
 
 

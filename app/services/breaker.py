@@ -13,15 +13,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-UPSTREAM_FAULTS = {
-    "connect_error", "connect_timeout", "read_timeout", "first_byte_timeout", "stream_broken", "empty_stream",
-    "error_event",
-}  # fmt: skip
-
-
-def is_upstream_fault(status: int | None, reason: str) -> bool:
-    return reason in UPSTREAM_FAULTS or (status is not None and (status >= 500 or status == 408))
-
 
 @dataclass
 class _State:

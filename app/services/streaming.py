@@ -18,6 +18,7 @@ from app.aborts import BodyCut
 from app.errors import StreamBroken
 from app.services import lifecycle
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
+from app.services.outcomes import Outcome
 from app.storage.db import StorageError
 
 log = logging.getLogger("sluice.streaming")
@@ -92,7 +93,7 @@ class StreamBody:
         if self.accepted is not None:
             self.accepted.exchange.close()
         elif self.attempts is not None:
-            self.attempts.abandon("client_disconnect")
+            self.attempts.abandon(Outcome.CLIENT_DISCONNECT)
 
     def _run(self) -> Iterator[bytes]:
         self.stats.started = True
@@ -147,7 +148,7 @@ class StreamBody:
             outcome = self.attempts.advance(until=min(now + self.limits.heartbeat_interval, shutdown_deadline()))
             if outcome is None:
                 if self.clock() >= shutdown_deadline():
-                    self.attempts.abandon("server_shutdown")
+                    self.attempts.abandon(Outcome.SERVER_SHUTDOWN)
                     raise StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
                 yield self._written(self.keepalive)
                 continue

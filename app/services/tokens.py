@@ -9,12 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 
 from app.config import UpstreamConfig
 from app.services.secrets import (
@@ -28,61 +26,6 @@ from app.services.secrets import (
 from app.storage.tokens import TokenRepo, TokenRow
 
 log = logging.getLogger("sluice.tokens")
-
-MAX_RETRY_AFTER = 3600.0
-
-# status -> (retry on another token, cooldown seconds). For 429 the cooldown is
-# Retry-After when the upstream sends one (capped at MAX_RETRY_AFTER).
-RETRY_TABLE: dict[int, tuple[bool, float]] = {
-    401: (True, 600.0),
-    403: (True, 60.0),
-    429: (True, 30.0),
-    **{s: (True, 5.0) for s in (408, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529)},  # 529: Anthropic overloaded
-}
-TRANSPORT_COOLDOWN = 5.0  # connection error, connect or read timeout
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What one failed attempt means: retry elsewhere? cool the token down for how long?"""
-
-    retry: bool
-    cooldown: float
-    reason: str
-
-
-def is_retryable(status_or_error: int | str) -> bool:
-    """True for the statuses in RETRY_TABLE and for every transport error kind."""
-    if isinstance(status_or_error, str):
-        return True
-    return status_or_error in RETRY_TABLE
-
-
-def classify(status: int | None, error_kind: str | None, retry_after: str | None, now: float) -> Decision:
-    """Apply the retry table to one attempt's outcome (`error_kind` when no status)."""
-    if status is None:
-        return Decision(True, TRANSPORT_COOLDOWN, error_kind or "connect_error")
-    if status not in RETRY_TABLE:
-        return Decision(False, 0.0, f"http_{status}")
-    retry, cooldown = RETRY_TABLE[status]
-    if status == 429:
-        parsed = parse_retry_after(retry_after, now)
-        cooldown = cooldown if parsed is None else parsed
-    return Decision(retry, cooldown, f"http_{status}")
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at 1 h."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"[0-9]{1,10}", value):
-        return min(float(value), MAX_RETRY_AFTER)
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return min(max(when - now, 0.0), MAX_RETRY_AFTER)
 
 
 def token_id(upstream: str, value: str | None) -> str:

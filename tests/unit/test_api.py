@@ -244,7 +244,7 @@ def test_strict_edge_needs_the_header_function(client, auth, upstream, monkeypat
     upstream.add_callback(responses.POST, f"{BASE}/chat/completions", callback=edge)
     assert client.post("/v1/chat/completions", json=chat(stream=True), headers=auth).status_code == 200
 
-    import app.services.upstream as upstream_module
+    import app.services.transport as upstream_module
 
     naive = lambda upstream, token, **_: {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}  # noqa: E731
     monkeypatch.setattr(upstream_module, "build_upstream_headers", naive)

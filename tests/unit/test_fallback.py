@@ -60,14 +60,14 @@ def test_half_open_trial_closes_the_breaker_on_success(make_app, auth, upstream)
     app = make_app(two_upstreams(max_attempts=5, breaker_failures=1, breaker_cooldown=0.3))
     client = app.test_client()
     client.post("/v1/chat/completions", json=body(), headers=auth)
-    assert app.extensions["sluice"].client.breakers.is_open("primary", time.time())
+    assert app.extensions["sluice"].client.selector.breakers.is_open("primary", time.time())
     upstream.remove(primary)
     upstream.add_callback(responses.POST, f"{PRIMARY}/chat/completions", callback=reply(200, calls, "p"))
     time.sleep(0.35)
     calls.clear()
     assert client.post("/v1/chat/completions", json=body(), headers=auth).status_code == 200
     assert [c[0] for c in calls] == ["p"]  # the trial went to primary and succeeded
-    assert not app.extensions["sluice"].client.breakers.is_open("primary", time.time())
+    assert not app.extensions["sluice"].client.selector.breakers.is_open("primary", time.time())
 
 
 def test_every_breaker_open_answers_503_with_retry_after(make_app, auth, upstream):

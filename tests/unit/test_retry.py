@@ -10,7 +10,8 @@ import pytest
 import requests
 import responses
 
-from app.services.tokens import MAX_RETRY_AFTER, classify, is_retryable, parse_retry_after, token_id
+from app.services.outcomes import MAX_RETRY_AFTER, classify, is_retryable, parse_retry_after
+from app.services.tokens import token_id
 from tests.conftest import BASE, TOKENS, chat, make_config
 
 URL = f"{BASE}/chat/completions"

@@ -7,7 +7,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from app.services.upstream import build_session, send_prepared
+from app.services.transport import build_session, send_prepared
 
 
 class Capture(HTTPAdapter):
