@@ -66,7 +66,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.services.secrets import SecretBox
     from app.services.tokens import TokenPool
     from app.services.upstream import UpstreamClient
-    from app.state import Gateway
+    from app.state import Gateway, Routing
     from app.storage.admin import LoginThrottle, SessionStore
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
@@ -107,7 +107,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()), "live_report")
     writer.every(600.0, lambda: sessions.prune(time.time()), "session_pruning", final=False)
     gw = Gateway(
-        config, settings, db, KeyRepo(db), pool, box, client, ModelCatalog(config.upstreams, client),
+        Routing(config, client, ModelCatalog(config.upstreams, client)), settings, db, KeyRepo(db), pool, box,
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
         stats, sessions, LoginThrottle(db), worker, stored,
     )  # fmt: skip

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 import click
-from flask import current_app
+from flask import current_app, g
 
 from app.config import Config, Settings
 from app.services.accounting import Accounting
@@ -27,16 +27,23 @@ from app.version import __version__
 log = logging.getLogger("sluice")
 
 
+@dataclass(frozen=True)
+class Routing:
+    """What one config file builds: swapped as a whole by a reload; a request keeps the one it started with."""
+
+    config: Config
+    client: UpstreamClient
+    catalog: ModelCatalog
+
+
 @dataclass
 class Gateway:
-    config: Config
+    routing: Routing
     settings: Settings
     db: Database
     keys: KeyRepo
     pool: TokenPool
     box: SecretBox
-    client: UpstreamClient
-    catalog: ModelCatalog
     limiter: Limiter
     usage: UsageRepo
     writer: UsageWriter
@@ -46,6 +53,19 @@ class Gateway:
     login_throttle: LoginThrottle
     worker: str  # "<host>:<pid>", this process's row in worker_status
     stored: StoredResponses  # which upstream and token created each stored Responses API response
+
+    @property
+    def config(self) -> Config:
+        """The current config (a request reads its own snapshot through `routing()`)."""
+        return self.routing.config
+
+    @property
+    def client(self) -> UpstreamClient:
+        return self.routing.client
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.routing.catalog
 
     def close(self) -> None:
         """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""
@@ -58,6 +78,14 @@ class Gateway:
 
 def gateway() -> Gateway:
     return current_app.extensions["sluice"]
+
+
+def routing() -> Routing:
+    """This request's config, client and catalog: the gateway's current ones, captured at first use."""
+    snapshot = g.get("routing")
+    if snapshot is None:
+        snapshot = g.routing = gateway().routing
+    return snapshot
 
 
 def announce(config: Config, settings: Settings) -> None:

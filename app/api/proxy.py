@@ -29,7 +29,7 @@ from app.services.headers import forwardable
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.services.outcomes import Outcome
 from app.services.router import route
-from app.state import gateway
+from app.state import gateway, routing
 
 # A plain request's wait looks this often (seconds) for a graceful stop, which SIGTERM starts
 # while it waits; well within lifecycle.SHUTDOWN_MARGIN, so the 503 is written in time.
@@ -73,14 +73,15 @@ def _routed(dialect: Dialect) -> tuple[ClientRequest, list[UpstreamConfig], floa
     line: RequestLine = g.line
     identity: Identity = g.identity
     line.endpoint = dialect.name
-    settings = gw.config.gateway
+    config = routing().config
+    settings = config.gateway
     slot_expires = line.started_at + settings.deadline + admission.SLOT_MARGIN  # a slot outlives its request
     body = admission.read_body(gw.limiter, line, identity, slot_expires, _reader(dialect, settings.max_body_bytes))
     client_request = replace(
         dialect.parse(body, request.headers.get("Content-Type")), query=request.query_string.decode("latin-1")
     )
     line.model, line.streaming = client_request.payload["model"], client_request.streaming
-    upstreams = route(gw.config.upstreams, line.model)
+    upstreams = route(config.upstreams, line.model)
     if not upstreams or not identity.allows(line.model):
         raise model_not_found(line.model)
     return client_request, upstreams, slot_expires
@@ -103,8 +104,8 @@ def send(
 ) -> Response:
     """Run the call's attempts and write the answer: an event stream commits after one heartbeat at most
     (`keepalive`: what the client's dialect sends meanwhile; None: the answer is not an event stream)."""
-    settings = gateway().config.gateway
-    attempts = gateway().client.start(call, deadline=line.started_at + settings.deadline)
+    settings = routing().config.gateway
+    attempts = routing().client.start(call, deadline=line.started_at + settings.deadline)
     if call.streaming and keepalive is not None:
         outcome = attempts.advance(until=time.time() + settings.heartbeat_interval)
     else:
@@ -147,9 +148,9 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     line: RequestLine = g.line
     identity: Identity = g.identity
     line.endpoint = RESPONSES.name
-    settings = gw.config.gateway
+    settings = routing().config.gateway
     found = stored.find(gw.stored, response_id, identity.key.id if identity.key else None)
-    upstream = next((u for u in gw.config.upstreams if u.name == found.upstream), None)
+    upstream = next((u for u in routing().config.upstreams if u.name == found.upstream), None)
     if upstream is None or not identity.allows(found.model):
         raise stored.not_found(response_id)
     if gw.pool.find(found.token_id) is None:  # removed or disabled: no other token can reach it

@@ -7,7 +7,7 @@ from flask import Response, g, jsonify
 from app.api.blueprint import bp
 from app.api.proxy import model_not_found, proxy
 from app.dialects.openai_chat import CHAT, COMPLETIONS, EMBEDDINGS
-from app.state import gateway
+from app.state import routing
 
 
 @bp.post("/chat/completions")
@@ -31,14 +31,14 @@ def embeddings() -> Response:
 @bp.get("/models")
 def list_models() -> Response:
     """List the models this gateway routes (those the caller's key may use)."""
-    models = [m for m in gateway().catalog.models(g.line.request_id) if g.identity.allows(m["id"])]
+    models = [m for m in routing().catalog.models(g.line.request_id) if g.identity.allows(m["id"])]
     return jsonify({"object": "list", "data": models})
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
     """Describe one routed model."""
-    model = gateway().catalog.find(model_id, g.line.request_id)
+    model = routing().catalog.find(model_id, g.line.request_id)
     if model is None or not g.identity.allows(model_id):
         raise model_not_found(model_id)
     return jsonify(model)
