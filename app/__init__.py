@@ -62,6 +62,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.logs import setup_logging
     from app.services import metrics
     from app.services.accounting import Accounting
+    from app.services.load import Load
     from app.services.router import ModelCatalog
     from app.services.secrets import SecretBox
     from app.services.tokens import TokenPool
@@ -87,7 +88,8 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     box = SecretBox(settings.secret_key, settings.secret_key_previous)
     pool = TokenPool(config.upstreams, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]))
     redactor.add(pool.secrets())
-    client = UpstreamClient(config, pool, session=session)
+    load = Load()
+    client = UpstreamClient(config, pool, session=session, load=load)
     metrics.configure(config.upstreams)  # model labels: what the config names, never what clients send
     limiter = make_limiter(db, settings.redis_url)
     usage, stored = UsageRepo(db), StoredResponses(db)
@@ -109,7 +111,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     gw = Gateway(
         Routing(config, client, ModelCatalog(config.upstreams, client)), settings, db, KeyRepo(db), pool, box,
         limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
-        stats, sessions, LoginThrottle(db), worker, stored,
+        stats, sessions, LoginThrottle(db), worker, stored, load,
     )  # fmt: skip
     atexit.register(gw.close)
     return gw

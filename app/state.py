@@ -11,6 +11,7 @@ from flask import current_app, g
 
 from app.config import Config, Settings
 from app.services.accounting import Accounting
+from app.services.load import Load
 from app.services.router import ModelCatalog
 from app.services.secrets import SecretBox
 from app.services.tokens import TokenPool
@@ -53,6 +54,7 @@ class Gateway:
     login_throttle: LoginThrottle
     worker: str  # "<host>:<pid>", this process's row in worker_status
     stored: StoredResponses  # which upstream and token created each stored Responses API response
+    load: Load  # requests in flight and time to first event per token and target (kept across reloads)
 
     @property
     def config(self) -> Config:

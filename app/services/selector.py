@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from app.config import GatewayConfig, UpstreamConfig
 from app.services.breaker import Breakers
+from app.services.load import Load
 from app.services.outcomes import Decision
 from app.services.tokens import Token, TokenPool
 
@@ -25,8 +26,8 @@ class Choice:
 
 
 class Selector:
-    def __init__(self, settings: GatewayConfig, pool: TokenPool, clock: Callable[[], float]) -> None:
-        self.pool, self.clock = pool, clock
+    def __init__(self, settings: GatewayConfig, pool: TokenPool, load: Load, clock: Callable[[], float]) -> None:
+        self.pool, self.load, self.clock = pool, load, clock
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.queue_timeout, self.max_queued = settings.queue_timeout, settings.max_queued
         self._waiting: set[int] = set()

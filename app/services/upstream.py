@@ -20,6 +20,7 @@ from app.dialects.base import Dialect
 from app.errors import ApiError
 from app.services.attempts import Accepted, Attempt, Attempts, LoopSettings
 from app.services.calls import UpstreamCall
+from app.services.load import Load
 from app.services.outcomes import Failure, Outcome
 from app.services.selector import Selector
 from app.services.tokens import TokenPool
@@ -53,13 +54,14 @@ class UpstreamClient:
         config: Config,
         pool: TokenPool,
         session: requests.Session | None = None,
+        load: Load | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.pool, self.clock = pool, clock
         self.session = session or build_session(config.gateway.trust_env)
         self.transport = Transport(self.session, clock)
-        self.selector = Selector(config.gateway, pool, clock)
+        self.selector = Selector(config.gateway, pool, load or Load(), clock)
         self.deadline = config.gateway.deadline
         self.settings = LoopSettings(
             config.gateway.max_attempts, config.gateway.first_byte_timeout, sleep,

@@ -1,0 +1,32 @@
+"""Operational events (a pool ran dry, a breaker opened, a token was auto-disabled, ...) as one hook.
+
+Services call `emit`; the gateway points the hook at the alerter (app/services/alerts.py) and
+it is a no-op until then (tests, the CLI). An event names a subject (an upstream, a token id, a
+key name), never a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("sluice.events")
+
+Sink = Callable[[str, str, str, Mapping[str, Any]], None]
+_sink: list[Sink] = []
+
+
+def connect(sink: Sink | None) -> None:
+    """Send every event to `sink` (None: nowhere)."""
+    _sink[:] = [sink] if sink is not None else []
+
+
+def emit(event: str, subject: str, text: str, fields: Mapping[str, Any] | None = None) -> None:
+    """Report an event; never raises and never blocks (the alerter only queues)."""
+    log.info("event %s subject=%s: %s", event, subject, text)
+    for sink in _sink:
+        try:
+            sink(event, subject, text, fields or {})
+        except Exception:  # an alerting bug must never fail the request that noticed the event
+            log.exception("event sink failed for %s", event)

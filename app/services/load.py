@@ -1,0 +1,80 @@
+"""Requests in flight and recent time to first event, per token and per routing target.
+
+Each worker counts its own requests exactly (in memory); a background chore reports them to
+the shared store and reads back the other workers' reports (`merge`), so `inflight(key)` is
+the deployment-wide count as of the last second or two plus this worker's live one. Keys:
+`token_key(token_id)` and `target_key(upstream, model)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+EWMA_WEIGHT = 0.3  # of the newest sample: recent enough to notice a slowdown within a few requests
+
+
+def token_key(token_id: str) -> str:
+    return f"token:{token_id}"
+
+
+def target_key(upstream: str, model: str) -> str:
+    return f"target:{upstream}/{model}"
+
+
+@dataclass
+class _Stat:
+    inflight: int = 0
+    ttfe: float | None = None  # seconds, exponentially weighted
+
+
+class Load:
+    def __init__(self) -> None:
+        self._mine: dict[str, _Stat] = {}
+        self._others: Mapping[str, tuple[int, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, *keys: str) -> None:
+        """A request starts using these keys (its token and its target)."""
+        with self._lock:
+            for key in keys:
+                self._mine.setdefault(key, _Stat()).inflight += 1
+
+    def end(self, *keys: str) -> None:
+        """The request that `begin` counted has ended (its answer finished, or its attempt failed)."""
+        with self._lock:
+            for key in keys:
+                stat = self._mine.get(key)
+                if stat is not None and stat.inflight > 0:
+                    stat.inflight -= 1
+
+    def first_event(self, seconds: float, *keys: str) -> None:
+        """An attempt's time to its first event (or its plain answer's headers)."""
+        with self._lock:
+            for key in keys:
+                stat = self._mine.setdefault(key, _Stat())
+                stat.ttfe = seconds if stat.ttfe is None else stat.ttfe + EWMA_WEIGHT * (seconds - stat.ttfe)
+
+    def inflight(self, key: str) -> int:
+        """Requests in flight on `key` across every worker (others as last reported)."""
+        mine = self._mine.get(key)
+        others = self._others.get(key)
+        return (mine.inflight if mine else 0) + (others[0] if others else 0)
+
+    def ttfe(self, key: str) -> float | None:
+        """Recent time to first event in seconds: this worker's when it has one, else the others'."""
+        mine = self._mine.get(key)
+        if mine is not None and mine.ttfe is not None:
+            return mine.ttfe
+        others = self._others.get(key)
+        return others[1] if others else None
+
+    def snapshot(self) -> dict[str, tuple[int, float | None]]:
+        """This worker's own figures, to report: key -> (in flight, ttfe seconds)."""
+        with self._lock:
+            return {key: (stat.inflight, stat.ttfe) for key, stat in self._mine.items()}
+
+    def merge(self, others: Mapping[str, tuple[int, float | None]]) -> None:
+        """The other workers' figures as last reported: key -> (in flight summed, ttfe seconds)."""
+        self._others = dict(others)
