@@ -13,6 +13,7 @@ from typing import Any
 
 from app.requestlog import RequestLine
 from app.services import metrics
+from app.services.admission import budget_alert
 from app.services.releases import RETRY_EVERY, Releases
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
@@ -78,6 +79,10 @@ class Accounting:
         total = line.usage.get("total_tokens", 0)
         if line.admission is not None:
             self.releases.release(line.admission, total, line.request_id)
+            admission = line.admission
+            if admission.budget_used is not None:
+                budget_alert(admission.key.name, admission.key.monthly_tokens, admission.budget_used + total)
+
         if line.endpoint is not None and self.records:
             self.writer.add(self.record(line))
         observe(line)

@@ -15,6 +15,7 @@ from typing import Any
 from app.auth import Identity
 from app.errors import ApiError
 from app.requestlog import RequestLine
+from app.services import events
 from app.services.slots import read_holding_slot
 from app.storage.db import StorageError
 from app.storage.limits import SLOT_MARGIN, Limiter, LimitExceeded
@@ -58,6 +59,8 @@ def admit(limiter: Limiter, line: RequestLine, identity: Identity, expires_at: f
     try:
         line.admission = limiter.admit(identity.key, time.time(), expires_at, held=line.admission)
     except LimitExceeded as exc:
+        if exc.code == "insufficient_quota":
+            budget_alert(identity.key.name, identity.key.monthly_tokens, None)
         raise _refused(line, exc) from None
     line.window = line.admission.window
 
@@ -66,3 +69,19 @@ def _refused(line: RequestLine, exc: Any) -> ApiError:
     line.window = exc.window
     retry_after = str(max(1, math.ceil(exc.retry_after)))
     return ApiError(429, exc.message, code=exc.code, headers={"Retry-After": retry_after})
+
+
+def budget_alert(key_name: str, budget: int | None, used: int | None) -> None:
+    """`budget_80` / `budget_100` when a key's monthly tokens (as admitted, plus this request's) reach 80 % or
+    all of its `budget` (`used` None: a request was refused, the budget is spent); the alerter sends one per key
+    and month each `repeat_after` at most."""
+    if budget is None or budget <= 0:
+        return
+    spent = used is None or used >= budget
+    if not spent and used < 0.8 * budget:  # type: ignore[operator]
+        return
+    month = time.strftime("%Y-%m", time.gmtime())
+    share = 100 if used is None else min(100, used * 100 // budget)
+    fields = {"key": key_name, "month": month, "budget_tokens": budget, "used_tokens": used}
+    text = f"Key {key_name} has used {share}% of its monthly budget of {budget} tokens."
+    events.emit("budget_100" if spent else "budget_80", f"key {key_name} {month}", text, fields)

@@ -145,6 +145,7 @@ class Admission:
     window: Window | None
     expires_at: float  # the slot frees itself then, released or not
     worker: str  # the process holding the slot (worker_name)
+    budget_used: int | None = None  # the key's tokens this month when admitted (keys with a monthly budget)
 
 
 def new_admission(key: ApiKey, now: float, expires_at: float | None = None) -> Admission:
@@ -248,7 +249,7 @@ class SqlLimiter:
         sql, admission = self.sql, held or new_admission(key, now, expires_at)
         with self.db.quick(write=True) as q:
             self._lock(q, key)
-            check_budget(q, sql, key, now)
+            budget_used = check_budget(q, sql, key, now)
             params = {"key_id": key.id, "since": window_start(now), "now": now}
             running, count, oldest_req, used, oldest_tok = q.one(sql.window, params)
             if held is None:
@@ -259,7 +260,7 @@ class SqlLimiter:
                 q.execute(sql.count, _second(key.id, now, requests=1, tokens=0))
             if held is None:
                 self._add_slot(q, admission, now)
-        return replace(admission, window=window)
+        return replace(admission, window=window, budget_used=budget_used)
 
     def _lock(self, q: Quick, key: ApiKey) -> None:
         if not self.db.is_sqlite:  # serialise admissions per key; SQLite's BEGIN IMMEDIATE already does
@@ -367,13 +368,16 @@ def too_many_parallel(key: ApiKey) -> LimitExceeded:
     return LimitExceeded("too_many_parallel_requests", message, 1.0)
 
 
-def check_budget(q: Quick, sql: Statements, key: ApiKey, now: float) -> None:
+def check_budget(q: Quick, sql: Statements, key: ApiKey, now: float) -> int | None:
+    """Refuse a key whose monthly budget is spent; else its tokens this month (None: no budget)."""
     if key.monthly_tokens is None:
-        return
+        return None
     found = q.rows(sql.monthly, {"key_id": key.id, "month": month_of(now)})
-    if found and found[0].tokens >= key.monthly_tokens:
+    used = int(found[0].tokens) if found else 0
+    if used >= key.monthly_tokens:
         message = f"This key has used its monthly budget of {key.monthly_tokens} tokens."
         raise LimitExceeded("insufficient_quota", message, seconds_to_next_month(now))
+    return used
 
 
 def add_monthly(q: Quick, sql: Statements, key_id: str, month: str, tokens: int) -> None:

@@ -86,15 +86,16 @@ class RedisLimiter:
         self, key: ApiKey, now: float, expires_at: float | None = None, held: Admission | None = None
     ) -> Admission:
         """Count the request, or refuse it (LimitExceeded); with `held`, its slot is taken already."""
+        budget_used = None
         if key.monthly_tokens is not None:
             with self.db.quick() as q:
-                check_budget(q, self.sql, key, now)
+                budget_used = check_budget(q, self.sql, key, now)
         admission = held or new_admission(key, now, expires_at)
         parallel = _arg(key.max_parallel) if held is None else -1
         at, count, oldest_req, used, oldest_tok = self._run(admission, now, _arg(key.rpm), _arg(key.tpm), parallel)
         # `count` and `used` are the window before this request: decide() adds it.
         window = decide(key, at, count, _float(oldest_req), used, _float(oldest_tok), at)
-        return replace(admission, window=window)
+        return replace(admission, window=window, budget_used=budget_used)
 
     def _run(self, admission: Admission, now: float, rpm: int, tpm: int, parallel: int) -> tuple:
         """Run the admission script: Redis's clock, the window's counts; LimitExceeded for no free slot."""

@@ -78,6 +78,28 @@ def test_budget_and_parallel_limits(client, keys, upstream):
     assert resp.status_code == 429 and resp.get_json()["error"]["code"] == "insufficient_quota"
 
 
+def test_budget_alerts_at_80_and_100_percent(client, keys, upstream):
+    """budget_80 once the month's tokens reach 80 % of the budget, budget_100 at 100 % and on a refusal."""
+    from app.services import events
+
+    sent: list[tuple] = []
+    events.connect(lambda event, subject, text, fields: sent.append((event, subject, dict(fields))))
+    try:
+        upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
+        _, secret = keys.create("team-a", now=0.0, monthly_tokens=USAGE["total_tokens"] * 2 + 5)
+        statuses = [client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code
+                    for _ in range(4)]  # fmt: skip
+    finally:
+        events.connect(None)
+    assert statuses == [200, 200, 200, 429]
+    month = time.strftime("%Y-%m", time.gmtime())
+    assert [(e, s) for e, s, _ in sent] == [("budget_80", f"key team-a {month}")] + [
+        ("budget_100", f"key team-a {month}")
+    ] * 2
+    assert sent[0][2]["used_tokens"] == USAGE["total_tokens"] * 2 and sent[2][2]["used_tokens"] is None
+    assert secret not in repr(sent)
+
+
 def test_streams_hide_the_injected_usage_chunk_and_account_it(app, client, keys, upstream):
     sse = (
         'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
