@@ -63,11 +63,9 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.services import metrics
     from app.services.accounting import Accounting
     from app.services.load import Load
-    from app.services.router import ModelCatalog
+    from app.services.reload import build_routing, flush_pools
     from app.services.secrets import SecretBox
-    from app.services.tokens import TokenPool
-    from app.services.upstream import UpstreamClient
-    from app.state import Gateway, Routing
+    from app.state import Gateway
     from app.storage.admin import LoginThrottle, SessionStore
     from app.storage.db import Database
     from app.storage.keys import KeyRepo
@@ -86,10 +84,10 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
 
         upgrade(db)
     box = SecretBox(settings.secret_key, settings.secret_key_previous)
-    pool = TokenPool(config.upstreams, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]))
-    redactor.add(pool.secrets())
     load = Load()
-    client = UpstreamClient(config, pool, session=session, load=load)
+    routing = build_routing(config, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]), load=load,
+                            session=session)  # fmt: skip
+    redactor.add(routing.pool.secrets())
     metrics.configure(config.upstreams)  # model labels: what the config names, never what clients send
     limiter = make_limiter(db, settings.redis_url)
     usage, stored = UsageRepo(db), StoredResponses(db)
@@ -99,9 +97,6 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     # One supervised scheduler runs every background chore of the process (app/scheduler.py);
     # the names are the `chore` label of sluice_background_errors_total.
     writer = UsageWriter(usage)
-    writer.every(1.0, pool.flush, "token_counts")
-    writer.every(3600.0, lambda: usage.prune(time.time() - retention), "usage_pruning", final=False)
-    writer.every(3600.0, lambda: stored.prune(time.time() - retention), "stored_responses_pruning", final=False)
     if isinstance(limiter, SqlLimiter):
         writer.every(30.0, lambda: limiter.prune(time.time()), "limits_pruning", final=False)
     stats, sessions = Stats(db), SessionStore(db)
@@ -109,10 +104,15 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     writer.every(2.0, lambda: stats.report_worker(worker, metrics.active_streams(), time.time()), "live_report")
     writer.every(600.0, lambda: sessions.prune(time.time()), "session_pruning", final=False)
     gw = Gateway(
-        Routing(config, client, ModelCatalog(config.upstreams, client)), settings, db, KeyRepo(db), pool, box,
-        limiter, usage, writer, Accounting(limiter, writer, config.gateway.usage_records),
-        stats, sessions, LoginThrottle(db), worker, stored, load,
+        routing=routing, settings=settings, db=db, keys=KeyRepo(db), box=box, limiter=limiter, usage=usage,
+        writer=writer, accounting=Accounting(limiter, writer, config.gateway.usage_records), stats=stats,
+        admin_sessions=sessions, login_throttle=LoginThrottle(db), worker=worker, stored=stored, load=load,
     )  # fmt: skip
+    # The current pool's counts, and those of pools a reload replaced while their requests run.
+    writer.every(1.0, lambda: flush_pools(gw), "token_counts")
+    kept = lambda: time.time() - gw.config.gateway.usage_retention_days * 86400  # noqa: E731  (as reloaded)
+    writer.every(3600.0, lambda: usage.prune(kept()), "usage_pruning", final=False)
+    writer.every(3600.0, lambda: stored.prune(kept()), "stored_responses_pruning", final=False)
     atexit.register(gw.close)
     return gw
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import click
 from flask import current_app, g
@@ -35,6 +36,7 @@ class Routing:
     config: Config
     client: UpstreamClient
     catalog: ModelCatalog
+    pool: TokenPool  # the config's tokens over the shared store (state is kept across reloads)
 
 
 @dataclass
@@ -43,7 +45,6 @@ class Gateway:
     settings: Settings
     db: Database
     keys: KeyRepo
-    pool: TokenPool
     box: SecretBox
     limiter: Limiter
     usage: UsageRepo
@@ -55,6 +56,10 @@ class Gateway:
     worker: str  # "<host>:<pid>", this process's row in worker_status
     stored: StoredResponses  # which upstream and token created each stored Responses API response
     load: Load  # requests in flight and time to first event per token and target (kept across reloads)
+    # Called with the new config before a reload swaps it in (app/services/reload.py): one line per area.
+    on_reload: list[Callable[[Config], None]] = field(default_factory=list)
+    # Pools of replaced configs, flushed until their requests must have ended: (until, pool).
+    retired: list[tuple[float, TokenPool]] = field(default_factory=list)
 
     @property
     def config(self) -> Config:
@@ -68,6 +73,10 @@ class Gateway:
     @property
     def catalog(self) -> ModelCatalog:
         return self.routing.catalog
+
+    @property
+    def pool(self) -> TokenPool:
+        return self.routing.pool
 
     def close(self) -> None:
         """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""

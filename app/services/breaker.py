@@ -3,7 +3,8 @@
 A breaker opens after `failures` consecutive failed attempts on its upstream (server errors,
 connection errors and timeouts: 401/403/429 describe one token, not the upstream), lets one
 trial request through after `cooldown` seconds (half-open), and closes on its success.
-State is per worker process: each worker learns an upstream's health from its own traffic.
+State is per worker process: each worker learns an upstream's health from its own traffic; a
+config reload keeps it for the upstreams still configured (`configure`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class Breakers:
         self.failures, self.cooldown = failures, cooldown
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
+
+    def configure(self, failures: int, cooldown: float, upstreams: Iterable[str]) -> None:
+        """A reload's settings: the state of `upstreams` is kept, that of upstreams no longer configured dropped."""
+        keep = set(upstreams)
+        with self._lock:
+            self.failures, self.cooldown = failures, cooldown
+            self._states = {name: state for name, state in self._states.items() if name in keep}
 
     def allow(self, upstream: str, now: float) -> bool:
         """May an attempt go to `upstream` now? Claims the half-open trial when it is due."""
