@@ -5,6 +5,7 @@ Every value comes from a SLUICE_* variable (see app/config.py and the README).
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -90,9 +91,34 @@ def on_starting(server):
     if done.returncode != 0:
         sys.exit("sluice: database migration failed (see above)")
     os.environ["SLUICE_MIGRATED"] = _settings.database_url  # workers skip their own check
+    # Workers signal this pid (SIGHUP) after a reload through the API (app/services/reload.py MASTER_PID).
+    os.environ["SLUICE_MASTER_PID"] = str(os.getpid())
     for stale in metrics_dir.remove_stale():
         server.log.info("removed %s (its gunicorn master is gone)", stale)
     metrics_dir.prepare(_metrics_dir)
+
+
+def when_ready(server):
+    """Take over SIGHUP: gunicorn's own replaces every worker, cutting streams that outlive graceful_timeout."""
+    server.handle_hup = lambda: reload_workers(server)
+
+
+def reload_workers(server) -> None:
+    """SIGHUP in the master: validate the config file; valid, each worker swaps it in (SIGHUP, app/worker.py)
+    and keeps its running requests; invalid, the one-line error is logged and nothing changes. Settings from
+    the environment (bind, workers, SLUICE_*) stay as they are until a restart (docs/reload.md)."""
+    try:
+        load_config(_settings.config_path)
+    except ConfigError as exc:
+        server.log.error("sluice: configuration error: %s (reload refused: the running config stays)", exc)
+        return
+    workers = list(server.WORKERS)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass  # it exited meanwhile; a worker started from now on reads the new file itself
+    server.log.info("config valid: %d workers reload it", len(workers))
 
 
 def on_exit(server):

@@ -118,7 +118,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.admin import dashboard, manage  # noqa: F401  (both add their pages to the dashboard blueprint)
+    from app.admin import dashboard, manage, reload_api  # noqa: F401  (they add their routes to the blueprints)
     from app.admin.api import bp as admin_api
     from app.admin.blueprint import bp as dashboard_pages
     from app.api import register_api

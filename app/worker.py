@@ -14,6 +14,7 @@ its own gevent worker there too), the worker patches with gevent before the app 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from typing import Any
@@ -22,10 +23,12 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.aborts import BodyCut
+from app.config import ConfigError
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
 
 SWEEP = 0.5  # seconds between looks for idle connections while the worker stops
+BOOT_WAIT = 60.0  # seconds a reload signalled while the app loads waits for it
 
 
 class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
@@ -38,6 +41,34 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
     def init_process(self) -> None:
         self._connections, self._busy = {}, set()
         super().init_process()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # gunicorn leaves SIGHUP at its default in workers, which ends the process: here it reloads the config.
+        signal.signal(signal.SIGHUP, self.handle_hup)
+        signal.siginterrupt(signal.SIGHUP, False)  # as gunicorn does for TERM: running requests go on
+
+    def handle_hup(self, sig: int, frame: Any) -> None:
+        """SIGHUP (from the master, which validated the file): reload the config in a greenlet, not here."""
+        gevent.spawn(self._reload_config)
+
+    def _reload_config(self) -> None:
+        from app.services.reload import reload  # the master imports this module: no requests (ssl) there
+        from app.storage.db import StorageError
+
+        for _ in range(int(BOOT_WAIT / 0.1)):  # signalled while loading: the app may have read the old file
+            if self.booted or not self.alive:
+                break
+            gevent.sleep(0.1)
+        gateway = getattr(getattr(self, "wsgi", None), "extensions", {}).get("sluice")
+        if gateway is None or not self.alive:
+            return
+        try:
+            reload(gateway)
+        except ConfigError:
+            return  # logged by reload(); the running config stays
+        except StorageError as exc:
+            self.log.error("config reload failed, the running config stays: %s", exc)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         current = gevent.getcurrent()

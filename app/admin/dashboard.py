@@ -13,13 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, session, url_for
 
 from app.admin import login
 from app.admin.blueprint import bp
 from app.admin.charts import bar_list, column_chart
+from app.config import ConfigError
 from app.services.admin import Admin, parse_since
 from app.services.overview import RANGES, overview
+from app.services.reload import reload_everywhere
 from app.state import gateway
 from app.storage.usage import audit_entries
 
@@ -130,8 +132,8 @@ def _safe_next(target: str | None) -> str | None:
 
 # pages
 @bp.get("")
-def overview_page() -> str:
-    """Request rate, errors, time to first byte, tokens; live streams."""
+def overview_page(error: str | None = None, status: int = 200) -> tuple[str, int]:
+    """Request rate, errors, time to first byte, tokens; live streams; the config in force."""
     range_name = request.args.get("range", "1h")
     if range_name not in RANGES:
         range_name = "1h"
@@ -151,8 +153,25 @@ def overview_page() -> str:
         ),  # fmt: skip
         column_chart("Tokens", labels, [("a", [b.tokens for b in view.buckets])]),
     ]
-    records = gateway().config.gateway.usage_records
-    return render_template("dashboard/overview.html", view=view, charts=charts, ranges=RANGES, records=records)
+    config = gateway().config
+    page = render_template(
+        "dashboard/overview.html", view=view, charts=charts, ranges=RANGES, records=config.gateway.usage_records,
+        config=config, error=error,
+    )  # fmt: skip
+    return page, status
+
+
+@bp.post("/reload")
+def reload_config() -> Response | tuple[str, int]:
+    """Re-read the config file in every worker; an invalid one changes nothing and is shown."""
+    try:
+        config = reload_everywhere(gateway())
+    except ConfigError as exc:
+        g.admin.record("config.reload_refused", gateway().config.source)
+        return overview_page(error=f"Configuration error, nothing changed: {exc}", status=400)
+    g.admin.record("config.reload", config.source)
+    flash(f"Config reloaded from {config.source}: {len(config.upstreams)} upstreams, {len(config.models)} models.")
+    return redirect(url_for("dashboard.overview_page"), 303)
 
 
 def _bucket_label(start: float, range_name: str) -> str:

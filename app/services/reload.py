@@ -11,12 +11,15 @@ part of the file and need a restart (docs/reload.md).
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import requests
 
-from app.config import Config, load_config
+from app.config import Config, ConfigError, load_config
 from app.services import metrics
 from app.services.breaker import Breakers
 from app.services.load import Load
@@ -29,13 +32,35 @@ from app.storage.tokens import TokenRepo
 
 log = logging.getLogger("sluice.reload")
 RETIRE_MARGIN = 60.0  # seconds past a request's deadline (drains, slow records) before a replaced pool is dropped
+MASTER_PID = "SLUICE_MASTER_PID"  # set by gunicorn.conf.py in the master, inherited by its workers
+_one_at_a_time = threading.Lock()  # two reloads at once would both replace the same routing
 
 
 def reload(gw: Gateway) -> Config:
     """Re-read and validate the config file and swap it in; raises ConfigError (nothing changed) if invalid."""
-    config = load_config(gw.settings.config_path)
-    swap(gw, config)
+    with _one_at_a_time:
+        try:
+            config = load_config(gw.settings.config_path)
+        except ConfigError as exc:  # logged here, once, for the signal and the API alike
+            log.error("sluice: configuration error: %s (reload refused: the running config stays)", exc)
+            raise
+        swap(gw, config)
     return config
+
+
+def reload_everywhere(gw: Gateway) -> Config:
+    """Reload this process at once and, under gunicorn, have the master tell every worker (SIGHUP)."""
+    config = reload(gw)
+    master = gunicorn_master(os.environ, os.getppid())
+    if master is not None:
+        os.kill(master, signal.SIGHUP)  # the master validates again and signals each worker, this one too
+    return config
+
+
+def gunicorn_master(env: Mapping[str, str], parent: int) -> int | None:
+    """The gunicorn master's pid when it is this process's parent (never signal a stranger)."""
+    pid = env.get(MASTER_PID, "")
+    return parent if pid.isdecimal() and int(pid) == parent else None
 
 
 def swap(gw: Gateway, config: Config, now: float | None = None) -> Routing:
