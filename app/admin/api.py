@@ -93,7 +93,7 @@ def revoke_key(key_id: str) -> Response:
 
 @bp.get("/tokens")
 def list_tokens() -> Response:
-    """List upstream tokens, masked, with their state."""
+    """List upstream tokens, masked, with their state (healthy, cooling, auto_disabled, disabled, removed)."""
     return jsonify({"object": "list", "data": g.admin.list_tokens()})
 
 
@@ -129,6 +129,12 @@ def validate_token(token_id: str) -> Response:
 def list_upstreams() -> Response:
     """List upstreams with their effective user agent and extra headers."""
     return jsonify({"object": "list", "data": g.admin.list_upstreams()})
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Per upstream: breaker, probe, in flight; per token: state, in flight, ttfe, last error, last probe."""
+    return jsonify({"object": "list", "data": g.admin.health()})
 
 
 @bp.patch("/upstreams/<name>")

@@ -22,13 +22,14 @@ Page = tuple[str, int]
 
 @bp.get("/upstreams")
 def upstreams_page(error: str | None = None, status: int = 200) -> Page:
-    """Upstreams with their tokens (masked) and state."""
-    tokens = g.admin.list_tokens()
+    """Upstreams with their breaker, probe and tokens (masked): state, in flight, ttfe, last probe."""
+    health = {h["name"]: h for h in g.admin.health()}
     upstreams = g.admin.list_upstreams()
     tokenless = {u.name for u in gateway().config.upstreams if not u.tokens}
     for upstream in upstreams:
-        mine = [t for t in tokens if t["upstream"] == upstream["name"]]
-        upstream["tokens"] = sorted(mine, key=lambda t: t["state"] == "removed")  # removed ones last
+        view = health[upstream["name"]]
+        upstream["tokens"] = sorted(view["tokens"], key=lambda t: t["state"] == "removed")  # removed ones last
+        upstream.update(breaker=view["breaker"], probe=view["probe"], inflight=view["inflight"])
         upstream["tokenless"] = upstream["name"] in tokenless
     return render_template("dashboard/upstreams.html", upstreams=upstreams, error=error), status
 

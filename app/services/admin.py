@@ -13,6 +13,7 @@ from typing import Any
 
 from app.config import ConfigError, validate_overrides
 from app.jsontext import storable
+from app.services.health import upstream_health
 from app.services.probe import ProbeResult, probe
 from app.services.secrets import SecretsUnavailable, is_secret_header
 from app.services.tokens import mask, token_id
@@ -109,8 +110,7 @@ class Admin:
     def set_token_enabled(self, tid: str, enabled: Any) -> dict[str, Any]:
         if not isinstance(enabled, bool):
             raise AdminError(400, "'enabled' must be true or false.", "enabled")
-        flags = {"enabled": True, "removed": False} if enabled else {"enabled": False}
-        if not self.gw.pool.repo.set_flags(tid, **flags):
+        if not self.gw.pool.repo.set_flags(tid, **operator_flags(enabled, time.time())):
             raise AdminError(404, f"No token with id {tid!r}.")
         self.record("token.enable" if enabled else "token.disable", tid)
         return self._token(tid)
@@ -122,7 +122,7 @@ class Admin:
         if row.source == "runtime":
             self.gw.pool.repo.delete(tid)
         else:  # a config token stays removed across restarts until re-enabled
-            self.gw.pool.repo.set_flags(tid, removed=True, enabled=False)
+            self.gw.pool.repo.set_flags(tid, removed=True, **operator_flags(False, time.time()))
         self.record("token.remove", tid)
 
     def validate_token(self, tid: str) -> ProbeResult:
@@ -141,6 +141,10 @@ class Admin:
     def list_tokens(self) -> list[dict[str, Any]]:
         now = time.time()
         return [row.public(now) for row in self.gw.pool.rows()]
+
+    def health(self) -> list[dict[str, Any]]:
+        """Per upstream: breaker, probe, in flight, and its tokens' states (app/services/health.py)."""
+        return upstream_health(self.gw, time.time())
 
     def _token(self, tid: str) -> dict[str, Any]:
         row = self.gw.pool.repo.get(tid)
@@ -220,6 +224,15 @@ class Admin:
             raise AdminError(400, f"Cannot re-encrypt header overrides: {exc}.") from None
         self.record("secrets.rotate", f"{count} tokens and header overrides")
         return count
+
+
+def operator_flags(enabled: bool, now: float) -> dict[str, Any]:
+    """An operator's enable or disable: theirs to undo, never a probe's. Enabling also forgets what
+    Sluice had counted or benched (auth failures, a cooldown): the operator vouches for the token."""
+    if enabled:
+        return {"enabled": True, "removed": False, "disabled_by": None, "disabled_at": None,
+                "auth_failures": 0, "cooldown_until": 0.0}  # fmt: skip
+    return {"enabled": False, "disabled_by": "operator", "disabled_at": now}
 
 
 def hide_header(name: str, value: str) -> str:

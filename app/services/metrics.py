@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from app import process
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from app.config import UpstreamConfig
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -45,8 +47,12 @@ DURATION = Histogram("sluice_request_duration_seconds", "Client request duration
                      buckets=BUCKETS)  # fmt: skip
 BACKGROUND_ERRORS = Counter("sluice_background_errors_total", "Background chores that raised (they carry on)",
                             ["chore"])  # fmt: skip
+# Each worker sets its own breakers' view; "livemax": open if open in any live worker.
+BREAKER_OPEN = Gauge("sluice_upstream_breaker_open", "1 while a worker's circuit breaker of the upstream is open",
+                     ["upstream"], multiprocess_mode="livemax")  # fmt: skip
 
 _configured: dict[str, tuple[str, ...]] = {}  # upstream name -> its `models`, as configured
+_at_scrape: list[Collector] = []  # gauges computed when scraped (app/services/health.py)
 
 
 def configure(upstreams: Iterable[UpstreamConfig]) -> None:
@@ -68,13 +74,25 @@ def model_label(model: str, upstream: str | None) -> str:
     return next((pattern for pattern in patterns if fnmatch.fnmatchcase(model, pattern)), OTHER)
 
 
+def at_scrape(collector: Collector | None) -> None:
+    """Add `collector`'s metrics to every scrape (None: none); once per process, like `configure`."""
+    _at_scrape[:] = [collector] if collector is not None else []
+
+
 def render() -> bytes:
-    """The exposition text, merged across workers when running under gunicorn."""
+    """The exposition text, merged across workers when running under gunicorn, plus the
+    scrape-time gauges (read from the shared store: the same in every worker)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest()
+        text = generate_latest(registry)
+    else:
+        text = generate_latest()
+    for collector in _at_scrape:
+        extra = CollectorRegistry()
+        extra.register(collector)
+        text += generate_latest(extra)
+    return text
 
 
 def active_streams() -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from app.config import UpstreamConfig
+from app.services import events
 from app.services.secrets import (
     SecretBox,
     SecretsUnavailable,
@@ -68,8 +69,10 @@ class TokenPool:
         box: SecretBox,
         on_secret: Callable[[str], None] = lambda _: None,
         now: float | None = None,
+        auto_disable_after: int = 3,
     ) -> None:
         self.repo, self.box, self.on_secret = repo, box, on_secret
+        self.auto_disable_after = auto_disable_after  # [gateway] auto_disable_after; 0: never
         self.upstreams = {u.name: u for u in upstreams}
         self._values: dict[str, str | None] = {}
         for up in self.upstreams.values():
@@ -151,7 +154,9 @@ class TokenPool:
                 count, _, _ = self._successes.get(token.id, (0, None, 0.0))
                 self._successes[token.id] = (count + 1, status, now)
             return
-        self.repo.report(token.id, status=status, ok=ok, cooldown=cooldown, now=now)
+        after = self.auto_disable_after
+        if self.repo.report(token.id, status=status, ok=ok, cooldown=cooldown, now=now, disable_after=after):
+            announce_disabled(token.id, token.upstream, status, after)
 
     def flush(self) -> None:
         """Write the success counts gathered since the last flush."""
@@ -219,6 +224,13 @@ class TokenPool:
             user_agent=user_agent or upstream.user_agent,
             headers=upstream.headers if headers is None else headers,
         )
+
+
+def announce_disabled(tid: str, upstream: str, status: int | None, after: int) -> None:
+    """Log and emit `token_auto_disabled` (by id: never the value) for the one caller that disabled it."""
+    text = f"token {tid} of {upstream} auto-disabled after {after} answers of HTTP 401/403 in a row (last: {status})"
+    log.warning("%s", text)
+    events.emit("token_auto_disabled", tid, text, {"upstream": upstream, "token": tid, "status": status})
 
 
 def _redactable(name: str, value: str) -> bool:
