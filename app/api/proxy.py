@@ -22,13 +22,12 @@ from app.dialects.base import ClientRequest, Dialect, Leg
 from app.dialects.openai_responses import RESPONSES, ResponsesRelay
 from app.errors import ApiError
 from app.requestlog import RequestLine
-from app.services import admission, stored
+from app.services import admission, aliases, stored
 from app.services.attempts import Accepted, Attempts, Failed
-from app.services.calls import UpstreamCall
+from app.services.calls import Hop, Route, UpstreamCall, fixed_hop
 from app.services.headers import forwardable
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.services.outcomes import Outcome
-from app.services.router import route
 from app.state import gateway, routing
 
 # A plain request's wait looks this often (seconds) for a graceful stop, which SIGTERM starts
@@ -40,16 +39,16 @@ def proxy(dialect: Dialect) -> Response:
     """Serve one request of `dialect`: the body's model picks the upstreams."""
     line: RequestLine = g.line
     identity: Identity = g.identity
-    client_request, upstreams, slot_expires = g.pop("routed", None) or _routed(dialect)
-    legs = _legs(dialect.legs(client_request), upstreams)
+    client_request, hop, slot_expires = g.pop("routed", None) or _routed(dialect)
+    hop, legs = _legs(dialect, client_request, hop)
     admission.admit(gateway().limiter, line, identity, slot_expires)
     call = UpstreamCall(
-        "POST", lambda upstream: legs[upstream.name], line.streaming, [u for u in upstreams if u.name in legs],
-        line.request_id, client_headers=forwardable(request.headers.items()),
+        "POST", lambda route: legs[route.upstream.name, route.model], line.streaming, hop, line.request_id,
+        client_headers=forwardable(request.headers.items()),
     )  # fmt: skip
     stores = hasattr(dialect, "created_id") and client_request.payload.get("store") is not False
     remember = _remembering(line, identity, client_request.payload) if stores else None
-    events = next(iter(legs.values())).dialect.sse  # every leg answers in the client's form (SSE or raw bytes)
+    events = call.first_leg().dialect.sse  # every leg answers in the client's form (SSE or raw bytes)
     return send(call, line, keepalive=dialect.keepalive if events else None, on_accept=remember)
 
 
@@ -57,18 +56,19 @@ def answer_locally(dialect: Dialect, answer: Callable[[dict[str, Any]], dict[str
     """When no routed upstream can serve the request (every leg refuses it), `answer(payload)` is the answer,
     computed here, with the same key checks and admission; None: an upstream can, so proxy it instead."""
     routed = _routed(dialect)
-    client_request, upstreams, slot_expires = routed
+    client_request, hop, slot_expires = routed
     legs = dialect.legs(client_request)
-    if any(_serves(legs, upstream) for upstream in upstreams):
+    if any(_serves(legs, upstream) for upstream in _all_upstreams(hop)):
         g.routed = routed  # read and checked once: proxy() takes it from here
         return None
     admission.admit(gateway().limiter, g.line, g.identity, slot_expires)
     return jsonify(answer(client_request.payload))
 
 
-def _routed(dialect: Dialect) -> tuple[ClientRequest, list[UpstreamConfig], float]:
-    """Read and check the body, and route its model (404 when no upstream serves it or the key may not use it):
-    the request, its upstreams in order, and when its max_parallel slot expires."""
+def _routed(dialect: Dialect) -> tuple[ClientRequest, Hop, float]:
+    """Read and check the body, and route its model (404 when it is no alias and no upstream serves it, or
+    the key may not use it; a key's allow-list names aliases, not their targets): the request, its hop
+    (app/services/aliases.py), and when its max_parallel slot expires."""
     gw = gateway()
     line: RequestLine = g.line
     identity: Identity = g.identity
@@ -81,10 +81,10 @@ def _routed(dialect: Dialect) -> tuple[ClientRequest, list[UpstreamConfig], floa
         dialect.parse(body, request.headers.get("Content-Type")), query=request.query_string.decode("latin-1")
     )
     line.model, line.streaming = client_request.payload["model"], client_request.streaming
-    upstreams = route(config.upstreams, line.model)
-    if not upstreams or not identity.allows(line.model):
+    hop = aliases.resolve(config, line.model)
+    if hop is None or not identity.allows(line.model):
         raise model_not_found(line.model)
-    return client_request, upstreams, slot_expires
+    return client_request, hop, slot_expires
 
 
 def _serves(legs: Callable[[UpstreamConfig], Leg], upstream: UpstreamConfig) -> bool:
@@ -113,18 +113,44 @@ def send(
     return write_response(attempts, outcome, line, settings, keepalive, on_accept)
 
 
-def _legs(leg: Callable[[UpstreamConfig], Leg], upstreams: list[UpstreamConfig]) -> dict[str, Leg]:
-    """Each routed upstream's leg, built before any is tried; an upstream that cannot take the request
-    (e.g. a translation refusing a field) is left out, and if none can, the first refusal is the answer."""
-    legs, refusals = {}, []
-    for upstream in upstreams:
+LegKey = tuple[str, str | None]  # (upstream name, model sent)
+
+
+def _legs(dialect: Dialect, client_request: ClientRequest, hop: Hop) -> tuple[Hop, dict[LegKey, Leg]]:
+    """Each route's leg (the body naming the route's model), built before any is tried; a route that
+    cannot take the request (e.g. a translation refusing a field) is left out of its hop, and if the
+    first hop has none left, the first refusal is the answer."""
+    asked = client_request.payload["model"]
+    built: dict[LegKey, Leg | ApiError] = {}
+    by_model: dict[str, Callable[[UpstreamConfig], Leg]] = {}
+
+    def leg(route: Route) -> Leg | ApiError:
+        model = route.model or asked
+        if model not in by_model:
+            by_model[model] = dialect.legs(aliases.retarget(client_request, model, dialect.multipart))
         try:
-            legs[upstream.name] = leg(upstream)
+            return aliases.renamed(by_model[model](route.upstream), model, asked)
         except ApiError as exc:
-            refusals.append(exc)
-    if not legs:
-        raise refusals[0]
-    return legs
+            return exc
+
+    def prune(h: Hop) -> Hop:
+        for r in h.routes:
+            if (r.upstream.name, r.model) not in built:
+                built[r.upstream.name, r.model] = leg(r)
+        routes = tuple(r for r in h.routes if isinstance(built[r.upstream.name, r.model], Leg))
+        return replace(h, routes=routes, fallbacks=tuple(map(prune, h.fallbacks)),
+                       context_fallbacks=tuple(map(prune, h.context_fallbacks)))  # fmt: skip
+
+    pruned = prune(hop)
+    if not pruned.routes:
+        raise next(v for v in built.values() if isinstance(v, ApiError))
+    return pruned, {k: v for k, v in built.items() if isinstance(v, Leg)}
+
+
+def _all_upstreams(hop: Hop) -> list[UpstreamConfig]:
+    """The upstreams of a hop and of every hop it may fall back to."""
+    nested = [u for h in (*hop.fallbacks, *hop.context_fallbacks) for u in _all_upstreams(h)]
+    return list({u.name: u for u in [*hop.upstreams(), *nested]}.values())
 
 
 def _remembering(line: RequestLine, identity: Identity, payload: dict) -> Callable[[Accepted], None]:
@@ -164,7 +190,7 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     leg = Leg(_stored_path(response_id, suffix), body if method == "POST" else None, RESPONSES,
               lambda: ResponsesRelay({}, count_usage=lambda: first.count))  # fmt: skip
     call = UpstreamCall(
-        method, lambda _: leg, line.streaming, [upstream], line.request_id,
+        method, lambda _: leg, line.streaming, fixed_hop([upstream]), line.request_id,
         client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,
     )  # fmt: skip
     forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else first

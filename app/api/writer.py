@@ -39,10 +39,14 @@ def write_response(
     if isinstance(outcome, Failed):
         raise outcome.error
     if isinstance(outcome, Accepted) and on_accept is not None:
-        on_accept(outcome)
+        try:
+            on_accept(outcome)
+        except BaseException:  # e.g. the store failed: the answer is not written, its attempt is over
+            attempts.finish()
+            raise
     client = ClientSocket(request.environ.get("gunicorn.socket"))
     if isinstance(outcome, Accepted) and outcome.body is not None:
-        return _plain(outcome, line, client, attempts.deadline)
+        return _plain(outcome, line, client, attempts)
     events = keepalive is not None  # else a raw body (audio) passed through as it arrives
     line.deferred = True  # the stream's end finishes the line
     metrics.ACTIVE_STREAMS.inc()
@@ -60,7 +64,7 @@ def _stream_headers(outcome: Accepted | None, attempts: Attempts, events: bool) 
     headers = dict(SSE_HEADERS) if events else {}
     if outcome is None:
         call = attempts.call
-        headers.update(call.leg(call.upstreams[0]).headers)
+        headers.update(call.first_leg().headers)
         return headers
     headers.update(client_response_headers(outcome.response.headers.items()))
     headers.update({k: v for k, v in SSE_HEADERS.items() if k != "Content-Type"})
@@ -70,6 +74,7 @@ def _stream_headers(outcome: Accepted | None, attempts: Attempts, events: bool) 
 
 def _stream_finish(line: RequestLine, attempts: Attempts, client: ClientSocket) -> Callable[[StreamStats], None]:
     def finish(stats: StreamStats) -> None:
+        attempts.finish()  # the accepted attempt leaves the in-flight counts
         client.reset()
         line.usage = stats.usage or {}
         line.first_byte = stats.first_event_at
@@ -145,8 +150,17 @@ class PlainBody:
             self.on_end(written)
 
 
-def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline: float) -> Response:
+def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, attempts: Attempts) -> Response:
+    """A plain answer; the accepted attempt stays in flight until the body is written (or the write fails)."""
     outcome.exchange.close()
+    try:
+        return _plain_body(outcome, line, client, attempts)
+    except BaseException:
+        attempts.finish()
+        raise
+
+
+def _plain_body(outcome: Accepted, line: RequestLine, client: ClientSocket, attempts: Attempts) -> Response:
     status = outcome.response.status_code
     headers = client_response_headers(outcome.response.headers.items())
     relay = outcome.leg.relay()
@@ -158,20 +172,22 @@ def _plain(outcome: Accepted, line: RequestLine, client: ClientSocket, deadline:
     headers.update(outcome.leg.headers)
     line.first_byte = time.monotonic()
     if client.sock is None:  # not gunicorn (the test client): nothing to bound, after_request finishes the line
+        attempts.finish()
         return Response(data, status=status, headers=headers)
     if status not in (204, 304):
         headers["Content-Length"] = str(len(data))  # an iterable body: werkzeug does not count it
 
     def end(written: bool) -> None:
+        attempts.finish()
         if written:
             line.finish_response(status, len(data))
         else:  # the usage is recorded all the same: the upstream generated it
             line.finish(status, "client_disconnect", 0)
 
     line.deferred = True  # the body's end finishes the line
-    return Response(PlainBody(data, deadline, client, end), status=status, headers=headers)
+    return Response(PlainBody(data, attempts.deadline, client, end), status=status, headers=headers)
 
 
 def _idle_timeout(outcome: Accepted | None, attempts: Attempts, gateway: GatewayConfig) -> float:
-    upstream = outcome.upstream if outcome is not None else attempts.call.upstreams[0]
+    upstream = outcome.upstream if outcome is not None else attempts.call.hop.routes[0].upstream
     return upstream.idle_timeout or gateway.idle_timeout

@@ -1,7 +1,9 @@
 """The retry loop of one client request, as a resumable state machine.
 
-`advance(until)` runs attempts (token after token, upstream after upstream) until one is
-accepted, the request has failed, or `until` passes. The commit point is acceptance:
+`advance(until)` runs attempts (token after token, route after route in the order the hop's
+strategy gives, then the hop's fallbacks) until one is accepted, the request has failed, or
+`until` passes. Each hop has its own `max_attempts`; the deadline covers them all. A prompt too
+long for the model moves to the hop's `context_fallbacks` instead of another token. The commit point is acceptance:
 for a stream, its first *data* event (an error status, an empty stream, a first event
 that is an error, or no data before `first_byte_timeout` are all retried on another
 token); for a plain request, its 2xx body. Because `advance` can return "still waiting",
@@ -20,8 +22,8 @@ import requests
 from app.config import UpstreamConfig
 from app.dialects.base import Dialect, Leg, Verdict
 from app.errors import ApiError, StreamBroken
-from app.services import metrics
-from app.services.calls import UpstreamCall
+from app.services import events, metrics
+from app.services.calls import Hop, UpstreamCall
 from app.services.exchange import Exchange, Message
 from app.services.outcomes import Decision, Failure, Outcome
 from app.services.selector import Choice, Selector
@@ -41,6 +43,7 @@ class Attempt:
     reason: str
     elapsed: float
     outcome: Outcome = Outcome.OK
+    model: str | None = None  # the model the upstream was sent (None: the body as the client sent it)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,11 @@ class Attempts:
         self.call, self.deadline = call, deadline
         self.clock = selector.clock
         self.records: list[Attempt] = []
-        self.tried: set[str] = set()
+        self.hop, self.pending = call.hop, list[Hop]()  # the hop being tried, and the ones queued after it
+        self.hop_attempts = 0
+        self.tried: dict[str, set[str]] = {}  # route key -> token ids tried on it
+        self.failed_routes: set[str] = set()
+        self._live: tuple[str, ...] = ()  # the accepted attempt's Load keys, until finish()
         self.failure: Failure | None = None
         self.failure_dialect: Dialect | None = None  # the dialect of the upstream that failed last
         self.overrides = selector.overrides()
@@ -119,10 +126,10 @@ class Attempts:
                 message = "The request deadline passed before an upstream answered."
                 return Failed(ApiError(504, message, code="deadline_exceeded"))
             if self.current is None:
-                if len(self.records) >= self.max_attempts:
-                    return self._failed()
-                choice = self.selector.pick(self.call.upstreams, self.tried, self.overrides, self.call.token_id)
+                choice = self._choose()
                 if choice is None:
+                    if self._next_hop(self.hop.fallbacks):
+                        continue
                     if self.records or not self.selector.enter_queue(self):
                         return self._failed()
                     waited = self._wait_in_queue(now, until)
@@ -135,23 +142,42 @@ class Attempts:
             if outcome is not _KEEP_WAITING:
                 return outcome  # type: ignore[return-value]
 
+    def _choose(self) -> Choice | None:
+        """The next attempt in this hop, None when its routes (or its attempts) are used up."""
+        if self.hop_attempts >= self.max_attempts:
+            return None
+        routes = self.selector.order(self.hop, self.failed_routes)
+        return self.selector.pick(routes, self.tried, self.overrides, self.call.token_id)
+
+    def _next_hop(self, first: tuple[Hop, ...]) -> bool:
+        """Go on with `first`, then the hops queued before; False when there is none left."""
+        self.pending[:0] = first
+        if not self.pending:
+            return False
+        self.hop, self.hop_attempts = self.pending.pop(0), 0
+        self.failed_routes = set()
+        return True
+
     def _wait_in_queue(self, now: float, until: float) -> Failed | None | object:
         """No usable token: sleep towards the earliest cooldown end, within queue_timeout."""
         if self._queue_deadline is None:
             self._queue_deadline = min(now + self.selector.queue_timeout, self.deadline)
         if now >= self._queue_deadline:
             return self._failed()
-        wake = min(now + self.selector.retry_after(self.call.upstreams), self._queue_deadline, until)
+        wake = min(now + self.selector.retry_after(self.hop.upstreams()), self._queue_deadline, until)
         self.settings.sleep(max(0.01, wake - now))
         if self.clock() >= until and self.clock() < self._queue_deadline:
             return None
         return _KEEP_WAITING
 
     def _start(self, choice: Choice, now: float) -> None:
-        self.tried.add(choice.token.id)
+        assert choice.route is not None
+        self.tried.setdefault(choice.route.key, set()).add(choice.token.id)
+        self.hop_attempts += 1
         first_byte = choice.upstream.first_byte_timeout or self.settings.first_byte_timeout
-        leg = self.call.leg(choice.upstream)
+        leg = self.call.leg(choice.route)
         exchange = self.transport.open(self.call, choice.upstream, choice.token.value, leg)
+        self.selector.load.begin(*choice.load_keys())  # ended when the attempt fails, or by finish()
         self.current = _Current(choice, leg, exchange, now, now + first_byte)
 
     def _wait(self, until: float) -> Accepted | Failed | None | object:
@@ -175,6 +201,7 @@ class Attempts:
             current.response = message.value
             if not self.call.streaming:
                 current.first_byte_deadline = math.inf  # a plain answer has started: the body gets until the deadline
+                self._first_event(current)
             return _KEEP_WAITING
         if message.kind == "failed":
             response, body = message.value
@@ -183,7 +210,7 @@ class Attempts:
         if message.kind == "body":
             return self._accept(body=message.value)
         if message.kind == "event":
-            return self._first_event(current, message.value)
+            return self._stream_event(current, message.value)
         if message.kind == "end":
             return self._attempt_failed(self.transport.fault(Outcome.EMPTY_STREAM))
         if message.kind == "broken":
@@ -192,7 +219,11 @@ class Attempts:
             return self._attempt_failed(self.transport.fault(kind))
         return self._transport_failed(message.value)
 
-    def _first_event(self, current: _Current, event: bytes) -> Accepted | Failed | object:
+    def _first_event(self, current: _Current) -> None:
+        """The attempt's time to its first event (or a plain answer's headers), for the latency strategy."""
+        self.selector.load.first_event(self.clock() - current.started, *current.choice.load_keys())
+
+    def _stream_event(self, current: _Current, event: bytes) -> Accepted | Failed | object:
         verdict = current.leg.dialect.verdict(event)
         if verdict is Verdict.WAIT:
             current.prefix.append(event)  # comments and keep-alives before the first content
@@ -202,6 +233,7 @@ class Attempts:
         if verdict is Verdict.EMPTY:  # the stream's end before any content: nothing was generated
             return self._attempt_failed(self.transport.fault(Outcome.EMPTY_STREAM))
         current.prefix.append(event)
+        self._first_event(current)
         return self._accept()
 
     def _transport_failed(self, exc: Exception) -> Failed | object:
@@ -218,15 +250,22 @@ class Attempts:
         current = self.current
         assert current is not None and current.response is not None
         self._record(current, Decision(Outcome.OK, current.response.status_code, 0.0))
-        self.current = None
+        self.current, self._live = None, current.choice.load_keys()
         return Accepted(current.choice, current.response, current.exchange, current.leg, current.prefix, body)
 
     def _attempt_failed(self, failure: Failure) -> Failed | object:
         current = self.current
         assert current is not None
         current.exchange.close()
+        self.selector.load.end(*current.choice.load_keys())
         self._record(current, failure.decision)
         self.current, self.failure, self.failure_dialect = None, failure, current.leg.dialect
+        assert current.choice.route is not None
+        self.failed_routes.add(current.choice.route.key)
+        if failure.decision.policy.context_fallback and self.hop.context_fallbacks:
+            self.pending = []  # the prompt is too long for this model: its other fallbacks are not tried
+            self._next_hop(self.hop.context_fallbacks)
+            return _KEEP_WAITING
         if not failure.decision.retry:
             return Failed(self.settings.final_error(failure, current.leg.dialect))
         return _KEEP_WAITING
@@ -235,7 +274,10 @@ class Attempts:
         self.selector.record(current.choice, decision)
         upstream, token = current.choice.upstream.name, current.choice.token
         elapsed = self.clock() - current.started
-        self.records.append(Attempt(upstream, token.id, decision.status, decision.reason, elapsed, decision.outcome))
+        model = current.choice.route.model if current.choice.route is not None else None
+        self.records.append(
+            Attempt(upstream, token.id, decision.status, decision.reason, elapsed, decision.outcome, model)
+        )
         outcome = "ok" if decision.outcome is Outcome.OK else "retry" if decision.retry else "fail"
         metrics.ATTEMPTS.labels(upstream=upstream, outcome=outcome, reason=decision.reason).inc()
         if decision.cooldown > 0:
@@ -249,12 +291,17 @@ class Attempts:
     def _failed(self) -> Failed:
         self.selector.leave_queue(self)
         if self.failure is None:
+            events.emit(
+                "pool_exhausted", subject=self.call.hop.name or self.hop.name,
+                text="No upstream could take the request: every token is cooling down or every breaker is open.",
+                fields={"model": self.call.hop.name, "upstreams": [u.name for u in self.hop.upstreams()]},
+            )  # fmt: skip
             return Failed(
                 ApiError(
                     503,
                     "No upstream is available right now: every token is cooling down or every upstream is failing.",
                     code="no_upstream_available",
-                    headers={"Retry-After": str(self.selector.retry_after(self.call.upstreams))},
+                    headers={"Retry-After": str(self.selector.retry_after(self.hop.upstreams()))},
                 )
             )
         assert self.failure_dialect is not None
@@ -266,14 +313,22 @@ class Attempts:
         current, self.current = self.current, None
         if current is not None:
             current.exchange.close()
+            self.selector.load.end(*current.choice.load_keys())
             self.selector.release(current.choice)
             status = current.response.status_code if current.response is not None else None
             elapsed = self.clock() - current.started
             token_id = current.choice.token.id
+            model = current.choice.route.model if current.choice.route is not None else None
             self.records.append(
-                Attempt(current.choice.upstream.name, token_id, status, outcome.value, elapsed, outcome)
+                Attempt(current.choice.upstream.name, token_id, status, outcome.value, elapsed, outcome, model)
             )
         self.selector.leave_queue(self)
+
+    def finish(self) -> None:
+        """The client's answer is over (written, finished, broken or abandoned): the accepted attempt
+        leaves the in-flight counts. Safe to call more than once, or with nothing accepted."""
+        live, self._live = self._live, ()
+        self.selector.load.end(*live)
 
 
 _KEEP_WAITING = object()

@@ -1,4 +1,9 @@
-"""One client request as the upstream client sees it: which upstreams, and what each is sent."""
+"""One client request as the upstream client sees it: where it may go, and what each place is sent.
+
+A `Hop` is one model name and its routes (an alias's targets, or the upstreams serving a plain
+model), with the hops to try after it: `fallbacks` when every route failed, `context_fallbacks`
+instead when an upstream said the prompt is too long. The retry loop walks them.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,58 @@ from app.dialects.base import Dialect, Leg
 
 
 @dataclass(frozen=True)
+class Route:
+    """One place an attempt can go: an upstream, and the model it is sent (None: the body as it is)."""
+
+    upstream: UpstreamConfig
+    model: str | None = None
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        """As `Target.key` (app/config_routing.py): the name in the load table and the logs."""
+        return f"{self.upstream.name}/{self.model or '-'}"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A model name asked for, its routes, the routing strategy among them, and where to go next."""
+
+    name: str
+    routes: tuple[Route, ...]
+    strategy: str = "ordered"
+    fallbacks: tuple[Hop, ...] = ()
+    context_fallbacks: tuple[Hop, ...] = ()
+
+    def upstreams(self) -> list[UpstreamConfig]:
+        return list({r.upstream.name: r.upstream for r in self.routes}.values())
+
+
+@dataclass(frozen=True)
 class UpstreamCall:
-    """A client request: `leg(upstream)` says what one routed upstream gets (path, body, its dialect)."""
+    """A client request: `leg(route)` says what one route gets (path, body, its dialect)."""
 
     method: str
-    leg: Callable[[UpstreamConfig], Leg]
+    leg: Callable[[Route], Leg]
     streaming: bool
-    upstreams: Sequence[UpstreamConfig]  # routed, in order of preference
+    hop: Hop  # the first hop: the model asked for
     request_id: str
     client_headers: Mapping[str, str] = field(default_factory=dict)
-    max_attempts: int | None = None  # overrides [gateway] max_attempts (e.g. 1 for a /models probe)
+    max_attempts: int | None = None  # overrides [gateway] max_attempts, per hop (e.g. 1 for a /models probe)
     token_id: str | None = None  # only this token may serve the call (e.g. a stored response's owner)
     read_timeout: float | None = None  # overrides the upstream's read_timeout
 
+    def first_leg(self) -> Leg:
+        """The first route's leg: what a stream committed before any answer speaks (every leg answers alike)."""
+        return self.leg(self.hop.routes[0])
 
-def fixed_leg(path: str, body: bytes | None, dialect: Dialect) -> Callable[[UpstreamConfig], Leg]:
-    """The same request for every upstream (e.g. GET /models)."""
+
+def fixed_hop(upstreams: Sequence[UpstreamConfig], name: str = "") -> Hop:
+    """Upstreams in order, each sent the body as it is (no model rewrite)."""
+    return Hop(name, tuple(Route(u) for u in upstreams))
+
+
+def fixed_leg(path: str, body: bytes | None, dialect: Dialect) -> Callable[[Route], Leg]:
+    """The same request for every route (e.g. GET /models)."""
     leg = Leg(path, body, dialect, lambda: dialect.relay(hide_usage=False))
-    return lambda upstream: leg
+    return lambda route: leg

@@ -1,4 +1,4 @@
-"""Routing: which upstreams serve a model, and the model catalogue for /v1/models."""
+"""Routing: which upstreams serve a model, and the model catalogue for /v1/models (aliases first)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from app.config import UpstreamConfig
+from app.config_routing import ModelAlias
 from app.dialects.openai_chat import MODELS
-from app.services.calls import UpstreamCall, fixed_leg
+from app.services.calls import UpstreamCall, fixed_hop, fixed_leg
 from app.services.upstream import UpstreamClient
 
 log = logging.getLogger("sluice.router")
@@ -98,7 +99,7 @@ class ModelCatalog:
     def _fetch(self, upstream: UpstreamConfig, request_id: str) -> list[dict] | None:
         path = "/models?limit=1000" if upstream.api == "anthropic" else "/models"  # Anthropic pages by 20
         call = UpstreamCall(
-            "GET", fixed_leg(path, None, MODELS), False, [upstream], request_id,
+            "GET", fixed_leg(path, None, MODELS), False, fixed_hop([upstream]), request_id,
             max_attempts=1, read_timeout=FETCH_TIMEOUT,
         )  # fmt: skip
         result = self.client.send(call)
@@ -111,6 +112,12 @@ class ModelCatalog:
         except (ValueError, KeyError, TypeError):
             log.warning("models fetch returned an unexpected body upstream=%s", upstream.name)
             return None
+
+
+def with_aliases(aliases: Sequence[ModelAlias], models: list[dict]) -> list[dict]:
+    """The model list with the aliases ([[models]]) first, owned by "sluice"; an alias hides a model of its name."""
+    names = {a.name for a in aliases}
+    return [_model(a.name, "sluice") for a in aliases] + [m for m in models if m["id"] not in names]
 
 
 def _model(model_id: str, owner: str, upstream_object: dict | None = None) -> dict:

@@ -6,28 +6,46 @@ lives here and nowhere else.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.config import GatewayConfig, UpstreamConfig
+from app.services import strategies
 from app.services.breaker import Breakers
-from app.services.load import Load
+from app.services.calls import Hop, Route
+from app.services.load import Load, target_key, token_key
 from app.services.outcomes import Decision
 from app.services.tokens import Token, TokenPool
 
 
 @dataclass(frozen=True)
 class Choice:
-    """Where one attempt goes: the upstream (run-time overrides applied) and the token."""
+    """Where one attempt goes: the route, its upstream (run-time overrides applied) and the token."""
 
     upstream: UpstreamConfig
     token: Token
+    route: Route | None = None
+
+    def load_keys(self) -> tuple[str, ...]:
+        """The Load keys this attempt counts on: its token, and its target when it sends a model."""
+        if self.route is None or self.route.model is None:
+            return (token_key(self.token.id),)
+        return token_key(self.token.id), target_key(self.route.upstream.name, self.route.model)
 
 
 class Selector:
-    def __init__(self, settings: GatewayConfig, pool: TokenPool, load: Load, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: GatewayConfig,
+        pool: TokenPool,
+        load: Load,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
         self.pool, self.load, self.clock = pool, load, clock
+        self.rng = rng or random.Random()
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.queue_timeout, self.max_queued = settings.queue_timeout, settings.max_queued
         self._waiting: set[int] = set()
@@ -37,29 +55,48 @@ class Selector:
         """The run-time upstream overrides, read once per request."""
         return self.pool.overrides(self.clock())
 
+    def order(self, hop: Hop, failed: set[str]) -> list[Route]:
+        """The hop's routes in the order its strategy prefers now (app/services/strategies.py)."""
+        return strategies.order(
+            hop.strategy, hop.routes, failed=failed, rng=self.rng,
+            inflight=lambda r: self.load.inflight(target_key(r.upstream.name, r.model or "-")),
+            ttfe=lambda r: self.load.ttfe(target_key(r.upstream.name, r.model or "-")),
+        )  # fmt: skip
+
     def pick(
         self,
-        upstreams: Sequence[UpstreamConfig],
-        tried: set[str],
+        routes: Sequence[Route],
+        tried: Mapping[str, set[str]],
         overrides: Mapping[str, tuple],
         pinned: str | None = None,
     ) -> Choice | None:
-        """The next attempt's target: config order, skipping open breakers and tried tokens
-        (or the `pinned` token alone, cooling down or not: no other can serve the call)."""
+        """The next attempt's route and token: routes in the order given, skipping open breakers and the
+        tokens `tried` on that route (or the `pinned` token alone, cooling down or not: no other can serve)."""
         now = self.clock()
         if pinned is not None:
             token = self.pool.find(pinned)
-            if token is None or token.id in tried:
+            route = next((r for r in routes if token is not None and r.upstream.name == token.upstream), None)
+            if token is None or route is None or token.id in tried.get(route.key, ()):
                 return None
-            upstream = next((u for u in upstreams if u.name == token.upstream), None)
-            return Choice(self.pool.effective(upstream, overrides), token) if upstream is not None else None
-        for upstream in upstreams:
-            if self.breakers.is_open(upstream.name, now):
+            return Choice(self.pool.effective(route.upstream, overrides), token, route)
+        for route in routes:
+            name = route.upstream.name
+            if self.breakers.is_open(name, now):
                 continue
-            token = self.pool.pick(upstream.name, tried, now)
-            if token is not None and self.breakers.allow(upstream.name, now):
-                return Choice(self.pool.effective(upstream, overrides), token)
+            token = self.pool.pick(name, self._busier(name, tried.get(route.key, set()), now), now)
+            if token is not None and self.breakers.allow(name, now):
+                return Choice(self.pool.effective(route.upstream, overrides), token, route)
         return None
+
+    def _busier(self, upstream: str, tried: set[str], now: float) -> set[str]:
+        """`tried` plus the usable tokens with more requests in flight than the least busy one, so the
+        pool's rotation picks among the least busy (with equal load: plain rotation)."""
+        usable = [t.id for t, row in self.pool.candidates(upstream) if row.cooldown_until <= now and t.id not in tried]
+        if len(usable) < 2:
+            return tried
+        counts = {tid: self.load.inflight(token_key(tid)) for tid in usable}
+        least = min(counts.values())
+        return tried | {tid for tid, count in counts.items() if count > least}
 
     def record(self, choice: Choice, decision: Decision) -> None:
         """Learn from an attempt's outcome: the breaker first (in memory, it must learn the verdict even

@@ -134,8 +134,7 @@ class StreamBody:
     def _tail(self, code: str, message: str) -> Iterator[bytes]:
         """End a broken stream well-formed in the client's dialect (a raw body cannot say why: it is cut)."""
         if self.relay is None:  # the retries behind the heartbeats failed: any leg's relay speaks the client's dialect
-            call = self.attempts.call
-            self.relay = call.leg(call.upstreams[0]).relay()
+            self.relay = self.attempts.call.first_leg().relay()
         if self.keepalive is None:
             raise BodyCut(code, message)  # a raw body cannot say why: the connection is cut instead
         for out in self.relay.fail(code, message):

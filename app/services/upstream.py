@@ -79,6 +79,7 @@ class UpstreamClient:
         outcome = attempts.advance(until=attempts.deadline)
         if isinstance(outcome, Accepted):
             outcome.exchange.close()
+            attempts.finish()
             return UpstreamResult(attempts.records, outcome.upstream, body=outcome.body or b"")
         error = outcome.error if outcome is not None else ApiError(504, "Deadline exceeded.", code="deadline_exceeded")
         return UpstreamResult(attempts.records, error=error)
