@@ -100,7 +100,8 @@ def build_routing(
     `breakers` (a reload's) are kept, with the new settings, for the upstreams still configured; they
     are changed last, once nothing else can fail.
     """
-    pool = TokenPool(config.upstreams, repo, box, on_secret=on_secret)
+    pool = TokenPool(config.upstreams, repo, box, on_secret=on_secret,
+                     auto_disable_after=config.gateway.auto_disable_after)  # fmt: skip
     client = UpstreamClient(config, pool, session=session, load=load)
     if breakers is not None:
         gateway = config.gateway

@@ -182,6 +182,12 @@ def test_the_dashboard_reload_needs_a_session(gw, client, config_file):
     assert answer.status_code == 302 and "/dashboard/login" in answer.headers["Location"]
 
 
+def test_the_new_pool_takes_the_new_auto_disable_after(gw, config_file):
+    config_file.write_text(ONE.replace("max_attempts = 3", "max_attempts = 3\nauto_disable_after = 7"))
+    reloading.reload(gw)
+    assert gw.pool.auto_disable_after == 7
+
+
 def test_breakers_keep_the_state_of_upstreams_still_configured(gw, config_file):
     now = time.time()
     breakers = gw.client.selector.breakers
