@@ -7,6 +7,7 @@ One mock serves every upstream; which target answered is read from the mock's pe
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -173,8 +174,6 @@ def test_streamed_events_name_the_alias(stack, alias, path, body):
 
 def _model_members(text: str) -> list[str]:
     """Every `"model": "<name>"` member's quoted name in an event stream."""
-    import re
-
     return re.findall(r'"model"\s*:\s*("[^"]*")', text)
 
 
