@@ -96,3 +96,11 @@ def test_probes_bring_back_what_sluice_took_out_and_never_count(probed):
     ok = requests.post(f"{gateway.url}/v1/chat/completions", json={**body, "mock": {}}, headers=headers, timeout=30)
     assert ok.status_code == 200
     assert ok.headers["x-ratelimit-remaining-requests"] == str(RPM - 2)
+
+    # The gauges, merged for every worker: the operator's token is "disabled", no breaker is open.
+    scrape = requests.get(
+        f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}", **CLOSE}, timeout=10
+    )
+    assert f'sluice_token_state{{state="disabled",token="{operator}",upstream="main"}} 1.0' in scrape.text
+    assert 'sluice_upstream_breaker_open{upstream="main"} 0.0' in scrape.text
+    assert TOKENS[0] not in scrape.text
