@@ -214,10 +214,10 @@ def test_the_least_busy_token_is_picked_ties_rotate(make_app, auth, upstream):
 
 def test_no_usable_token_emits_pool_exhausted(make_app, auth, upstream):
     seen: list = []
-    events.connect(lambda *event: seen.append(event))
+    client = make_app(config(max_attempts=1)).test_client()
+    events.connect(lambda *event: seen.append(event))  # after the app, which points the hook at its alerter
     try:
         upstream.add_callback(responses.POST, f"{THREE}/chat/completions", callback=echo(429, error("rate")))
-        client = make_app(config(max_attempts=1)).test_client()
         client.post("/v1/chat/completions", json=chat("cheap"), headers=auth)
         resp = client.post("/v1/chat/completions", json=chat("cheap"), headers=auth)
     finally:
@@ -238,3 +238,18 @@ def test_aliases_are_listed_and_allowed_by_name(make_app, auth, upstream):
     assert client.get("/v1/models/smart", headers=key).get_json()["owned_by"] == "sluice"
     assert client.post("/v1/chat/completions", json=chat(), headers=key).status_code == 200  # targets not listed
     assert client.post("/v1/chat/completions", json=chat("big-1"), headers=key).status_code == 404
+
+
+def test_an_upload_gets_the_target_model_in_its_form(make_app, auth, upstream):
+    from app.dialects.multipart import form_fields
+    from tests.unit.test_media_gateway import form
+
+    upstream.add(responses.POST, f"{ONE}/audio/transcriptions", json={"text": "hi", "model": "big-whisper"})
+    body, content_type = form({"model": "ears"}, {"file": ("a.wav", b"RIFF0000")})
+    cfg = config(*ALIASES, ModelAlias("ears", (Target("one", "big-whisper"),)))
+    headers = {**auth, "Content-Type": content_type}
+    resp = make_app(cfg).test_client().post("/v1/audio/transcriptions", data=body, headers=headers)
+    assert resp.status_code == 200 and resp.get_json() == {"text": "hi", "model": "ears"}
+    sent = upstream.calls[0].request
+    assert form_fields(sent.body, sent.headers["Content-Type"], wanted=frozenset({"model"})) == {"model": "big-whisper"}
+    assert sent.body.replace(b"big-whisper", b"ears") == body
