@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from app.config import Config, Settings
+    from app.logs import SecretRedactor
     from app.state import Gateway
 
 
@@ -62,6 +63,7 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     from app.logs import setup_logging
     from app.services import metrics
     from app.services.accounting import Accounting
+    from app.services.health import register_health
     from app.services.load import Load
     from app.services.reload import build_routing, flush_pools
     from app.services.secrets import SecretBox
@@ -113,8 +115,33 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     kept = lambda: time.time() - gw.config.gateway.usage_retention_days * 86400  # noqa: E731  (as reloaded)
     writer.every(3600.0, lambda: usage.prune(kept()), "usage_pruning", final=False)
     writer.every(3600.0, lambda: stored.prune(kept()), "stored_responses_pruning", final=False)
+    register_health(gw)
+    register_alerts(gw, redactor)
     atexit.register(gw.close)
     return gw
+
+
+def register_alerts(gw: Gateway, redactor: SecretRedactor) -> None:
+    """The webhooks of [[alerts]]: every service event goes to them (app/services/events.py), off the
+    request path; a reload gives them the new list. Webhook URLs (Slack's carry a secret) are redacted."""
+    import time
+
+    from app.services import events
+    from app.services.alerts import Alerter
+    from app.storage.alerts import AlertMarks, audit_to
+
+    marks = AlertMarks(gw.db)
+    gw.alerter = Alerter(gw.config.alerts, marks, audit_to(gw.db), redactor.redact)
+    redactor.add(alert.url for alert in gw.config.alerts)
+
+    def reconfigure(config: Config) -> None:
+        redactor.add(alert.url for alert in config.alerts)
+        gw.alerter.configure(config.alerts)
+
+    gw.on_reload.append(reconfigure)
+    events.connect(gw.alerter.emit)
+    longest = lambda: max((a.repeat_after for a in gw.config.alerts), default=0.0)  # noqa: E731
+    gw.writer.every(3600.0, lambda: marks.prune(time.time() - longest()), "alert_marks_pruning", final=False)
 
 
 def register_blueprints(app: Flask) -> None:

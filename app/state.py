@@ -12,6 +12,7 @@ from flask import current_app, g
 
 from app.config import Config, Settings
 from app.services.accounting import Accounting
+from app.services.alerts import Alerter
 from app.services.load import Load
 from app.services.router import ModelCatalog
 from app.services.secrets import SecretBox
@@ -60,6 +61,7 @@ class Gateway:
     on_reload: list[Callable[[Config], None]] = field(default_factory=list)
     # Pools of replaced configs, flushed until their requests must have ended: (until, pool).
     retired: list[tuple[float, TokenPool]] = field(default_factory=list)
+    alerter: Alerter | None = None  # the [[alerts]] webhooks (app/__init__.py register_alerts)
 
     @property
     def config(self) -> Config:
@@ -81,6 +83,8 @@ class Gateway:
     def close(self) -> None:
         """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""
         self.writer.close()
+        if self.alerter is not None:
+            self.alerter.close(timeout=2.0)
         try:
             self.stats.report_worker(self.worker, -1, time.time())  # no longer counts as live
         except StorageError as exc:

@@ -351,7 +351,8 @@ class Alerter:
         self.stats.dropped += dropped
         if self._own_session and not (thread is not None and thread.is_alive()):
             self.session.close()
-        log.log(logging.WARNING if dropped else logging.INFO, "alerts stopped: %d queued alerts dropped", dropped)
+        if dropped:  # nothing to say otherwise (and at interpreter exit the log may be gone already)
+            log.warning("alerts stopped: %d queued alerts dropped", dropped)
 
 
 def _frames() -> str:

@@ -8,24 +8,36 @@ key name), never a secret.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("sluice.events")
 
 Sink = Callable[[str, str, str, Mapping[str, Any]], None]
-_sink: list[Sink] = []
+_sink: list[Sink] = []  # the gateway's alerter: one per process
+_listeners: list[Sink] = []  # more (tests)
 
 
 def connect(sink: Sink | None) -> None:
-    """Send every event to `sink` (None: nowhere)."""
+    """Send every event to `sink` (None: nowhere): the process's gateway points it at its alerter."""
     _sink[:] = [sink] if sink is not None else []
+
+
+@contextmanager
+def listening(listener: Sink) -> Iterator[None]:
+    """Also send every event to `listener` while the block runs, whichever sink is connected."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 def emit(event: str, subject: str, text: str, fields: Mapping[str, Any] | None = None) -> None:
     """Report an event; never raises and never blocks (the alerter only queues)."""
     log.info("event %s subject=%s: %s", event, subject, text)
-    for sink in _sink:
+    for sink in [*_sink, *_listeners]:
         try:
             sink(event, subject, text, fields or {})
         except Exception:  # an alerting bug must never fail the request that noticed the event

@@ -35,7 +35,6 @@ FORGET = 60.0  # rows of workers silent this long are pruned
 
 def register_health(gw: Gateway, clock: Callable[[], float] = time.time) -> Prober:
     """Wire the prober, the load report and the gauges into `gw`'s scheduler; once per process."""
-    gw.pool.auto_disable_after = gw.config.gateway.auto_disable_after
     prober = Prober(gw, Leases(gw.db), clock)
     repo = LoadRepo(gw.db)
     gw.writer.every(max(gw.config.gateway.probe_interval / 4, 0.25), prober.tick, "prober", final=False)

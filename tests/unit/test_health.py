@@ -44,9 +44,8 @@ def gw(make_app):
 @pytest.fixture
 def emitted():
     seen: list[tuple[str, str, dict]] = []
-    events.connect(lambda event, subject, text, fields: seen.append((event, subject, dict(fields))))
-    yield seen
-    events.connect(None)
+    with events.listening(lambda event, subject, text, fields: seen.append((event, subject, dict(fields)))):
+        yield seen
 
 
 class Clock:

@@ -83,14 +83,11 @@ def test_budget_alerts_at_80_and_100_percent(client, keys, upstream):
     from app.services import events
 
     sent: list[tuple] = []
-    events.connect(lambda event, subject, text, fields: sent.append((event, subject, dict(fields))))
-    try:
+    with events.listening(lambda event, subject, text, fields: sent.append((event, subject, dict(fields)))):
         upstream.add(responses.POST, f"{BASE}/chat/completions", json=OK)
         _, secret = keys.create("team-a", now=0.0, monthly_tokens=USAGE["total_tokens"] * 2 + 5)
         statuses = [client.post("/v1/chat/completions", json=chat(), headers=bearer(secret)).status_code
                     for _ in range(4)]  # fmt: skip
-    finally:
-        events.connect(None)
     assert statuses == [200, 200, 200, 429]
     month = time.strftime("%Y-%m", time.gmtime())
     assert [(e, s) for e, s, _ in sent] == [("budget_80", f"key team-a {month}")] + [
