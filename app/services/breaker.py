@@ -4,7 +4,8 @@ A breaker opens after `failures` consecutive failed attempts on its upstream (se
 connection errors and timeouts: 401/403/429 describe one token, not the upstream), lets one
 trial request through after `cooldown` seconds (half-open), and closes on its success.
 State is per worker process: each worker learns an upstream's health from its own traffic; a
-config reload keeps it for the upstreams still configured (`configure`).
+config reload keeps it for the upstreams still configured (`configure`). Opening (closed -> open)
+and closing (a trial's success) are `breaker_open` / `breaker_closed` events (app/services/events.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from app.services import events
 
 
 @dataclass
@@ -50,12 +53,20 @@ class Breakers:
         with self._lock:
             state = self._states.setdefault(upstream, _State())
             state.trial = False
+            was_open = state.opened_at is not None
             if not fault:
                 state.failures, state.opened_at = 0, None
-                return
-            state.failures += 1
-            if state.opened_at is not None or state.failures >= self.failures:
-                state.opened_at = now  # (re)open: a failed trial waits a full cooldown again
+            else:
+                state.failures += 1
+                if was_open or state.failures >= self.failures:
+                    state.opened_at = now  # (re)open: a failed trial waits a full cooldown again
+            failures, is_open = state.failures, state.opened_at is not None
+        if is_open and not was_open:
+            text = f"Circuit breaker open for upstream {upstream} after {failures} failed attempts in a row."
+            events.emit("breaker_open", upstream, text, {"upstream": upstream, "failures": failures})
+        elif was_open and not is_open:
+            events.emit("breaker_closed", upstream, f"Circuit breaker closed for upstream {upstream}: a trial "
+                        "request succeeded.", {"upstream": upstream})  # fmt: skip
 
     def release(self, upstream: str) -> None:
         """An attempt ended without a verdict (client gone, deadline): free the half-open trial."""

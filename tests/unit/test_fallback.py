@@ -159,3 +159,22 @@ def test_a_half_open_trial_without_a_verdict_is_released():
     assert breakers.allow("up", 112.0)  # the next request may try
     breakers.record("up", fault=False, now=112.5)
     assert not breakers.is_open("up", 113.0) and breakers.allow("up", 113.0)
+
+
+def test_a_breaker_says_once_when_it_opens_and_when_it_closes():
+    from app.services import events
+    from app.services.breaker import Breakers
+
+    seen: list[tuple[str, str]] = []
+    breakers = Breakers(failures=2, cooldown=10)
+    with events.listening(lambda event, subject, text, fields: seen.append((event, subject))):
+        breakers.record("up", fault=True, now=100.0)
+        assert seen == []  # one failure: still closed
+        breakers.record("up", fault=True, now=101.0)
+        breakers.record("up", fault=True, now=102.0)  # already open: no second alert
+        assert breakers.allow("up", 113.0)
+        breakers.record("up", fault=True, now=113.5)  # the trial failed: it stays open, no new alert
+        assert breakers.allow("up", 124.0)
+        breakers.record("up", fault=False, now=124.5)  # the trial succeeded
+        breakers.record("up", fault=False, now=125.0)
+    assert seen == [("breaker_open", "up"), ("breaker_closed", "up")]
