@@ -30,17 +30,23 @@ def config() -> Config:
 
 @pytest.fixture
 def make_app(tmp_path):
-    """Build an app on its own SQLite file; keyword arguments override Settings fields."""
+    """Build an app on its own SQLite file; keyword arguments override Settings fields. Each app's
+    background chores (usage writes, the prober, ...) stop with the test, as at a worker's exit."""
     count = itertools.count()
+    made = []
 
     def make(config: Config | None = None, **settings):
         settings.setdefault("master_key", MASTER_KEY)
         settings.setdefault("log_level", "DEBUG")
         settings.setdefault("database_url", f"sqlite:///{tmp_path}/sluice-{next(count)}.db")
         settings.setdefault("data_dir", str(tmp_path))
-        return create_app(config=config or make_config(), settings=Settings(**settings))
+        app = create_app(config=config or make_config(), settings=Settings(**settings))
+        made.append(app)
+        return app
 
-    return make
+    yield make
+    for app in made:
+        app.extensions["sluice"].close()
 
 
 @pytest.fixture
