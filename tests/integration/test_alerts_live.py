@@ -95,6 +95,7 @@ def stack(tmp_path_factory, request):
     gateway.stop()
     mock.stop()
     receiver.server.shutdown()
+    receiver.server.server_close()
 
 
 def post(gateway, model: str, key: str = MASTER_KEY) -> requests.Response:

@@ -215,7 +215,7 @@ def _abort_500_streams(faulty, mock) -> None:
     # Warm up first: database connections, metric files and pools open lazily, up to their sizes.
     with ThreadPoolExecutor(25) as pool:
         list(pool.map(abort_at_random, range(50)))
-    time.sleep(1)
+    time.sleep(3.5)  # the background chores' first turns too (the load report every 1.5 s opens its gauge file)
     baseline = _worker_fds(faulty)
     requests.post(f"{mock.url}/_mock/reset", timeout=5)
     with ThreadPoolExecutor(25) as pool:
