@@ -52,14 +52,17 @@ BREAKER_OPEN = Gauge("sluice_upstream_breaker_open", "1 while a worker's circuit
                      ["upstream"], multiprocess_mode="livemax")  # fmt: skip
 
 _configured: dict[str, tuple[str, ...]] = {}  # upstream name -> its `models`, as configured
+_aliases: set[str] = set()  # [[models]] names: configured too, so a label value of their own
 _at_scrape: list[Collector] = []  # gauges computed when scraped (app/services/health.py)
 
 
-def configure(upstreams: Iterable[UpstreamConfig]) -> None:
-    """Learn each upstream's `models`: with "unrouted" and "other", the only model label values.
-    Once per process, when its gateway is built (a process serves one config)."""
+def configure(upstreams: Iterable[UpstreamConfig], aliases: Iterable[str] = ()) -> None:
+    """Learn each upstream's `models` and the alias names: with "unrouted" and "other", the only model
+    label values. When a process's gateway is built, and again at each config reload."""
     _configured.clear()
     _configured.update((upstream.name, tuple(upstream.models)) for upstream in upstreams)
+    _aliases.clear()
+    _aliases.update(aliases)
 
 
 def model_label(model: str, upstream: str | None) -> str:
@@ -68,6 +71,8 @@ def model_label(model: str, upstream: str | None) -> str:
     patterns that matches it, as the router matched it (fnmatchcase), never the client's name."""
     if upstream is None:
         return UNROUTED
+    if model in _aliases:
+        return model
     patterns = _configured.get(upstream, ())
     if model in patterns:
         return model

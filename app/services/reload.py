@@ -71,7 +71,7 @@ def swap(gw: Gateway, config: Config, now: float | None = None) -> Routing:
         config, old.pool.repo, gw.box, on_secret=old.pool.on_secret, load=gw.load, session=session,
         breakers=old.client.selector.breakers,
     )  # fmt: skip
-    metrics.configure(config.upstreams)
+    metrics.configure(config.upstreams, (alias.name for alias in config.models))
     for secret in new.pool.secrets():  # the new file's tokens and header values are masked in logs
         new.pool.on_secret(secret)
     gw.accounting.records = config.gateway.usage_records

@@ -118,3 +118,13 @@ def test_model_label(model, upstream, label):
         ]
     )
     assert metrics.model_label(model, upstream) == label
+
+
+def test_an_alias_name_is_its_own_label_value():
+    metrics.configure([UpstreamConfig(name="b", base_url=BASE, tokens=TOKENS, models=("gpt-?o",))], ["smart"])
+    try:
+        assert metrics.model_label("smart", "b") == "smart"  # configured in [[models]]
+        assert metrics.model_label("smarter", "b") == metrics.OTHER
+        assert metrics.model_label("smart", None) == metrics.UNROUTED
+    finally:
+        metrics.configure([])
