@@ -11,7 +11,7 @@ import sys
 import time
 
 from app import metrics_dir
-from app.config import ConfigError, load_config, load_settings
+from app.config import ConfigError, accept_config, load_settings
 
 # prometheus-client's multiprocess mode: every worker writes its samples here, /metrics
 # merges them. Set before the workers start (they inherit it); emptied in on_starting,
@@ -73,7 +73,7 @@ def on_starting(server):
     """In the master, before any worker: validate the config file, migrate the schema once and free
     the slots of workers of an earlier run that was killed whole (app/storage/startup.py)."""
     try:
-        load_config(_settings.config_path)
+        accept_config(_settings.config_path)  # workers start on this text (app/config.py ACCEPTED_CONFIG)
     except ConfigError as exc:
         sys.exit(f"sluice: configuration error: {exc}")
     # In a child process, so the master never imports the database drivers (or ssl)
@@ -108,8 +108,9 @@ def reload_workers(server) -> None:
     and keeps its running requests; invalid, the one-line error is logged and nothing changes. Settings from
     the environment (bind, workers, SLUICE_*) stay as they are until a restart (docs/reload.md)."""
     try:
-        load_config(_settings.config_path)
+        accept_config(_settings.config_path)  # a worker forked from now on starts on it too
     except ConfigError as exc:
+        # Refused: workers forked later (a crash, a recycled worker) still start on the accepted text.
         server.log.error("sluice: configuration error: %s (reload refused: the running config stays)", exc)
         return
     workers = list(server.WORKERS)
@@ -117,7 +118,7 @@ def reload_workers(server) -> None:
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
-            pass  # it exited meanwhile; a worker started from now on reads the new file itself
+            pass  # it exited meanwhile; a worker forked from now on starts on the accepted text
     server.log.info("config valid: %d workers reload it", len(workers))
 
 

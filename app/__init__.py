@@ -34,7 +34,7 @@ def create_app(
     from app.textguard import register_text_guard
 
     settings = settings or load_settings()
-    config = config or load_config(settings.config_path)
+    config = config or load_config(settings.config_path, accepted=True)  # what gunicorn's master accepted
     app = Flask(__name__, static_folder=None)
     if settings.trusted_proxies:
         # Trust X-Forwarded-For/-Proto only as far as the configured number of hops.

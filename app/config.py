@@ -227,20 +227,59 @@ def _env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
     return value
 
 
-def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
-    """Load the config file at `path`, else ./sluice.toml if present, else the demo config."""
+# The text of the config file gunicorn's master last accepted (at start-up, then at each valid SIGHUP):
+# a worker it forks later (a crash, a recycled worker) starts on that, not on whatever the file holds
+# now, which may be an edit refused by a reload, or one not reloaded yet (gunicorn.conf.py).
+ACCEPTED_CONFIG = "SLUICE_ACCEPTED_CONFIG"
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None, *, accepted: bool = False) -> Config:
+    """Load the config file at `path`, else ./sluice.toml if present, else the demo config.
+    `accepted`: the text the master accepted last, when there is one, instead of the file's."""
     env = os.environ if env is None else env
-    if path is None and Path("sluice.toml").is_file():
-        path = "sluice.toml"
+    path = _config_path(path)
     if path is None:
         return demo_config(_env_int(env, "SLUICE_DEMO_MOCK_PORT", DEMO_MOCK_PORT, minimum=1))
+    text = env.get(ACCEPTED_CONFIG) if accepted else None
+    return _parse_text(path, text if text is not None else _read(path), env)
+
+
+def accept_config(path: str | None, env: dict[str, str] | None = None) -> Config:
+    """Validate the config file and, when valid, remember its text in `env` (os.environ: the master's,
+    inherited by every worker it forks from now on). Raises ConfigError, remembering nothing."""
+    env = os.environ if env is None else env
+    path = _config_path(path)
+    if path is None:
+        return load_config(None, env)
+    text = _read(path)
+    config = _parse_text(path, text, env)
+    env[ACCEPTED_CONFIG] = text
+    return config
+
+
+def _config_path(path: str | None) -> str | None:
+    if path is None and Path("sluice.toml").is_file():
+        return "sluice.toml"
+    return path
+
+
+def _read(path: str) -> str:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (set by SLUICE_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8") from None
+
+
+def _parse_text(path: str, text: str, env: Mapping[str, str]) -> Config:
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     return parse_config(data, source=path, env=env)

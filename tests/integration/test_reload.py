@@ -4,6 +4,7 @@ worker while streams run; none is cut, no worker is replaced, an invalid config 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -136,5 +137,34 @@ def test_reloads_swap_the_config_in_every_worker_without_cutting_a_stream(tmp_pa
             stream.check()
         assert workers(gateway) == pids  # no worker was replaced
         assert gateway.log().count("Booting worker") == 2
+    finally:
+        gateway.stop()
+
+
+def test_a_worker_started_after_a_refused_reload_runs_the_accepted_config(tmp_path, mock):
+    """A worker gunicorn forks later (a crash here) starts on the config the master accepted last, not on an
+    edit the master refused (which would stop it booting, and the whole gateway with it) or never reloaded."""
+    gateway = start_gateway(tmp_path, config(mock, extra=True), workers=2)
+    try:
+        config_path = Path(gateway.env["SLUICE_CONFIG"])
+        config_path.write_text(config(mock, extra=True) + "bogus = 1\n")
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for_log(gateway, "reload refused", 1)
+        victim = min(workers(gateway))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(workers(gateway) - {victim}) < 2:  # gunicorn forks a replacement
+            assert gateway.process.poll() is None, gateway.log()[-2000:]
+            assert time.monotonic() < deadline, gateway.log()[-2000:]
+            time.sleep(0.1)
+        wait_for_log(gateway, "Booting worker", 3)
+        assert served(gateway, "mock-gpt-mini") == {200} and served(gateway, "mock-gpt", 4) == {200}
+
+        # An edit never reloaded is not picked up by a new worker either: every worker keeps one config.
+        config_path.write_text(config(mock, extra=False))
+        os.kill(min(workers(gateway)), signal.SIGKILL)
+        wait_for_log(gateway, "Booting worker", 4, timeout=20)
+        assert served(gateway, "mock-gpt-mini") == {200}
+        assert gateway.process.poll() is None
     finally:
         gateway.stop()

@@ -167,3 +167,29 @@ def test_an_alert_secret_never_appears_in_errors(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, text)
     assert "s3cret" not in str(caught.value)
+
+
+def test_accept_config_remembers_the_text_only_when_valid(tmp_path):
+    from app.config import ACCEPTED_CONFIG, accept_config
+
+    path = tmp_path / "sluice.toml"
+    path.write_text(GOOD)
+    env: dict[str, str] = {}
+    assert accept_config(str(path), env).alias("smart") is not None
+    assert env[ACCEPTED_CONFIG] == GOOD
+    path.write_text(GOOD + "\nbogus = 1\n")
+    with pytest.raises(ConfigError):
+        accept_config(str(path), env)
+    assert env[ACCEPTED_CONFIG] == GOOD  # a refused file leaves the accepted text alone
+
+
+def test_a_worker_loads_the_accepted_text_not_the_file(tmp_path):
+    from app.config import ACCEPTED_CONFIG
+
+    path = tmp_path / "sluice.toml"
+    path.write_text("this is not TOML")
+    env = {ACCEPTED_CONFIG: GOOD}
+    config = load_config(str(path), env, accepted=True)
+    assert config.alias("smart") is not None and config.source == str(path)
+    with pytest.raises(ConfigError):
+        load_config(str(path), env)  # a reload reads the file itself
