@@ -14,6 +14,7 @@ from typing import Any
 from app.requestlog import RequestLine
 from app.services import metrics
 from app.services.admission import budget_alert
+from app.services.outcomes import request_outcome
 from app.services.releases import RETRY_EVERY, Releases
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
@@ -21,33 +22,10 @@ from app.storage.usage import UsageWriter
 log = logging.getLogger("sluice.accounting")
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 
-# Error codes -> usage outcomes (anything else: "ok" below 400, "client_error", "error").
-OUTCOMES = {
-    "rate_limit_exceeded": "rate_limited",
-    "too_many_parallel_requests": "rate_limited",
-    "insufficient_quota": "quota_exceeded",
-    "upstream_timeout": "timeout_upstream",
-    "upstream_connect_timeout": "timeout_connect",
-    "upstream_first_byte_timeout": "timeout_first_byte",
-    "upstream_idle_timeout": "timeout_idle",
-    "deadline_exceeded": "timeout_deadline",
-    "server_shutdown": "server_shutdown",
-    "upstream_error": "upstream_error",
-    "upstream_overloaded": "upstream_error",
-    "upstream_stream_error": "upstream_error",
-    "upstream_auth_failed": "upstream_auth_failed",
-    "no_upstream_available": "no_upstream_available",
-    "client_disconnect": "client_disconnect",
-    "storage_unavailable": "storage_unavailable",
-}
-
 
 def outcome_of(status: int, code: str | None) -> str:
-    if code in OUTCOMES:
-        return OUTCOMES[code]
-    if status < 400 and code in (None, "ok"):
-        return "ok"
-    return "client_error" if 400 <= status < 500 else "error"
+    """The usage record's outcome (app/services/outcomes.py RequestOutcome), stored as its value."""
+    return request_outcome(status, code).value
 
 
 RATE_LIMIT_CODES = ("rate_limit_exceeded", "too_many_parallel_requests", "insufficient_quota")

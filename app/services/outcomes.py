@@ -1,7 +1,9 @@
-"""What one upstream attempt came to: one enum, and the policy table every consumer reads.
+"""What one upstream attempt came to: one enum, and the policy table every consumer reads; and what a
+whole client request came to (`RequestOutcome`, for usage records and roll-ups).
 
 The retry loop, the token pool (cooldowns, auto-disable), the circuit breakers, the client's
-error and the metrics all read `POLICY[outcome]`; none keeps its own list of failure names.
+error and the metrics all read `POLICY[outcome]`; accounting and the roll-ups read
+`RequestOutcome`; none keeps its own list of failure names.
 `classify` is the one pure function that turns an HTTP status (and the upstream's error, when
 it says which kind of 4xx it is) or a transport error into an outcome and a cooldown.
 """
@@ -12,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 MAX_RETRY_AFTER = 3600.0
@@ -192,3 +194,61 @@ class Failure:
     @property
     def outcome(self) -> Outcome:
         return self.decision.outcome
+
+
+class RequestOutcome(StrEnum):
+    """What a whole client request came to, as its usage record, the roll-ups and the dashboard name it
+    (stored as the value): derived from the error code of the client's answer (`request_outcome`)."""
+
+    OK = "ok"
+    CLIENT_ERROR = "client_error"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    CLIENT_DISCONNECT = "client_disconnect"
+    TIMEOUT_UPSTREAM = "timeout_upstream"
+    TIMEOUT_CONNECT = "timeout_connect"
+    TIMEOUT_FIRST_BYTE = "timeout_first_byte"
+    TIMEOUT_IDLE = "timeout_idle"
+    TIMEOUT_DEADLINE = "timeout_deadline"
+    SERVER_SHUTDOWN = "server_shutdown"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_AUTH_FAILED = "upstream_auth_failed"
+    NO_UPSTREAM_AVAILABLE = "no_upstream_available"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    ERROR = "error"
+
+    @property
+    def is_error(self) -> bool:
+        """A failure on the gateway's or an upstream's side (refusals and client faults are not errors)."""
+        return self not in _NOT_ERRORS
+
+
+_NOT_ERRORS = frozenset({RequestOutcome.OK, RequestOutcome.CLIENT_ERROR, RequestOutcome.RATE_LIMITED,
+                         RequestOutcome.QUOTA_EXCEEDED, RequestOutcome.CLIENT_DISCONNECT})  # fmt: skip
+# The client answer's error code -> the request's outcome (any other: by status, in request_outcome).
+CODE_OUTCOMES: Mapping[str, RequestOutcome] = {
+    "rate_limit_exceeded": RequestOutcome.RATE_LIMITED,
+    "too_many_parallel_requests": RequestOutcome.RATE_LIMITED,
+    "insufficient_quota": RequestOutcome.QUOTA_EXCEEDED,
+    "upstream_timeout": RequestOutcome.TIMEOUT_UPSTREAM,
+    "upstream_connect_timeout": RequestOutcome.TIMEOUT_CONNECT,
+    "upstream_first_byte_timeout": RequestOutcome.TIMEOUT_FIRST_BYTE,
+    "upstream_idle_timeout": RequestOutcome.TIMEOUT_IDLE,
+    "deadline_exceeded": RequestOutcome.TIMEOUT_DEADLINE,
+    "server_shutdown": RequestOutcome.SERVER_SHUTDOWN,
+    "upstream_error": RequestOutcome.UPSTREAM_ERROR,
+    "upstream_overloaded": RequestOutcome.UPSTREAM_ERROR,
+    "upstream_stream_error": RequestOutcome.UPSTREAM_ERROR,
+    "upstream_auth_failed": RequestOutcome.UPSTREAM_AUTH_FAILED,
+    "no_upstream_available": RequestOutcome.NO_UPSTREAM_AVAILABLE,
+    "client_disconnect": RequestOutcome.CLIENT_DISCONNECT,
+    "storage_unavailable": RequestOutcome.STORAGE_UNAVAILABLE,
+}
+
+
+def request_outcome(status: int, code: str | None) -> RequestOutcome:
+    if code in CODE_OUTCOMES:
+        return CODE_OUTCOMES[code]
+    if status < 400 and code in (None, "ok"):
+        return RequestOutcome.OK
+    return RequestOutcome.CLIENT_ERROR if 400 <= status < 500 else RequestOutcome.ERROR

@@ -10,10 +10,10 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
+from app.services.outcomes import RequestOutcome  # pure: the one taxonomy of request outcomes
 from app.storage import schema
 from app.storage.db import Database, Quick
 
-CLIENT_OUTCOMES = ("ok", "client_error", "rate_limited", "quota_exceeded", "client_disconnect")
 BOUNDS = schema.TTFB_BOUNDS_MS
 HISTOGRAM = [f"ttfb_{i}" for i in range(len(BOUNDS) + 1)]
 HOUR_KEYS = ("hour", "key_name", "model", "upstream")
@@ -21,7 +21,10 @@ HOUR_KEYS = ("hour", "key_name", "model", "upstream")
 
 def is_error(outcome: str) -> bool:
     """A failure on the gateway's or an upstream's side (refusals and client faults are not errors)."""
-    return outcome not in CLIENT_OUTCOMES
+    try:
+        return RequestOutcome(outcome).is_error
+    except ValueError:  # a record written by another version: an error unless it says otherwise
+        return True
 
 
 def ttfb_bucket(ms: float) -> int:

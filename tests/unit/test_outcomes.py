@@ -76,3 +76,26 @@ def test_error_class_needs_a_known_code_or_message():
     assert error_class({"message": "The model's maximum context length is 8192 tokens."}) is Outcome.CONTEXT_LENGTH
     assert error_class({"message": "rate limited"}) is None
     assert status_outcome(400) is Outcome.CLIENT_ERROR
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "outcome", "error"),
+    [
+        (200, None, "ok", False),
+        (429, "rate_limit_exceeded", "rate_limited", False),
+        (429, "insufficient_quota", "quota_exceeded", False),
+        (400, "invalid_value", "client_error", False),
+        (499, "client_disconnect", "client_disconnect", False),
+        (504, "upstream_first_byte_timeout", "timeout_first_byte", True),
+        (503, "upstream_overloaded", "upstream_error", True),
+        (503, "no_upstream_available", "no_upstream_available", True),
+        (500, "internal_error", "error", True),
+    ],
+)
+def test_a_request_outcome_comes_from_the_answer_code_and_says_whether_it_is_an_error(status, code, outcome, error):
+    from app.services.outcomes import request_outcome
+    from app.storage.rollups import is_error
+
+    found = request_outcome(status, code)
+    assert found.value == outcome and found.is_error is error and is_error(outcome) is error
+    assert is_error("something-an-older-version-wrote")
