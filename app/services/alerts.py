@@ -4,8 +4,9 @@
 lazily started background thread (a greenlet under gevent) claims the alert's de-duplication
 mark in the database (one send per event, subject and webhook per `repeat_after` across every
 worker and instance), POSTs the JSON body with (connect, read) timeouts and no redirects,
-retries with exponential backoff, and writes one audit row. The body holds only the event,
-subject, text and fields given, every string passed through `scrub` (the log redactor).
+retries with exponential backoff, and writes one audit row. A delivery that fails for want of
+a working webhook gives its mark back, so the next emit of the alert tries again. The body
+holds only the event, subject, text and fields given, every string passed through `scrub`.
 A webhook URL may carry a secret in its path (Slack's do): only its host is ever logged or
 audited. docs/alerts.md is the payload reference.
 """
@@ -38,6 +39,7 @@ from app.version import __version__
 log = logging.getLogger("sluice.alerts")
 
 Value = str | int | float | None
+Field = Value | list[Value] | tuple[Value, ...]  # a list is sent as one comma-joined string
 QUEUE_SIZE = 1000  # alerts waiting to be sent; more are dropped (a webhook that is down for long)
 TIMEOUT = (3.0, 5.0)  # (connect, read) seconds per try
 BACKOFF = (1.0, 2.0, 4.0, 8.0)  # seconds before the 2nd..5th try
@@ -56,13 +58,15 @@ class Marks(Protocol):
 
     def claim(self, event: str, subject: str, now: float, repeat_after: float) -> bool: ...
 
+    def release(self, event: str, subject: str, claimed_at: float) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Alert:
     event: str
     subject: str
     text: str
-    fields: dict[str, Value]
+    fields: dict[str, Field]
     at: float
 
 
@@ -77,6 +81,7 @@ class Outcome:
     sent: bool
     tries: int
     status: str  # the last HTTP status, or the transport error's type (never its text: it holds the URL)
+    refused: bool = False  # a final answer (4xx, 3xx): a later try would be refused too
 
 
 @dataclass
@@ -112,7 +117,14 @@ def mark_subject(url: str, subject: str) -> str:
     return name if len(name) <= 200 else f"{webhook_id(url)}:#{hashlib.sha256(subject.encode()).hexdigest()}"
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (a newline in a subject must not forge a log line)."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _clean(value: object, scrub: Callable[[str], str]) -> Value:
+    if isinstance(value, list | tuple):  # fields are scalars (docs/alerts.md): upstream names, say
+        return scrub(",".join("" if item is None else str(item) for item in value))
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -181,7 +193,7 @@ class Alerter:
         """Use `configs` for the alerts emitted from now on (hot reload); queued ones keep theirs."""
         self._configs = tuple(configs)
 
-    def emit(self, event: str, subject: str, text: str, fields: Mapping[str, Value] | None = None) -> None:
+    def emit(self, event: str, subject: str, text: str, fields: Mapping[str, Field] | None = None) -> None:
         """Queue the alert for every webhook whose `events` include `event`. Never blocks, never raises."""
         try:
             self._emit(event, subject, text, fields or {})
@@ -189,7 +201,7 @@ class Alerter:
             self.stats.errors += 1
             log.error("alert %s could not be queued; carrying on\n%s", event, _frames())
 
-    def _emit(self, event: str, subject: str, text: str, fields: Mapping[str, Value]) -> None:
+    def _emit(self, event: str, subject: str, text: str, fields: Mapping[str, Field]) -> None:
         if self._closed:
             return
         alert = Alert(event, subject, text, dict(fields), self.clock())
@@ -271,35 +283,54 @@ class Alerter:
 
     def _deliver(self, delivery: Delivery) -> None:
         alert, config = delivery.alert, delivery.config
-        if not self._claim(alert, config):
+        send, claimed_at = self._claim(alert, config)
+        if not send:
             self.stats.repeated += 1
             return
         outcome = self._send(config, build_body(alert, self.scrub))
         verdict = "sent" if outcome.sent else "failed"
-        target = f"{self.scrub(alert.subject)} -> {host_of(config.url)} {verdict} after {outcome.tries} tries"
-        target += f" ({outcome.status})"
+        target = f"{one_line(self.scrub(alert.subject))} -> {host_of(config.url)} {verdict}"
+        target += f" after {outcome.tries} tries ({outcome.status})"
         if outcome.sent:
             self.stats.sent += 1
             log.info("alert %s: %s", alert.event, target)
         else:
             self.stats.failed += 1
             log.warning("alert %s: %s", alert.event, target)
+        if not outcome.sent and not outcome.refused:
+            self._give_back(alert, config, claimed_at)
         try:
             self.audit(f"alert.{alert.event}", target)
         except StorageError as exc:
             self.stats.errors += 1
             log.error("alert %s: audit row not written: %s", alert.event, exc)
 
-    def _claim(self, alert: Alert, config: AlertConfig) -> bool:
-        """Whether this process sends the alert (the marks decide across processes). With the
-        database away it sends: a duplicate alert beats a lost one, and `_fresh` still limits it."""
-        subject = mark_subject(config.url, self.scrub(alert.subject))
+    def _claim(self, alert: Alert, config: AlertConfig) -> tuple[bool, float | None]:
+        """Whether this process sends the alert (the marks decide across processes), and the
+        stamp of its claim. With the database away it sends (no claim): a duplicate alert beats a
+        lost one, and `_fresh` still limits it."""
+        subject, now = mark_subject(config.url, self.scrub(alert.subject)), self.clock()
         try:
-            return self.marks.claim(alert.event, subject, self.clock(), config.repeat_after)
+            return self.marks.claim(alert.event, subject, now, config.repeat_after), now
         except StorageError as exc:
             self.stats.errors += 1
             log.error("alert %s: de-duplication mark unavailable, sending anyway: %s", alert.event, exc)
-            return True
+            return True, None
+
+    def _give_back(self, alert: Alert, config: AlertConfig, claimed_at: float | None) -> None:
+        """Forget that the alert was sent (this process's memo, and the mark every worker reads): it
+        never arrived, so the next emit of it tries again instead of waiting for `repeat_after`."""
+        key = (config.url, alert.event, alert.subject)
+        with self._lock:
+            if self._memo.get(key) == alert.at:  # not if a later emit of it has been queued since
+                del self._memo[key]
+        if claimed_at is None:
+            return
+        try:
+            self.marks.release(alert.event, mark_subject(config.url, self.scrub(alert.subject)), claimed_at)
+        except StorageError as exc:
+            self.stats.errors += 1
+            log.error("alert %s: de-duplication mark not given back: %s", alert.event, exc)
 
     def _send(self, config: AlertConfig, body: bytes) -> Outcome:
         """POST until a 2xx, a final refusal or the last try (1 + len(BACKOFF)); stops early on close."""
@@ -309,7 +340,7 @@ class Alerter:
             code, status = self._post(config, body)
             sent = code is not None and 200 <= code < 300
             if sent or not is_retryable(code) or tries > len(BACKOFF) or self._stop.is_set():
-                return Outcome(sent, tries, status)
+                return Outcome(sent, tries, status, refused=not sent and not is_retryable(code))
             self.sleep(BACKOFF[tries - 1])
 
     def _post(self, config: AlertConfig, body: bytes) -> tuple[int | None, str]:

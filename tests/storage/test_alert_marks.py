@@ -56,6 +56,40 @@ def test_of_racing_claims_exactly_one_wins(marks):
     assert won.count(True) == 1
 
 
+def stamp(db, subject: str = "openai") -> float | None:
+    query = select(schema.alert_marks.c.sent_at).where(schema.alert_marks.c.subject == subject)
+    with db.read() as conn:
+        return conn.execute(query).scalar_one_or_none()
+
+
+def test_release_gives_a_first_claim_back(marks, db):
+    assert marks.claim("breaker_open", "openai", 100.0, 900.0)
+    assert marks.release("breaker_open", "openai", 100.0)
+    assert stamp(db) is None  # there was no mark before: none now
+    assert marks.claim("breaker_open", "openai", 160.0, 900.0)
+
+
+def test_release_restores_the_previous_stamp(marks, db):
+    assert marks.claim("breaker_open", "openai", 100.0, 900.0)
+    assert marks.claim("breaker_open", "openai", 1000.0, 900.0)
+    assert marks.release("breaker_open", "openai", 1000.0)
+    assert stamp(db) == 100.0
+    assert not marks.release("breaker_open", "openai", 1000.0)  # once
+    assert marks.claim("breaker_open", "openai", 1060.0, 900.0)
+
+
+def test_release_only_undoes_its_own_claim(marks, db):
+    other = AlertMarks(db)  # another worker
+    assert marks.claim("breaker_open", "openai", 100.0, 900.0)
+    assert not other.release("breaker_open", "openai", 100.0)  # not its claim
+    assert not marks.release("breaker_open", "openai", 99.0)  # no claim of its own stamped then
+    assert not marks.release("breaker_closed", "openai", 100.0)
+    assert stamp(db) == 100.0
+    assert other.claim("breaker_open", "openai", 1000.0, 900.0)  # another claim moved the mark since
+    assert not marks.release("breaker_open", "openai", 100.0)
+    assert stamp(db) == 1000.0
+
+
 def test_prune_drops_the_marks_stamped_before(marks, db):
     marks.claim("breaker_open", "old", 100.0, 900.0)
     marks.claim("breaker_open", "new", 5000.0, 900.0)

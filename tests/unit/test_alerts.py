@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from app.config_routing import AlertConfig
 from app.services import alerts
@@ -420,3 +421,87 @@ def test_signature_headers_match_hmac_sha256():
         "X-Sluice-Timestamp": "1700000000",
         "X-Sluice-Signature": "sha256=" + hmac.new(b"key", b'1700000000.{"a":1}', "sha256").hexdigest(),
     }
+
+
+class Refusing(requests.Session):
+    """A session whose first `refusals` POSTs find nobody listening (the webhook is down)."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def post(self, *args, **kwargs):  # type: ignore[override]
+        if self.refusals:
+            self.refusals -= 1
+            raise requests.ConnectionError("connection refused")
+        return super().post(*args, **kwargs)
+
+
+# (tries refused outright, then the receiver's answers, to the first alert; whether a later emit is sent)
+GIVEN_BACK = [
+    (5, [], True),  # the webhook is down: every try fails, nothing was delivered
+    (0, [500] * 5, True),
+    (2, [503, 429, 408], True),
+    (0, [404], False),  # a final refusal: the next try would be refused too, so it uses up the window
+]
+
+
+@pytest.mark.parametrize(("refusals", "answers", "sent_later"), GIVEN_BACK)
+def test_a_failed_delivery_does_not_use_up_the_repeat_window(make, receiver, refusals, answers, sent_later):
+    receiver.statuses = list(answers)
+    clock = Clock()
+    with Refusing(refusals) as session:
+        alerter = make([config(receiver.url(), repeat_after=900.0)], clock=clock, session=session)
+        alerter.emit("pool_exhausted", "openai", "webhook down", {})
+        deliver(alerter)
+        assert alerter.stats.failed == 1 and len(receiver.requests) == len(answers)
+        clock.now += 60  # the webhook works again; the pool is still dry
+        alerter.emit("pool_exhausted", "openai", "webhook back", {})
+        deliver(alerter)
+    texts = [b["text"] for b in receiver.bodies()]
+    assert texts == ["webhook down"] * len(answers) + (["webhook back"] if sent_later else [])
+    assert alerter.stats.sent == int(sent_later)
+    other = make([config(receiver.url(), repeat_after=900.0)], clock=clock)  # another worker: no memo
+    other.emit("pool_exhausted", "openai", "from another worker", {})
+    deliver(other)
+    assert other.stats.repeated == 1 and len(receiver.requests) == len(texts)
+
+
+@pytest.mark.parametrize(
+    ("fields", "sent"),
+    [
+        ({"upstreams": ["a", "b"]}, {"upstreams": "a,b"}),
+        ({"upstreams": ("a",)}, {"upstreams": "a"}),
+        ({"upstreams": []}, {"upstreams": ""}),
+        ({"codes": [401, 403], "tokens": [TOKEN]}, {"codes": "401,403", "tokens": "sk-l...6789"}),
+        ({"n": 3, "ok": True, "rate": float("nan")}, {"n": 3, "ok": True, "rate": None}),
+    ],
+)
+def test_list_fields_are_sent_comma_joined(fields, sent):
+    body = alerts.build_body(
+        alerts.Alert("pool_exhausted", "m", "t", fields, 0.0), lambda s: s.replace(TOKEN, "sk-l...6789")
+    )
+    assert json.loads(body)["fields"] == sent
+
+
+FORGED = "gpt-x\n2026-11-28 11:00:00,000 CRITICAL sluice forged line"
+
+
+def test_an_event_is_logged_on_one_line_at_debug(caplog):
+    from app.services import events
+
+    with caplog.at_level(logging.DEBUG, logger="sluice.events"):
+        events.emit("pool_exhausted", FORGED, "No upstream\nforged too", {})
+    [record] = [r for r in caplog.records if r.name == "sluice.events"]
+    assert record.levelno == logging.DEBUG
+    assert "\n" not in record.getMessage() and "\\n2026-11-28" in record.getMessage()
+
+
+def test_a_delivery_is_logged_and_audited_on_one_line(make, receiver, db, caplog):
+    alerter = make([config(receiver.url())])
+    with caplog.at_level(logging.INFO, logger="sluice.alerts"):
+        alerter.emit("pool_exhausted", FORGED, "No upstream", {})
+        deliver(alerter)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "sluice.alerts"]
+    assert "\n" not in line + "".join(targets(db)) and "gpt-x\\n2026" in line
+    assert receiver.bodies()[0]["subject"] == FORGED  # the receiver gets it as it is, inside JSON
