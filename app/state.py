@@ -81,14 +81,26 @@ class Gateway:
         return self.routing.pool
 
     def close(self) -> None:
-        """Write pending usage records; called at worker exit (gunicorn hook and atexit)."""
-        self.writer.close()
+        """Write pending usage records and give up what this worker holds in the shared store;
+        called at worker exit (gunicorn hook and atexit)."""
+        from app.storage.leases import PROBER_LEASE, Leases
+        from app.storage.load import LoadRepo
+
+        self.writer.close()  # first: the prober and the load report take no further turn
         if self.alerter is not None:
             self.alerter.close(timeout=2.0)
         try:
             self.stats.report_worker(self.worker, -1, time.time())  # no longer counts as live
         except StorageError as exc:
             log.warning("could not clear this worker's live status: %s", exc)
+        try:  # another worker probes from its next turn, not 1.5 intervals later
+            Leases(self.db).release(PROBER_LEASE, self.worker)
+        except StorageError as exc:
+            log.warning("could not give up the prober lease: %s", exc)
+        try:  # this worker's requests in flight no longer count anywhere
+            LoadRepo(self.db).clear(self.worker)
+        except StorageError as exc:
+            log.warning("could not clear this worker's load report: %s", exc)
 
 
 def gateway() -> Gateway:

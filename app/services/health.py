@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from app.services import metrics
 from app.services.breaker import Breakers
 from app.services.load import target_key, token_key
-from app.services.prober import Prober
+from app.services.prober import PERIOD, Prober
 from app.state import Gateway
 from app.storage.db import StorageError
 from app.storage.leases import Leases
@@ -35,9 +35,10 @@ FORGET = 60.0  # rows of workers silent this long are pruned
 
 def register_health(gw: Gateway, clock: Callable[[], float] = time.time) -> Prober:
     """Wire the prober, the load report and the gauges into `gw`'s scheduler; once per process."""
-    prober = Prober(gw, Leases(gw.db), clock)
+    prober = Prober(gw, Leases(gw.db), clock, started=clock())
     repo = LoadRepo(gw.db)
-    gw.writer.every(max(gw.config.gateway.probe_interval / 4, 0.25), prober.tick, "prober", final=False)
+    # A fixed short period: the tick reads the current probe_interval, so a reload changes it at once.
+    gw.writer.every(PERIOD, prober.tick, "prober", final=False)
     gw.writer.every(LOAD_EVERY, lambda: report_load(gw, repo, clock()), "load_report", final=False)
     gw.writer.every(FORGET, lambda: repo.prune(clock() - FORGET), "load_pruning", final=False)
     metrics.at_scrape(HealthCollector(gw, clock))

@@ -12,6 +12,7 @@ from app.storage import schema
 from app.storage.db import Database
 
 c = schema.leases.c
+PROBER_LEASE = "prober"  # the health prober's (app/services/prober.py); released at a worker's exit (Gateway.close)
 
 
 class Leases:

@@ -4,7 +4,9 @@ the dashboard and the gauges. The upstream is a `responses` fake; clocks are inj
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 import pytest
 from werkzeug.security import generate_password_hash
@@ -17,6 +19,7 @@ from app.services.load import token_key
 from app.services.probe import request_of
 from app.services.prober import Prober
 from app.services.tokens import token_id
+from app.storage.db import StorageError
 from app.storage.leases import Leases
 from app.storage.load import LoadRepo
 from app.storage.tokens import TokenRow
@@ -92,8 +95,7 @@ def auth_fail(gw, index: int = 0, status: int = 401) -> None:
 
 
 def test_the_pool_auto_disables_after_the_configured_count_and_says_so_once(make_app, emitted):
-    gw = make_app(health_config(auto_disable_after=2)).extensions["sluice"]
-    gw.pool.auto_disable_after = 2  # as register_health sets it from [gateway] auto_disable_after
+    gw = make_app(health_config(auto_disable_after=2)).extensions["sluice"]  # the pool reads it from the config
     auth_fail(gw)
     assert gw.pool.repo.get(IDS[0]).state(NOW + 2) == "healthy"
     auth_fail(gw, status=403)
@@ -106,7 +108,6 @@ def test_the_pool_auto_disables_after_the_configured_count_and_says_so_once(make
 
 def test_auto_disable_off(make_app):
     gw = make_app(health_config(auto_disable_after=0)).extensions["sluice"]
-    gw.pool.auto_disable_after = 0
     for _ in range(5):
         auth_fail(gw)
     assert gw.pool.repo.get(IDS[0]).enabled
@@ -183,6 +184,85 @@ def test_each_upstream_is_probed_once_per_jittered_interval(gw, upstream, jitter
     clock.now += 0.02
     probe.tick()
     assert len(upstream.calls) == 6
+
+
+class CountingLeases(Leases):
+    def __init__(self, db) -> None:
+        super().__init__(db)
+        self.takes: list[float] = []
+
+    def take(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        self.takes.append(ttl)
+        return super().take(name, holder, now, ttl)
+
+
+def test_the_lease_is_touched_at_most_four_times_per_interval(gw, upstream):
+    models_ok(upstream)
+    clock, leases = Clock(), CountingLeases(gw.db)
+    probe = Prober(gw, leases, clock, jitter=lambda: 0.0, spawn=lambda run: run())
+    for _ in range(20):  # the scheduler's turns, one a second
+        probe.tick()
+        clock.now += 1
+    assert leases.takes == [15.0] * 7  # at 0, 3, 6, ... 18 s: every interval / 4 = 2.5 s at most
+    assert len(upstream.calls) == 2 * 3  # at 0 and 10 s
+
+
+def swap_config(gw, **gateway) -> None:
+    """What a reload does: a new Routing in one assignment (here with the same pool and client)."""
+    gw.routing = dataclasses.replace(gw.routing, config=health_config(**gateway))
+
+
+# (probe_interval before, after the swap, seconds after the first probe, probes then, lease ttl then)
+SWAPS = [
+    (3600.0, 10.0, 11.0, 2, 15.0),  # shortened: due and renewed by the new interval at once
+    (10.0, 3600.0, 11.0, 1, 5400.0),  # lengthened: not probed again until the new interval has passed
+    (10.0, 3600.0, 3601.0, 2, 5400.0),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "later", "rounds", "ttl"), SWAPS)
+def test_a_swapped_config_interval_applies_at_once(make_app, upstream, before, after, later, rounds, ttl):
+    gw = make_app(health_config(probe_interval=before)).extensions["sluice"]
+    models_ok(upstream)
+    clock, leases = Clock(), CountingLeases(gw.db)
+    probe = Prober(gw, leases, clock, jitter=lambda: 0.0, spawn=lambda run: run())
+    probe.tick()
+    swap_config(gw, probe_interval=after)
+    clock.now += later
+    probe.tick()
+    assert len(upstream.calls) == 3 * rounds
+    assert leases.takes == [before * 1.5, ttl]
+    assert Leases(gw.db).holder("prober", clock.now + ttl - 1) == gw.worker
+
+
+def test_close_gives_the_lease_and_the_load_rows_back(gw, upstream):
+    models_ok(upstream)
+    prober(gw, Clock()).tick()
+    repo, leases = LoadRepo(gw.db), Leases(gw.db)
+    repo.report(gw.worker, {token_key(IDS[0]): (2, 0.1)}, now=NOW)
+    repo.report("other:1", {token_key(IDS[0]): (1, None)}, now=NOW)
+    assert leases.holder("prober", NOW + 1) == gw.worker
+    gw.close()
+    assert leases.take("prober", "next:1", NOW + 1, 15.0)  # at once, not 1.5 intervals later
+    assert repo.others("me", since=0.0) == {token_key(IDS[0]): (1, None)}  # the other worker's are kept
+
+
+def test_close_leaves_another_holders_lease_alone(gw):
+    assert Leases(gw.db).take("prober", "other:1", NOW, 15.0)
+    gw.close()
+    assert Leases(gw.db).holder("prober", NOW + 1) == "other:1"
+
+
+def test_close_carries_on_when_the_database_is_away(gw, monkeypatch, caplog):
+    def away(*args, **kwargs):
+        raise StorageError("database write failed: OperationalError")
+
+    monkeypatch.setattr(Leases, "release", away)
+    monkeypatch.setattr(LoadRepo, "clear", away)
+    with caplog.at_level(logging.WARNING, logger="sluice"):
+        gw.close()
+    said = [r.getMessage() for r in caplog.records if "database write failed" in r.getMessage()]
+    assert len(said) == 2 and all("\n" not in line for line in said)
 
 
 def test_no_probe_config_no_lease(make_app):
@@ -294,7 +374,8 @@ def test_register_health_wires_the_chores_and_the_gauges(make_app):
     try:
         assert isinstance(register_health(gw), Prober)
         chores = {chore.name: chore.every for chore in gw.writer.scheduler._chores}
-        assert chores["prober"] == 900.0 and chores["load_report"] == 1.5 and "load_pruning" in chores
+        # the prober ticks every second and reads the (reloadable) interval itself
+        assert chores["prober"] == 1.0 and chores["load_report"] == 1.5 and "load_pruning" in chores
         assert gw.pool.auto_disable_after == 5
         assert b"sluice_token_state{" in metrics.render()
     finally:
