@@ -106,6 +106,7 @@ def send(
     (`keepalive`: what the client's dialect sends meanwhile; None: the answer is not an event stream)."""
     settings = routing().config.gateway
     attempts = routing().client.start(call, deadline=line.started_at + settings.deadline)
+    line.attempts = attempts.records  # the same list: the log line counts the attempts even if sending raises
     if call.streaming and keepalive is not None:
         outcome = attempts.advance(until=time.time() + settings.heartbeat_interval)
     else:
@@ -129,9 +130,10 @@ def _legs(dialect: Dialect, client_request: ClientRequest, hop: Hop) -> tuple[Ho
         if model not in by_model:
             by_model[model] = dialect.legs(aliases.retarget(client_request, model, dialect.multipart))
         try:
-            return aliases.renamed(by_model[model](route.upstream), model, asked)
+            built_leg = by_model[model](route.upstream)
         except ApiError as exc:
             return exc
+        return aliases.renamed(built_leg, asked) if hop.alias else built_leg
 
     def prune(h: Hop) -> Hop:
         for r in h.routes:
@@ -189,8 +191,10 @@ def proxy_stored(method: str, response_id: str, suffix: str = "") -> Response:
     first = stored.FirstFinish(gw.stored, found, line.request_id)  # a fetch counts no usage but this one
     leg = Leg(_stored_path(response_id, suffix), body if method == "POST" else None, RESPONSES,
               lambda: ResponsesRelay({}, count_usage=lambda: first.count))  # fmt: skip
+    if routing().config.alias(found.model) is not None:  # created through an alias: it answers with the alias
+        leg = aliases.renamed(leg, found.model)
     call = UpstreamCall(
-        method, lambda _: leg, line.streaming, fixed_hop([upstream]), line.request_id,
+        method, lambda _: leg, line.streaming, fixed_hop([upstream], found.model), line.request_id,
         client_headers=forwardable(request.headers.items()), token_id=found.token_id, max_attempts=1,
     )  # fmt: skip
     forget = (lambda _: stored.forget(gw.stored, response_id, line.request_id)) if method == "DELETE" else first

@@ -3,8 +3,10 @@
 `resolve` turns the name a client asked for into a `Hop` (app/services/calls.py): an alias's
 targets with its strategy and fallback hops, or the upstreams serving a plain model. `retarget`
 gives a request whose body names another model (re-encoded only when the model differs, so an
-un-aliased request stays byte-exact); `RenamedRelay` writes the asked name back where the upstream
-echoed the target's, in stream events and plain bodies alike. Pure: no I/O, no flask globals.
+un-aliased request stays byte-exact); `RenamedRelay` writes the asked name into every `"model"` member
+of an aliased request's answer, in stream events and plain bodies alike: whatever the upstream names
+(OpenAI's dated snapshot of the model sent, an Azure deployment), the target never shows. Pure: no I/O,
+no flask globals.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def resolve(config: Config, name: str) -> Hop | None:
         alias.strategy,
         _hops(config, alias.fallbacks),
         _hops(config, alias.context_fallbacks),
+        alias=True,
     )
 
 
@@ -63,29 +66,29 @@ def replace_form_field(body: bytes, content_type: str, name: str, value: str) ->
     return part.sub(lambda m: m.group(1) + value.encode() + m.group(3), body, count=1)
 
 
-def renamed(leg: Leg, target: str, asked: str) -> Leg:
-    """`leg` answering with `asked` where the upstream echoes `target` (the leg itself when they are equal)."""
-    if target == asked:
-        return leg
+def renamed(leg: Leg, asked: str) -> Leg:
+    """`leg` whose answer names `asked` as its model (an aliased request's: whatever the upstream names)."""
     relay, events = leg.relay, leg.dialect.sse  # a raw stream (audio) is never JSON: left alone
-    return replace(leg, relay=lambda: RenamedRelay(relay(), target, asked, events=events))
+    return replace(leg, relay=lambda: RenamedRelay(relay(), asked, events=events))
 
 
-def rename(data: bytes, target: str, asked: str) -> bytes:
-    """JSON text with every `"model": "<target>"` member made `"model":"<asked>"`. A model string inside
-    content is always escaped (`\\"model\\"`), so only real members match."""
-    quoted = json.dumps(target, ensure_ascii=False).encode()
-    if quoted not in data:
+# A JSON member "model" and its string value. A "model" inside a string is escaped (\"model\") and can't match.
+_MODEL_MEMBER = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+
+def rename(data: bytes, asked: str) -> bytes:
+    """JSON text (a body or SSE events) with the value of every `"model": "<anything>"` member made `asked`."""
+    if b'"model"' not in data:
         return data
     member = b'"model":' + json.dumps(asked, ensure_ascii=False).encode()
-    return re.sub(rb'"model"\s*:\s*' + re.escape(quoted), lambda _: member, data)
+    return _MODEL_MEMBER.sub(lambda _: member, data)
 
 
 class RenamedRelay:
     """A relay whose output names the model the client asked for instead of the target's."""
 
-    def __init__(self, inner: Relay, target: str, asked: str, *, events: bool = True) -> None:
-        self.inner, self.target, self.asked, self.events = inner, target, asked, events
+    def __init__(self, inner: Relay, asked: str, *, events: bool = True) -> None:
+        self.inner, self.asked, self.events = inner, asked, events
 
     @property
     def usage(self) -> Usage | None:
@@ -113,4 +116,4 @@ class RenamedRelay:
         return self._rename(data) if "json" in content_type.lower() else data
 
     def _rename(self, data: bytes) -> bytes:
-        return rename(data, self.target, self.asked)
+        return rename(data, self.asked)

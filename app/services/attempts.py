@@ -3,7 +3,9 @@
 `advance(until)` runs attempts (token after token, route after route in the order the hop's
 strategy gives, then the hop's fallbacks) until one is accepted, the request has failed, or
 `until` passes. Each hop has its own `max_attempts`; the deadline covers them all. A prompt too
-long for the model moves to the hop's `context_fallbacks` instead of another token. The commit point is acceptance:
+long for the model moves to the hop's `context_fallbacks` instead of another token. When no hop has
+a usable token before any attempt, the request queues (within queue_timeout) and looks at every hop
+again on each wake-up. The commit point is acceptance:
 for a stream, its first *data* event (an error status, an empty stream, a first event
 that is an error, or no data before `first_byte_timeout` are all retried on another
 token); for a plain request, its 2xx body. Because `advance` can return "still waiting",
@@ -85,6 +87,7 @@ class _Current:
     leg: Leg
     exchange: Exchange
     started: float
+    first_byte_timeout: float
     first_byte_deadline: float
     response: requests.Response | None = None
     prefix: list[bytes] = field(default_factory=list)
@@ -158,14 +161,20 @@ class Attempts:
         self.failed_routes = set()
         return True
 
+    def _restart(self) -> None:
+        """Back to the first hop with its fallbacks pending: a queued request (no attempt made yet) looks
+        at every hop on each wake-up, the one whose cooldown ends first included."""
+        self.hop, self.pending, self.hop_attempts, self.failed_routes = self.call.hop, [], 0, set()
+
     def _wait_in_queue(self, now: float, until: float) -> Failed | None | object:
         """No usable token: sleep towards the earliest cooldown end, within queue_timeout."""
         if self._queue_deadline is None:
             self._queue_deadline = min(now + self.selector.queue_timeout, self.deadline)
         if now >= self._queue_deadline:
             return self._failed()
-        wake = min(now + self.selector.retry_after(self.hop.upstreams()), self._queue_deadline, until)
+        wake = min(now + self.selector.retry_after(self.call.hop.chain_upstreams()), self._queue_deadline, until)
         self.settings.sleep(max(0.01, wake - now))
+        self._restart()
         if self.clock() >= until and self.clock() < self._queue_deadline:
             return None
         return _KEEP_WAITING
@@ -178,7 +187,7 @@ class Attempts:
         leg = self.call.leg(choice.route)
         exchange = self.transport.open(self.call, choice.upstream, choice.token.value, leg)
         self.selector.load.begin(*choice.load_keys())  # ended when the attempt fails, or by finish()
-        self.current = _Current(choice, leg, exchange, now, now + first_byte)
+        self.current = _Current(choice, leg, exchange, now, first_byte, now + first_byte)
 
     def _wait(self, until: float) -> Accepted | Failed | None | object:
         current = self.current
@@ -249,17 +258,25 @@ class Attempts:
     def _accept(self, body: bytes | None = None) -> Accepted:
         current = self.current
         assert current is not None and current.response is not None
-        self._record(current, Decision(Outcome.OK, current.response.status_code, 0.0))
-        self.current, self._live = None, current.choice.load_keys()
+        self.current, self._live = None, current.choice.load_keys()  # in flight until finish()
+        try:
+            self._record(current, Decision(Outcome.OK, current.response.status_code, 0.0))
+        except BaseException:  # the store failed: the answer is never handed on, so it is over here
+            current.exchange.close()
+            self.finish()
+            raise
         return Accepted(current.choice, current.response, current.exchange, current.leg, current.prefix, body)
 
     def _attempt_failed(self, failure: Failure) -> Failed | object:
-        current = self.current
+        current, self.current = self.current, None  # over before it is recorded: a store error can't end it twice
         assert current is not None
         current.exchange.close()
-        self.selector.load.end(*current.choice.load_keys())
+        keys = current.choice.load_keys()
+        self.selector.load.end(*keys)
+        if failure.decision.policy.upstream_fault:  # a penalty sample: `latency` sinks a failing target
+            self.selector.load.first_event(current.first_byte_timeout, *keys)
         self._record(current, failure.decision)
-        self.current, self.failure, self.failure_dialect = None, failure, current.leg.dialect
+        self.failure, self.failure_dialect = failure, current.leg.dialect
         assert current.choice.route is not None
         self.failed_routes.add(current.choice.route.key)
         if failure.decision.policy.context_fallback and self.hop.context_fallbacks:
@@ -271,7 +288,7 @@ class Attempts:
         return _KEEP_WAITING
 
     def _record(self, current: _Current, decision: Decision) -> None:
-        self.selector.record(current.choice, decision)
+        """Note the attempt (records, metrics, log), then teach the selector, last: the store may fail."""
         upstream, token = current.choice.upstream.name, current.choice.token
         elapsed = self.clock() - current.started
         model = current.choice.route.model if current.choice.route is not None else None
@@ -287,25 +304,36 @@ class Attempts:
             self.call.request_id, upstream, token.masked, decision.status, decision.reason,
             decision.retry, decision.cooldown,
         )  # fmt: skip
+        self.selector.record(current.choice, decision)
 
     def _failed(self) -> Failed:
         self.selector.leave_queue(self)
         if self.failure is None:
-            events.emit(
-                "pool_exhausted", subject=self.call.hop.name or self.hop.name,
-                text="No upstream could take the request: every token is cooling down or every breaker is open.",
-                fields={"model": self.call.hop.name, "upstreams": [u.name for u in self.hop.upstreams()]},
-            )  # fmt: skip
+            self._exhausted()
+            upstreams = self.call.hop.chain_upstreams()
             return Failed(
                 ApiError(
                     503,
                     "No upstream is available right now: every token is cooling down or every upstream is failing.",
                     code="no_upstream_available",
-                    headers={"Retry-After": str(self.selector.retry_after(self.hop.upstreams()))},
+                    headers={"Retry-After": str(self.selector.retry_after(upstreams))},
                 )
             )
         assert self.failure_dialect is not None
         return Failed(self.settings.final_error(self.failure, self.failure_dialect))
+
+    def _exhausted(self) -> None:
+        """The pool_exhausted event of a client's call. Its subject is configured text, never the client's
+        (a glob route serves any model name): the alias, else the routed upstreams."""
+        hop = self.call.hop
+        if not hop.name:  # the gateway's own call (the /v1/models fetch): no client was refused
+            return
+        upstreams = ",".join(sorted(u.name for u in hop.chain_upstreams()))
+        events.emit(
+            "pool_exhausted", subject=hop.name if hop.alias else upstreams,
+            text="No upstream could take the request: every token is cooling down or every breaker is open.",
+            fields={"alias": hop.name, "upstreams": upstreams} if hop.alias else {"upstreams": upstreams},
+        )  # fmt: skip
 
     def abandon(self, reason: Outcome | str) -> None:
         """Stop the attempt in progress (client gone, deadline); the token is not blamed."""

@@ -30,16 +30,26 @@ class Route:
 
 @dataclass(frozen=True)
 class Hop:
-    """A model name asked for, its routes, the routing strategy among them, and where to go next."""
+    """A model name asked for, its routes, the routing strategy among them, and where to go next.
+    `name` is "" for the gateway's own calls (e.g. the /v1/models catalogue's fetch): no client asked."""
 
     name: str
     routes: tuple[Route, ...]
     strategy: str = "ordered"
     fallbacks: tuple[Hop, ...] = ()
     context_fallbacks: tuple[Hop, ...] = ()
+    alias: bool = False  # `name` is a configured alias ([[models]]), not a model an upstream serves
 
     def upstreams(self) -> list[UpstreamConfig]:
         return list({r.upstream.name: r.upstream for r in self.routes}.values())
+
+    def chain(self) -> list[Hop]:
+        """This hop and every hop its `fallbacks` lead to, in the order the retry loop tries them."""
+        return [self, *(h for fallback in self.fallbacks for h in fallback.chain())]
+
+    def chain_upstreams(self) -> list[UpstreamConfig]:
+        """The upstreams of every hop in `chain()`, each once."""
+        return list({u.name: u for hop in self.chain() for u in hop.upstreams()}.values())
 
 
 @dataclass(frozen=True)
