@@ -47,6 +47,7 @@ def make_app(tmp_path):
     yield make
     for app in made:
         app.extensions["sluice"].close()
+        app.extensions["sluice"].db.dispose()  # its SQLite connections: a suite of apps would hold thousands
 
 
 @pytest.fixture
