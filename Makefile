@@ -16,9 +16,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/demo.sh
 
-# The suite includes a quick run of the benchmark harness, so it installs matplotlib too.
+# The suite includes a quick run of the benchmark harness, so it installs matplotlib too. It runs in
+# TEST_WORKERS processes (pytest-xdist), a test file at a time each: the integration tests mostly wait on
+# their servers, so two processes halve the time on two cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(BENCH_STAMP) node-deps lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The JS clients that tests/integration/test_node_clients.py runs (tests/package.json: the Vercel AI SDK,
 # the Codex CLI), when npm exists; without it those tests skip (and fail under CI=true).

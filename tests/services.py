@@ -21,11 +21,40 @@ def require(variable: str, what: str) -> str:
 
 
 def postgres_url() -> str:
-    return require("SLUICE_TEST_DATABASE_URL", "PostgreSQL")
+    """The test database; under pytest-xdist one of its own per worker process (created on first use),
+    since the storage tests drop and recreate the schema."""
+    url = require("SLUICE_TEST_DATABASE_URL", "PostgreSQL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return _worker_database(url, worker) if worker else url
 
 
 def redis_url() -> str:
-    return require("SLUICE_TEST_REDIS_URL", "Redis")
+    """The test Redis database; under pytest-xdist one per worker process (15 for gw0, 14 for gw1, ...)."""
+    url = require("SLUICE_TEST_REDIS_URL", "Redis")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    base, _, index = url.rpartition("/")
+    return f"{base}/{int(index or 0) - int(worker.removeprefix('gw'))}"
+
+
+_databases: dict[str, str] = {}
+
+
+def _worker_database(url: str, worker: str) -> str:
+    if url not in _databases:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        base = make_url(url)
+        name = f"{base.database}_{worker}"
+        engine = create_engine(base, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        _databases[url] = base.set(database=name).render_as_string(hide_password=False)
+    return _databases[url]
 
 
 def reset_postgres(url: str) -> None:
