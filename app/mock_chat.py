@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.mock_responses import schema_arguments
+from app.mock_resume import continuation, generated, multibyte_words, prefill_text
 
 REPLY = "Hello from the Sluice mock upstream! Streaming works end to end through the gateway."
 
 
 def chunks(body: dict, chat: bool, opts: Any) -> Iterator[dict]:
-    words = reply_words(opts.chunks)
+    words = answer_words(body, chat, opts)
     base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": body["model"]}
     base["object"] = "chat.completion.chunk" if chat else "text_completion"
     call = _tool_call(body) if chat else None
@@ -44,16 +45,26 @@ def chunks(body: dict, chat: bool, opts: Any) -> Iterator[dict]:
         yield {**base, "choices": [choice]}
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
-        yield {**base, "choices": [], "usage": _usage(body, len(words))}
+        yield {**base, "choices": [], "usage": _usage(body, generated(words))}
 
 
-def reply_words(count: int) -> list[str]:
+def reply_words(count: int, multibyte: bool = False) -> list[str]:
+    """The mock's deterministic reply as `count` words (at least one), each with its trailing space."""
+    if multibyte:
+        return multibyte_words(count)
     words = REPLY.split(" ")
     return [(words[i % len(words)] + " ") for i in range(max(1, count))]
 
 
+def answer_words(body: dict, chat: bool, opts: Any) -> list[str]:
+    """The words this request gets: the reply, or its rest after a final assistant message (prefill/continue)."""
+    words = reply_words(opts.chunks, opts.multibyte)
+    return continuation(words, prefill_text(body.get("messages"))) if chat else words
+
+
 def completion(body: dict, chat: bool, opts: Any) -> dict:
-    text = "".join(reply_words(opts.chunks))
+    words = answer_words(body, chat, opts)
+    text = "".join(words)
     call = _tool_call(body) if chat else None
     if call is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
@@ -64,7 +75,7 @@ def completion(body: dict, chat: bool, opts: Any) -> dict:
     else:
         choice, kind = {"index": 0, "text": text, "finish_reason": "stop"}, "text_completion"
     return {"id": "chatcmpl-mock", "object": kind, "created": int(time.time()), "model": body["model"],
-            "choices": [choice], "usage": _usage(body, max(1, opts.chunks))}  # fmt: skip
+            "choices": [choice], "usage": _usage(body, generated(words))}  # fmt: skip
 
 
 def _tool_call(body: dict) -> dict | None:

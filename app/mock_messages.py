@@ -31,6 +31,7 @@ import gevent
 
 from app.mock_models import policy_error
 from app.mock_responses import schema_arguments, typed_event
+from app.mock_resume import continuation, generated, prefill_text, token_faults
 
 PATH = "/v1/messages"
 COUNT_PATH = "/v1/messages/count_tokens"
@@ -85,9 +86,7 @@ class MessagesMock:
 
     def __call__(self, environ: dict, start_response: Callable, body: Any, opts: Any, stats: Any) -> Iterator[bytes]:
         token = api_key(environ)
-        for prefix, faults in self.token_faults.items():
-            if token.startswith(prefix):
-                opts = replace(opts, **faults)
+        opts = replace(opts, **token_faults(token, self.token_faults))
         streaming = isinstance(body, dict) and body.get("stream") is True
         if opts.strict_edge and streaming and not self._real_client(environ):
             start_response("403 Forbidden", [("Content-Type", "text/html")])
@@ -119,7 +118,8 @@ class MessagesMock:
         refused = policy_error(opts, input_tokens(body), anthropic=True)  # context_window, refuse: before any event
         if refused is not None:
             return self._json(start_response, 400, refused)
-        reply = plan(body, self.reply_words(opts.chunks))
+        words = self.reply_words(opts.chunks, opts.multibyte)
+        reply = plan(body, continuation(words, prefill_text(body["messages"])))
         usage = usage_of(body, reply)
         if body.get("stream") is True:
             start_response("200 OK", [*SSE_HEADERS, self.cookie, _request_id()])
@@ -131,7 +131,6 @@ class MessagesMock:
     def _stream(self, environ: dict, body: dict, reply: Reply, usage: dict, opts: Any, stats: Any) -> Iterator[bytes]:
         stats.streams_started += 1
         finished = False
-        error_after = _mock_count(body, "error_after")
         try:
             gevent.sleep(opts.header_delay)  # nothing is sent before the first yield
             if opts.first_delay:
@@ -143,13 +142,18 @@ class MessagesMock:
                 finished = True
                 stats.streams_completed += 1
                 return
-            for seq, (event, paced) in enumerate(events_or_error(body, reply, usage, opts.error_first, error_after)):
+            for seq, (event, paced) in enumerate(
+                events_or_error(body, reply, usage, opts.error_first, opts.error_after)
+            ):
                 if opts.drop_after is not None and seq >= opts.drop_after:
                     stats.streams_dropped += 1
                     finished = True
                     environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no message_stop
                     return
-                yield from typed_event(self.send, event, seq, paced, opts)
+                if (yield from typed_event(self.send, event, seq, paced, opts, environ)):
+                    stats.streams_dropped += 1  # cut_mid_event, cut_mid_char
+                    finished = True
+                    return
                 if event["type"] == "message_stop":
                     stats.usage_total += sum(usage.values())
             finished = True
@@ -348,7 +352,7 @@ def usage_of(body: dict, reply: Reply) -> dict:
     """The usage object: output tokens are the deltas of every block; cache counts from the `mock` options."""
     return {
         "input_tokens": input_tokens(body),
-        "output_tokens": sum(len(block.deltas) for block in reply.blocks),
+        "output_tokens": sum(generated(list(block.deltas)) for block in reply.blocks),
         "cache_creation_input_tokens": _mock_count(body, "cache_creation_input_tokens") or 0,
         "cache_read_input_tokens": _mock_count(body, "cache_read_input_tokens") or 0,
     }

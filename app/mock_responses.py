@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 import gevent
 
 from app.mock_models import policy_error
+from app.mock_resume import emit
 
 PATH = "/v1/responses"
 STORE_LIMIT = 1000
@@ -97,7 +98,7 @@ class ResponsesMock:
         if refused is not None:
             return self.json_reply(start_response, 400, refused)
         items = input_items(body.get("input"))
-        reply = plan(body, items, self.reply_words(opts.chunks))
+        reply = plan(body, items, self.reply_words(opts.chunks, opts.multibyte))
         start = skeleton(body)
         final = finish(start, reply, _usage(body, reply))
         if body.get("stream"):
@@ -133,7 +134,10 @@ class ResponsesMock:
                         return
                     if "response" in event:  # a GET while it streams sees it as the last event showed it
                         self._keep(Stored(event["response"], items))
-                    yield from typed_event(self.send, event, seq, paced, opts, sequence_number=seq)
+                    if (yield from typed_event(self.send, event, seq, paced, opts, environ, sequence_number=seq)):
+                        stats.streams_dropped += 1  # cut_mid_event, cut_mid_char
+                        finished = True
+                        return
                     if event["type"] in TERMINAL:
                         stats.usage_total += final["usage"]["total_tokens"]
             finished = True
@@ -253,9 +257,11 @@ def _text(item: dict) -> str:
     return content if isinstance(content, str) else ""
 
 
-def typed_event(send: Callable, event: dict, seq: int, paced: bool, opts: Any, **fields: Any) -> Iterator[bytes]:
+def typed_event(send: Callable, event: dict, seq: int, paced: bool, opts: Any, environ: dict,
+                **fields: Any) -> Generator[bytes, None, bool]:  # fmt: skip
     """One typed event (`event: TYPE`), stamped with `fields`, `mock_seq` and `mock_ts`, after the pacing and
-    stall the options ask for (the Responses and the Messages mocks both stream this way)."""
+    stall the options ask for (the Responses and the Messages mocks both stream this way); returns whether the
+    options cut the connection inside it (app/mock_resume.py)."""
     if paced and opts.delay:
         gevent.sleep(opts.delay)
     if opts.stall_after is not None and seq == opts.stall_after:
@@ -263,7 +269,8 @@ def typed_event(send: Callable, event: dict, seq: int, paced: bool, opts: Any, *
     event = {**event, **fields, "mock_seq": seq, "mock_ts": time.time()}
     if opts.noise:
         yield b": comment\nnot-a-field\n\n"
-    yield from send(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode(), opts.trickle)
+    data = f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=not opts.multibyte)}\n\n".encode()
+    return (yield from emit(send, data, seq, opts, environ))
 
 
 def schema_arguments(schema: Any) -> dict:
@@ -361,8 +368,11 @@ def events(start: dict, reply: Reply, final: dict) -> Iterator[tuple[dict, bool]
 
 
 def _events_or_error(start: dict, reply: Reply, final: dict, opts: Any) -> Iterator[tuple[dict, bool]]:
-    if opts.error_first:  # the API ends a stream after an `error` event
-        error = {"type": "error", "code": "server_overloaded", "message": "The model is overloaded.", "param": None}
-        yield error, False
-        return
-    yield from events(start, reply, final)
+    """The events, or an `error` event in their place (error_first) or after `error_after` of them; the API ends a
+    stream after an `error` event."""
+    error = {"type": "error", "code": "server_overloaded", "message": "The model is overloaded.", "param": None}
+    for seq, item in enumerate(events(start, reply, final)):
+        if opts.error_first or seq == opts.error_after:
+            yield error, False
+            return
+        yield item

@@ -32,7 +32,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from pathlib import Path
@@ -49,6 +49,7 @@ from app.mock_messages import MessagesMock, is_messages_request
 from app.mock_models import parse_overrides, policy_error, requested_model
 from app.mock_responses import PATH as RESPONSES_PATH
 from app.mock_responses import ResponsesMock
+from app.mock_resume import emit, token_faults
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 STRICT_EDGE_PAGE = b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1><p>Request blocked by edge.</p></body></html>"  # noqa: E501
@@ -74,6 +75,10 @@ class Options:
     empty: bool = False  # headers, then the stream ends without any event
     context_window: int | None = None  # a longer prompt (in the mock's prompt tokens) is a 400
     refuse: bool = False  # a content-policy refusal (400)
+    error_after: int | None = None  # event N is an error event (the dialect's shape) that ends the stream
+    cut_mid_event: int | None = None  # send the first half of event N's bytes, then close the connection
+    cut_mid_char: int | None = None  # close the connection inside event N's first multi-byte character
+    multibyte: bool = False  # reply words with multi-byte UTF-8 characters, sent unescaped
 
 
 # Token prefixes that switch a fault on for every request made with that token.
@@ -145,9 +150,7 @@ class MockUpstream:
         if is_messages_request(path, environ):  # the Anthropic API: its own key header, faults and error shape
             return self.messages(environ, start_response, body, opts, self.stats)
         token = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        for prefix, faults in TOKEN_FAULTS.items():
-            if token.startswith(prefix):
-                opts = replace(opts, **faults)
+        opts = replace(opts, **token_faults(token, TOKEN_FAULTS))
         streaming = bool(isinstance(body, dict) and body.get("stream"))
         refusal = self._refuse(environ, opts, streaming)
         if refusal is not None:
@@ -238,31 +241,44 @@ class MockUpstream:
                 finished = True
                 self.stats.streams_completed += 1
                 return
-            if opts.error_first:
+            if opts.error_first:  # an error event first (the reply still follows, as before)
                 error = _error_body("The model is overloaded.", "server_overloaded")
                 yield b"data: " + json.dumps(error).encode() + b"\n\n"
-            for seq, chunk in enumerate(chunks(body, chat, opts)):
-                if opts.drop_after is not None and seq >= opts.drop_after:
-                    self.stats.streams_dropped += 1
-                    finished = True
-                    environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no terminating chunk
-                    return
-                if seq and opts.delay:
-                    gevent.sleep(opts.delay)
-                if opts.stall_after is not None and seq == opts.stall_after:
-                    gevent.sleep(opts.stall)
-                chunk["mock_seq"], chunk["mock_ts"] = seq, time.time()
-                if chunk.get("usage"):
-                    self.stats.usage_total += chunk["usage"]["total_tokens"]
-                if opts.noise:
-                    yield b": comment\nnot-a-field\n\n"
-                yield from _send(b"data: " + json.dumps(chunk).encode() + b"\n\n", opts.trickle)
-            yield b"data: [DONE]\n\n"
+            if (yield from self._chunks(environ, body, chat, opts)):
+                self.stats.streams_dropped += 1
+                finished = True
+                return
             finished = True
             self.stats.streams_completed += 1
         finally:
             if not finished:
                 self.stats.streams_aborted += 1
+
+    def _chunks(self, environ: dict, body: dict, chat: bool, opts: Options) -> Generator[bytes, None, bool]:
+        """The chunks as events, then `[DONE]`; an error event at `error_after` ends them. Returns whether the
+        connection was cut on purpose (drop_after, cut_mid_event, cut_mid_char)."""
+        for seq, chunk in enumerate(chunks(body, chat, opts)):
+            if opts.drop_after is not None and seq >= opts.drop_after:
+                environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no terminating chunk
+                return True
+            if seq and opts.delay:
+                gevent.sleep(opts.delay)
+            if opts.stall_after is not None and seq == opts.stall_after:
+                gevent.sleep(opts.stall)
+            if opts.error_after is not None and seq == opts.error_after:  # the stream ends after it: no [DONE]
+                error = _error_body("The model is overloaded.", "server_overloaded")
+                yield b"data: " + json.dumps(error).encode() + b"\n\n"
+                return False
+            chunk["mock_seq"], chunk["mock_ts"] = seq, time.time()
+            if chunk.get("usage"):
+                self.stats.usage_total += chunk["usage"]["total_tokens"]
+            if opts.noise:
+                yield b": comment\nnot-a-field\n\n"
+            data = b"data: " + json.dumps(chunk, ensure_ascii=not opts.multibyte).encode() + b"\n\n"
+            if (yield from emit(_send, data, seq, opts, environ)):
+                return True
+        yield b"data: [DONE]\n\n"
+        return False
 
 
 def _send(event: bytes, trickle: bool) -> Iterator[bytes]:

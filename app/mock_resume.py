@@ -1,0 +1,104 @@
+"""Continuable answers and byte-level stream faults of the bundled mock upstream (issue 14's groundwork).
+
+Continuation: a request whose last message is the assistant's (chat "prefill" or "continue" mode, Anthropic
+prefill) gets only the rest of the mock's deterministic reply when that message's text is a prefix of the
+reply: exactly, else once its trailing whitespace is stripped (the rest then starts with that whitespace, as a
+real model would continue). A prefill that is not a prefix gets the whole reply.
+
+Faults count a stream's events from 0 the same way on every dialect (chat chunks; Responses and Messages typed
+events; comments, noise and `[DONE]` are not events): `cut_mid_event: N` sends the first half of event N's bytes
+and closes the connection; `cut_mid_char: N` closes it inside event N's first multi-byte UTF-8 character (with
+`multibyte` on every reply word has one; an event without one is cut in its middle instead). A token
+`slowfirst<MS>-...` delays the first event by MS milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Generator
+from typing import Any
+
+# Every word has a multi-byte UTF-8 character (2, 3 and 4 bytes), so a cut can fall inside one in any delta.
+MULTIBYTE_REPLY = "Héllo from café naïve 日本 señor Größe 🚀 über."
+SLOWFIRST = re.compile(r"slowfirst(\d{1,6})-")
+
+
+def multibyte_words(count: int) -> list[str]:
+    """The multibyte reply as `count` words (at least one), each with its trailing space."""
+    words = MULTIBYTE_REPLY.split(" ")
+    return [(words[i % len(words)] + " ") for i in range(max(1, count))]
+
+
+def prefill_text(messages: Any) -> str | None:
+    """The text of a final assistant message (a string, or its text parts/blocks joined), else None."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(p for p in parts if isinstance(p, str))
+    return None
+
+
+def continuation(words: list[str], prefill: str | None) -> list[str]:
+    """The deltas left of `words` after `prefill` (a prefix of their text), else all of `words`.
+
+    A prefill ending inside a word leaves that word's rest as the first delta; nothing left is one empty delta."""
+    text = "".join(words)
+    for head in (prefill or "", (prefill or "").rstrip()):
+        if head and text.startswith(head):
+            return _rest(words, len(head)) or [""]
+    return words
+
+
+def _rest(words: list[str], offset: int) -> list[str]:
+    start = 0
+    for i, word in enumerate(words):
+        if start + len(word) > offset:
+            return [word[offset - start :], *words[i + 1 :]]
+        start += len(word)
+    return []
+
+
+def generated(words: list[str]) -> int:
+    """The completion tokens of a reply: its non-empty deltas."""
+    return sum(1 for word in words if word)
+
+
+def token_faults(token: str, table: dict[str, dict]) -> dict:
+    """The options a token's prefix switches on: the fixed `table`, or `slowfirst<MS>-` (first event after MS)."""
+    faults: dict = {}
+    for prefix, options in table.items():
+        if token.startswith(prefix):
+            faults.update(options)
+    slow = SLOWFIRST.match(token)
+    if slow is not None:
+        faults["first_delay"] = int(slow.group(1)) / 1000
+    return faults
+
+
+def cut_at(data: bytes, seq: int, opts: Any) -> int | None:
+    """The byte offset at which event `seq` (its bytes `data`) is cut, or None when it is sent whole."""
+    if opts.cut_mid_char is not None and seq == opts.cut_mid_char:
+        lead = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)  # a multi-byte sequence starts
+        return lead + 1 if lead is not None else len(data) // 2
+    if opts.cut_mid_event is not None and seq == opts.cut_mid_event:
+        return len(data) // 2
+    return None
+
+
+def emit(send: Callable, data: bytes, seq: int, opts: Any, environ: dict) -> Generator[bytes, None, bool]:
+    """Send event `seq`, or its bytes up to the cut and then close the connection; returns whether it cut."""
+    at = cut_at(data, seq, opts)
+    if at is None:
+        yield from send(data, opts.trickle)
+        return False
+    yield data[:at]
+    environ["mock.socket"].shutdown(socket.SHUT_RDWR)  # no rest of the event, no end of the stream
+    return True
