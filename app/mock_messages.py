@@ -9,9 +9,9 @@ A client tool and a last user message about the weather (or `tool_choice` any/to
 fitted to its `input_schema` (streamed as `input_json_delta`); a `tool_result` in the last user message is quoted
 back. `max_tokens` and `stop_sequences` cut the text, `thinking` puts a `thinking` block first, a `missing-*`
 model is 404. Streams honour the chat mock's Options: `drop_after`/`stall_after` count events, `delay` paces the
-deltas, `error_first` sends only an `error` event; `context_window`/`refuse` answer 400 before any event. Extra
-`"mock"` keys: `error_after` (N events, then an `overloaded_error` event ends the stream),
-`cache_read_input_tokens`, `cache_creation_input_tokens`.
+deltas, `error_first` sends only an `error` event, `error_after: N` sends N events, then an `overloaded_error`
+event that ends the stream; `context_window`/`refuse` answer 400 before any event. A final assistant message is
+continued (app/mock_resume.py). Extra `"mock"` keys: `cache_read_input_tokens`, `cache_creation_input_tokens`.
 """
 
 from __future__ import annotations

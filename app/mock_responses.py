@@ -11,7 +11,8 @@ message is quoted back in the text. `max_output_tokens` below the reply's length
 
 Streams honour the chat mock's Options; `drop_after` and `stall_after` count events (sequence numbers),
 so 0 cuts before `response.created`, and `delay` paces the deltas. `error_first` sends only an `error`
-event. `context_window` and `refuse` answer a 400 (app/mock_models.py) before any event.
+event, `error_after: N` N events and then an `error` event that ends the stream. `context_window` and
+`refuse` answer a 400 (app/mock_models.py) before any event.
 `"mock": {"cached_tokens": n, "reasoning_tokens": n}` sets those usage details.
 """
 

@@ -49,7 +49,8 @@ def prefill_text(messages: Any) -> str | None:
 def continuation(words: list[str], prefill: str | None) -> list[str]:
     """The deltas left of `words` after `prefill` (a prefix of their text), else all of `words`.
 
-    A prefill ending inside a word leaves that word's rest as the first delta; nothing left is one empty delta."""
+    A prefill ending inside a word leaves that word's rest as the first delta (a lone space joins the next word);
+    nothing left is one empty delta."""
     text = "".join(words)
     for head in (prefill or "", (prefill or "").rstrip()):
         if head and text.startswith(head):
@@ -61,7 +62,10 @@ def _rest(words: list[str], offset: int) -> list[str]:
     start = 0
     for i, word in enumerate(words):
         if start + len(word) > offset:
-            return [word[offset - start :], *words[i + 1 :]]
+            rest = [word[offset - start :], *words[i + 1 :]]
+            if not rest[0].strip() and len(rest) > 1:  # only the stripped space left: it leads the next word
+                rest[:2] = [rest[0] + rest[1]]
+            return rest
         start += len(word)
     return []
 
