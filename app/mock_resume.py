@@ -46,6 +46,13 @@ def prefill_text(messages: Any) -> str | None:
     return None
 
 
+def continue_conflict(body: dict) -> str | None:
+    """vLLM's 400 message when a chat request asks for both continue_final_message and add_generation_prompt."""
+    if body.get("continue_final_message") is True and body.get("add_generation_prompt") is True:
+        return "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+    return None
+
+
 def continuation(words: list[str], prefill: str | None) -> list[str]:
     """The deltas left of `words` after `prefill` (a prefix of their text), else all of `words`.
 

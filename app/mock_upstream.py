@@ -51,7 +51,7 @@ from app.mock_messages import MessagesMock, is_messages_request
 from app.mock_models import parse_overrides, policy_error, requested_model
 from app.mock_responses import PATH as RESPONSES_PATH
 from app.mock_responses import ResponsesMock
-from app.mock_resume import emit, token_faults
+from app.mock_resume import continue_conflict, emit, token_faults
 
 MODELS = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 STRICT_EDGE_PAGE = b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1><p>Request blocked by edge.</p></body></html>"  # noqa: E501
@@ -216,6 +216,9 @@ class MockUpstream:
             self.stats.usage_total += reply["usage"]["total_tokens"]
             return _json(start_response, 200, reply)
         refused = policy_error(opts, prompt_tokens(body))  # context_window, refuse: before any event
+        conflict = continue_conflict(body)
+        if refused is None and conflict is not None:
+            refused = _error_body(conflict, "invalid_request")
         if refused is not None:
             return _json(start_response, 400, refused)
         chat = path == "/v1/chat/completions"

@@ -159,6 +159,15 @@ def test_prefix_plus_continuation_is_the_full_reply(client, dialect, mode, strea
         assert head.rstrip() + rest == full and generated == max(1, 8 - k)
 
 
+@pytest.mark.parametrize(("generation_prompt", "status"), [(True, 400), (False, 200), (None, 200)])
+def test_continue_with_a_generation_prompt_is_refused_as_vllm_does(client, generation_prompt, status):
+    body = {**body_of("chat", "Hello ", "continue"), "add_generation_prompt": generation_prompt}
+    reply = post(client, "chat", body)
+    assert reply.status_code == status
+    if status == 400:
+        assert "continue_final_message" in reply.get_json()["error"]["message"]
+
+
 def test_a_prefill_in_text_blocks_is_continued(client):
     blocks = [{"type": "text", "text": "".join(WORDS[:2])}]
     rest, generated = answer(client, "messages", False, blocks)
