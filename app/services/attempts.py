@@ -180,7 +180,6 @@ class Attempts:
         return _KEEP_WAITING
 
     def _start(self, choice: Choice, now: float) -> None:
-        assert choice.route is not None
         self.tried.setdefault(choice.route.key, set()).add(choice.token.id)
         self.hop_attempts += 1
         first_byte = choice.upstream.first_byte_timeout or self.settings.first_byte_timeout
@@ -277,7 +276,6 @@ class Attempts:
             self.selector.load.first_event(current.first_byte_timeout, *keys)
         self._record(current, failure.decision)
         self.failure, self.failure_dialect = failure, current.leg.dialect
-        assert current.choice.route is not None
         self.failed_routes.add(current.choice.route.key)
         if failure.decision.policy.context_fallback and self.hop.context_fallbacks:
             self.pending = []  # the prompt is too long for this model: its other fallbacks are not tried
@@ -290,11 +288,7 @@ class Attempts:
     def _record(self, current: _Current, decision: Decision) -> None:
         """Note the attempt (records, metrics, log), then teach the selector, last: the store may fail."""
         upstream, token = current.choice.upstream.name, current.choice.token
-        elapsed = self.clock() - current.started
-        model = current.choice.route.model if current.choice.route is not None else None
-        self.records.append(
-            Attempt(upstream, token.id, decision.status, decision.reason, elapsed, decision.outcome, model)
-        )
+        self._note(current, decision.status, decision.reason, decision.outcome)
         outcome = "ok" if decision.outcome is Outcome.OK else "retry" if decision.retry else "fail"
         metrics.ATTEMPTS.labels(upstream=upstream, outcome=outcome, reason=decision.reason).inc()
         if decision.cooldown > 0:
@@ -335,21 +329,23 @@ class Attempts:
             fields={"alias": hop.name, "upstreams": upstreams} if hop.alias else {"upstreams": upstreams},
         )  # fmt: skip
 
-    def abandon(self, reason: Outcome | str) -> None:
+    def _note(self, current: _Current, status: int | None, reason: str, outcome: Outcome) -> None:
+        """The attempt's record, as the request log and the usage record see it."""
+        choice = current.choice
+        elapsed = self.clock() - current.started
+        self.records.append(
+            Attempt(choice.upstream.name, choice.token.id, status, reason, elapsed, outcome, choice.route.model)
+        )
+
+    def abandon(self, outcome: Outcome) -> None:
         """Stop the attempt in progress (client gone, deadline); the token is not blamed."""
-        outcome = reason if isinstance(reason, Outcome) else Outcome(reason)
         current, self.current = self.current, None
         if current is not None:
             current.exchange.close()
             self.selector.load.end(*current.choice.load_keys())
             self.selector.release(current.choice)
             status = current.response.status_code if current.response is not None else None
-            elapsed = self.clock() - current.started
-            token_id = current.choice.token.id
-            model = current.choice.route.model if current.choice.route is not None else None
-            self.records.append(
-                Attempt(current.choice.upstream.name, token_id, status, outcome.value, elapsed, outcome, model)
-            )
+            self._note(current, status, outcome.value, outcome)
         self.selector.leave_queue(self)
 
     def finish(self) -> None:

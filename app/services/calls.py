@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from app.config import UpstreamConfig
 from app.dialects.base import Dialect, Leg
+from app.services.load import target_key
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class Route:
     def key(self) -> str:
         """As `Target.key` (app/config_routing.py): the name in the load table and the logs."""
         return f"{self.upstream.name}/{self.model or '-'}"
+
+    @property
+    def load_key(self) -> str:
+        """Its key in the in-flight and time-to-first-event counts (app/services/load.py)."""
+        return target_key(self.upstream.name, self.model or "-")
 
 
 @dataclass(frozen=True)

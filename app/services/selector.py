@@ -15,7 +15,7 @@ from app.config import GatewayConfig, UpstreamConfig
 from app.services import strategies
 from app.services.breaker import Breakers
 from app.services.calls import Hop, Route
-from app.services.load import Load, target_key, token_key
+from app.services.load import Load, token_key
 from app.services.outcomes import Decision
 from app.services.tokens import Token, TokenPool
 
@@ -26,13 +26,13 @@ class Choice:
 
     upstream: UpstreamConfig
     token: Token
-    route: Route | None = None
+    route: Route
 
     def load_keys(self) -> tuple[str, ...]:
         """The Load keys this attempt counts on: its token, and its target when it sends a model."""
-        if self.route is None or self.route.model is None:
+        if self.route.model is None:
             return (token_key(self.token.id),)
-        return token_key(self.token.id), target_key(self.route.upstream.name, self.route.model)
+        return token_key(self.token.id), self.route.load_key
 
 
 class Selector:
@@ -59,8 +59,7 @@ class Selector:
         """The hop's routes in the order its strategy prefers now (app/services/strategies.py)."""
         return strategies.order(
             hop.strategy, hop.routes, failed=failed, rng=self.rng,
-            inflight=lambda r: self.load.inflight(target_key(r.upstream.name, r.model or "-")),
-            ttfe=lambda r: self.load.ttfe(target_key(r.upstream.name, r.model or "-")),
+            inflight=lambda r: self.load.inflight(r.load_key), ttfe=lambda r: self.load.ttfe(r.load_key),
         )  # fmt: skip
 
     def pick(
