@@ -14,6 +14,7 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from app.services import events
 
@@ -74,6 +75,15 @@ class Breakers:
             state = self._states.get(upstream)
             if state is not None:
                 state.trial = False
+
+    def view(self, upstream: str, now: float) -> dict[str, Any]:
+        """The breaker as the admin API shows it: closed, open (until a trial is let through), or half-open
+        (opened, cooled down: the next attempt is a trial)."""
+        state = self._states.get(upstream)
+        if state is None or state.opened_at is None:
+            return {"state": "closed", "until": None}
+        until = state.opened_at + self.cooldown
+        return {"state": "open", "until": until} if now < until else {"state": "half_open", "until": None}
 
     def is_open(self, upstream: str, now: float) -> bool:
         state = self._states.get(upstream)

@@ -18,7 +18,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.services import metrics
-from app.services.breaker import Breakers
 from app.services.load import target_key, token_key
 from app.services.prober import PERIOD, Prober
 from app.state import Gateway
@@ -51,18 +50,7 @@ def report_load(gw: Gateway, repo: LoadRepo, now: float) -> None:
     gw.load.merge(repo.others(gw.worker, now - FRESH))
     breakers = gw.client.selector.breakers
     for upstream in gw.config.upstreams:
-        open_now = breaker_view(breakers, upstream.name, now)["state"] == "open"
-        metrics.BREAKER_OPEN.labels(upstream=upstream.name).set(1 if open_now else 0)
-
-
-def breaker_view(breakers: Breakers, upstream: str, now: float) -> dict[str, Any]:
-    """This worker's breaker of `upstream`: closed, open (until a trial is let through), or half-open."""
-    if breakers.is_open(upstream, now):
-        wait = breakers.retry_after([upstream], now) or 0
-        return {"state": "open", "until": now + wait}
-    if breakers.retry_after([upstream], now) is not None:
-        return {"state": "half_open", "until": None}  # opened, cooled down: the next attempt is a trial
-    return {"state": "closed", "until": None}
+        metrics.BREAKER_OPEN.labels(upstream=upstream.name).set(1 if breakers.is_open(upstream.name, now) else 0)
 
 
 def upstream_health(gw: Gateway, now: float) -> list[dict[str, Any]]:
@@ -78,7 +66,7 @@ def upstream_health(gw: Gateway, now: float) -> list[dict[str, Any]]:
             "name": upstream.name,
             "probe": None if probe is None else (probe.kind if probe.kind == "models" else {
                 "model": probe.model, "max_tokens": probe.max_tokens}),
-            "breaker": breaker_view(breakers, upstream.name, now),
+            "breaker": breakers.view(upstream.name, now),  # this worker's
             "inflight": sum(t["inflight"] for t in tokens),
             "tokens": tokens,
         })  # fmt: skip

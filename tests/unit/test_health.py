@@ -14,7 +14,7 @@ from werkzeug.security import generate_password_hash
 from app.config import Config, GatewayConfig, UpstreamConfig
 from app.config_routing import ProbeConfig
 from app.services import events, metrics
-from app.services.health import HealthCollector, breaker_view, register_health, report_load, upstream_health
+from app.services.health import HealthCollector, register_health, report_load, upstream_health
 from app.services.load import token_key
 from app.services.probe import request_of
 from app.services.prober import Prober
@@ -310,10 +310,10 @@ def test_breaker_view():
     from app.services.breaker import Breakers
 
     breakers = Breakers(failures=1, cooldown=30.0)
-    assert breaker_view(breakers, "u", NOW) == {"state": "closed", "until": None}
+    assert breakers.view("u", NOW) == {"state": "closed", "until": None}
     breakers.record("u", fault=True, now=NOW)
-    assert breaker_view(breakers, "u", NOW + 1) == {"state": "open", "until": NOW + 30}
-    assert breaker_view(breakers, "u", NOW + 31)["state"] == "half_open"
+    assert breakers.view("u", NOW + 1) == {"state": "open", "until": NOW + 30}
+    assert breakers.view("u", NOW + 31)["state"] == "half_open"
 
 
 def test_the_admin_api_and_the_dashboard_show_health(app_for_health, auth):
