@@ -89,10 +89,6 @@ def build_gateway(config: Config, settings: Settings, session: requests.Session 
     load = Load()
     routing = build_routing(config, TokenRepo(db), box, on_secret=lambda s: redactor.add([s]), load=load,
                             session=session)  # fmt: skip
-    redactor.add(routing.pool.secrets())
-    metrics.configure(
-        config.upstreams, (a.name for a in config.models)
-    )  # model labels: what the config names, never what clients send
     limiter = make_limiter(db, settings.redis_url)
     usage, stored = UsageRepo(db), StoredResponses(db)
     retention = config.gateway.usage_retention_days * 86400

@@ -71,9 +71,6 @@ def swap(gw: Gateway, config: Config, now: float | None = None) -> Routing:
         config, old.pool.repo, gw.box, on_secret=old.pool.on_secret, load=gw.load, session=session,
         breakers=old.client.selector.breakers,
     )  # fmt: skip
-    metrics.configure(config.upstreams, (alias.name for alias in config.models))
-    for secret in new.pool.secrets():  # the new file's tokens and header values are masked in logs
-        new.pool.on_secret(secret)
     gw.accounting.records = config.gateway.usage_records
     run_hooks(gw.on_reload, config)
     now = time.time() if now is None else now
@@ -95,18 +92,22 @@ def build_routing(
     session: requests.Session | None = None,
     breakers: Breakers | None = None,
 ) -> Routing:
-    """What `config` builds: its token pool, upstream client and model catalog (at start-up and on reload).
+    """What `config` builds: its token pool, upstream client and model catalog (at start-up and on reload);
+    its token values and secret-looking header values go to `on_secret` (the log redactor), its upstreams'
+    models and its aliases become the metrics' model labels (what the config names, never what clients send).
 
     `breakers` (a reload's) are kept, with the new settings, for the upstreams still configured; they
     are changed last, once nothing else can fail.
     """
     pool = TokenPool(config.upstreams, repo, box, on_secret=on_secret,
                      auto_disable_after=config.gateway.auto_disable_after)  # fmt: skip
-    client = UpstreamClient(config, pool, session=session, load=load)
+    for secret in pool.secrets():
+        on_secret(secret)
+    metrics.configure(config.upstreams, (alias.name for alias in config.models))
     if breakers is not None:
         gateway = config.gateway
         breakers.configure(gateway.breaker_failures, gateway.breaker_cooldown, (u.name for u in config.upstreams))
-        client.selector.breakers = breakers
+    client = UpstreamClient(config, pool, session=session, load=load, breakers=breakers)
     return Routing(config, client, ModelCatalog(config.upstreams, client), pool)
 
 

@@ -43,10 +43,12 @@ class Selector:
         load: Load,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
+        """`breakers`: the ones a reload carries over (configured already); None: new ones."""
         self.pool, self.load, self.clock = pool, load, clock
         self.rng = rng or random.Random()
-        self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
+        self.breakers = breakers or Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.queue_timeout, self.max_queued = settings.queue_timeout, settings.max_queued
         self._waiting: set[int] = set()
         self._queue_lock = threading.Lock()

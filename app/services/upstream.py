@@ -19,6 +19,7 @@ from app.config import Config, UpstreamConfig
 from app.dialects.base import Dialect
 from app.errors import ApiError
 from app.services.attempts import Accepted, Attempt, Attempts, LoopSettings
+from app.services.breaker import Breakers
 from app.services.calls import UpstreamCall
 from app.services.load import Load
 from app.services.outcomes import Failure, Outcome
@@ -55,13 +56,14 @@ class UpstreamClient:
         pool: TokenPool,
         session: requests.Session | None = None,
         load: Load | None = None,
+        breakers: Breakers | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.pool, self.clock = pool, clock
         self.session = session or build_session(config.gateway.trust_env)
         self.transport = Transport(self.session, clock)
-        self.selector = Selector(config.gateway, pool, load or Load(), clock)
+        self.selector = Selector(config.gateway, pool, load or Load(), clock, breakers=breakers)
         self.deadline = config.gateway.deadline
         self.settings = LoopSettings(
             config.gateway.max_attempts, config.gateway.first_byte_timeout, sleep,
