@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from app.config_reader import ConfigError, Reader
-from app.config_routing import AlertConfig, ModelAlias, ProbeConfig, parse_alerts, parse_models, parse_probe
+from app.config_routing import (
+    AlertConfig,
+    Hedge,
+    ModelAlias,
+    ProbeConfig,
+    parse_alerts,
+    parse_hedge,
+    parse_models,
+    parse_probe,
+)
 from app.jsontext import encodable
 from app.passwords import password_hash, password_mark
 from app.version import __version__
@@ -46,6 +55,7 @@ RESERVED_HEADERS = {
 }
 # Always used with fullmatch: `$` would also match before a final newline ("X-Foo\n").
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+RESUME_MODES = ("none", "prefill", "continue")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -68,6 +78,7 @@ class GatewayConfig:
     body_timeout: float = 30.0  # the whole request body must arrive within this long after its headers
     probe_interval: float = 60.0  # seconds between health probes of an upstream with `probe` set (jittered)
     auto_disable_after: int = 3  # 401/403 answers in a row that take a token out until a probe passes (0: never)
+    max_resumes: int = 2  # times one stream may be resumed after a mid-stream break (upstreams with `resume`)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class UpstreamConfig:
     responses: str = "translate"  # /v1/responses: "native" (passed through) or "translate" (onto chat completions)
     drop_builtin_tools: bool = False  # translating: drop built-in tools (web_search, ...) instead of a 400
     probe: ProbeConfig | None = None  # background health probe of the tokens; None: off
+    hedge: Hedge | None = None  # hedge_after / max_hedges: a second attempt when the first event is late
+    resume: str = "none"  # a stream broken mid-way goes on elsewhere: "none", "prefill" or "continue"
 
 
 @dataclass(frozen=True)
@@ -331,13 +344,14 @@ def _parse_gateway(reader: Reader, raw: Any) -> GatewayConfig:
         body_timeout=reader.number(raw, "gateway", "body_timeout", 30.0),
         probe_interval=reader.number(raw, "gateway", "probe_interval", 60.0),
         auto_disable_after=reader.integer(raw, "gateway", "auto_disable_after", 3, minimum=0),
+        max_resumes=reader.integer(raw, "gateway", "max_resumes", 2, minimum=0, maximum=10),
     )
 
 
 _UPSTREAM_KEYS = {
     "name", "base_url", "tokens", "tokens_env", "models", "user_agent",
     "headers", "proxy", "connect_timeout", "read_timeout", "inject_usage", "first_byte_timeout", "idle_timeout",
-    "responses", "drop_builtin_tools", "api", "anthropic_version", "probe",
+    "responses", "drop_builtin_tools", "api", "anthropic_version", "probe", "hedge_after", "max_hedges", "resume",
 }  # fmt: skip
 
 
@@ -370,6 +384,8 @@ def _parse_upstream(reader: Reader, raw: Any, where: str, env: Mapping[str, str]
         responses=reader.choice(raw, where, "responses", "translate", ("native", "translate")),
         drop_builtin_tools=reader.boolean(raw, where, "drop_builtin_tools", False),
         probe=parse_probe(reader, raw, where),
+        hedge=parse_hedge(reader, raw, where),
+        resume=reader.choice(raw, where, "resume", "none", RESUME_MODES),
     )
 
 

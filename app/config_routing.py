@@ -36,12 +36,21 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Hedge:
+    """`hedge_after` / `max_hedges`: one more attempt when the first event is late (docs/resilience.md)."""
+
+    after: float | None = None  # seconds without a first event; None: the target's recent p95
+    max_hedges: int = 1  # extra attempts at most, within max_attempts and the deadline
+
+
+@dataclass(frozen=True)
 class ModelAlias:
     name: str
     targets: tuple[Target, ...]
     strategy: str = "ordered"
     fallbacks: tuple[str, ...] = ()  # tried when every target failed
     context_fallbacks: tuple[str, ...] = ()  # tried instead when the upstream says the context is too long
+    hedge: Hedge | None = None  # overrides the targets' upstreams' hedging
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,22 @@ def parse_probe(reader: Reader, raw: dict, where: str) -> ProbeConfig | None:
     raise reader.error(f"{where}.probe", 'must be "models" or a table { model = "...", max_tokens = 1 }')
 
 
+def parse_hedge(reader: Reader, raw: dict, where: str) -> Hedge | None:
+    """`hedge_after = 2.5` (seconds) or `"p95"`, with `max_hedges` (1-5); no hedge_after: off."""
+    value = raw.get("hedge_after")
+    if value is None:
+        if "max_hedges" in raw:
+            raise reader.error(f"{where}.max_hedges", "needs hedge_after")
+        return None
+    if value == "p95":
+        after = None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise reader.error(f"{where}.hedge_after", 'must be a positive number of seconds or "p95"')
+    else:
+        after = float(value)
+    return Hedge(after, reader.integer(raw, where, "max_hedges", 1, minimum=1, maximum=5))
+
+
 def parse_models(reader: Reader, raw: Any, upstreams: Sequence[Any]) -> tuple[ModelAlias, ...]:
     """The [[models]] tables, checked against the configured upstreams and each other."""
     if raw is None:
@@ -99,7 +124,9 @@ def parse_models(reader: Reader, raw: Any, upstreams: Sequence[Any]) -> tuple[Mo
 def _alias(reader: Reader, raw: Any, where: str, upstreams: dict[str, Any]) -> ModelAlias:
     if not isinstance(raw, dict):
         raise reader.error(where, "must be a table")
-    reader.no_unknown(raw, where, {"name", "strategy", "targets", "fallbacks", "context_fallbacks"})
+    reader.no_unknown(
+        raw, where, {"name", "strategy", "targets", "fallbacks", "context_fallbacks", "hedge_after", "max_hedges"}
+    )
     name = reader.string(raw, where, "name", required=True)
     if len(name) > MAX_MODEL_NAME or any(c.isspace() or ord(c) < 0x20 for c in name):
         raise reader.error(f"{where}.name", f"must be at most {MAX_MODEL_NAME} characters without spaces")
@@ -112,6 +139,7 @@ def _alias(reader: Reader, raw: Any, where: str, upstreams: dict[str, Any]) -> M
         strategy=reader.choice(raw, where, "strategy", "ordered", STRATEGIES),
         fallbacks=tuple(reader.string_list(raw, where, "fallbacks", [])),
         context_fallbacks=tuple(reader.string_list(raw, where, "context_fallbacks", [])),
+        hedge=parse_hedge(reader, raw, where),
     )
 
 

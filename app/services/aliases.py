@@ -37,6 +37,7 @@ def resolve(config: Config, name: str) -> Hop | None:
         _hops(config, alias.fallbacks),
         _hops(config, alias.context_fallbacks),
         alias=True,
+        hedge=alias.hedge,
     )
 
 

@@ -112,6 +112,26 @@ class Attempts:
         self.current: _Current | None = None
         self.max_attempts = call.max_attempts or settings.max_attempts
         self._queue_deadline: float | None = None
+        self._continuations: list[Attempts] = []
+
+    def continuation(self, call: UpstreamCall) -> Attempts:
+        """The retry loop of a resumed stream's next part (app/services/resume.py): `call` with its own
+        max_attempts, on tokens this request has not tried yet, within the same deadline; its attempts show up
+        in this loop's records, and `finish()` here ends its in-flight attempt too."""
+        loop = Attempts(self.selector, self.transport, self.settings, call, self.deadline)
+        loop.records, loop.tried = self.records, self.tried
+        self._continuations.append(loop)
+        return loop
+
+    def broke(self, accepted: Accepted, outcome: Outcome) -> None:
+        """The accepted attempt's stream broke after the commit and is being resumed: its record says how (the
+        token is not blamed: a stream that is not resumed is not either), and it leaves the in-flight counts."""
+        status = accepted.response.status_code
+        self.records.append(
+            Attempt(accepted.upstream.name, accepted.token.id, status, outcome.value, 0.0, outcome,
+                    accepted.choice.route.model)
+        )  # fmt: skip
+        self.finish()
 
     def advance(self, until: float) -> Accepted | Failed | None:
         """Work until an outcome (Accepted or Failed) or `until`; None means still waiting."""
@@ -353,6 +373,8 @@ class Attempts:
         leaves the in-flight counts. Safe to call more than once, or with nothing accepted."""
         live, self._live = self._live, ()
         self.selector.load.end(*live)
+        for loop in self._continuations:
+            loop.finish()
 
 
 _KEEP_WAITING = object()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.config import UpstreamConfig
+from app.config_routing import Hedge
 from app.dialects.base import Dialect, Leg
 from app.services.load import target_key
 
@@ -45,6 +46,7 @@ class Hop:
     fallbacks: tuple[Hop, ...] = ()
     context_fallbacks: tuple[Hop, ...] = ()
     alias: bool = False  # `name` is a configured alias ([[models]]), not a model an upstream serves
+    hedge: Hedge | None = None  # the alias's hedging, overriding its upstreams'
 
     def upstreams(self) -> list[UpstreamConfig]:
         return list({r.upstream.name: r.upstream for r in self.routes}.values())

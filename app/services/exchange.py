@@ -9,6 +9,7 @@ memory) and ends when the stream ends, breaks, or the exchange is closed.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import socket
@@ -21,6 +22,7 @@ import requests
 import urllib3
 
 from app.errors import StreamBroken
+from app.services import sse
 from app.services.sse import Splitter
 
 QUEUE_EVENTS = 64
@@ -160,7 +162,20 @@ def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
             raise StreamBroken("upstream_stream_error", f"An upstream event exceeded {MAX_EVENT_BYTES} bytes.")
     tail = splitter.tail()
     if tail is not None:
+        if not whole_event(tail):  # the connection closed inside an event: never pass on half of it
+            raise StreamBroken("upstream_stream_error", "The upstream connection closed in the middle of an event.")
         yield tail  # a final event without its blank line: complete it
+
+
+def whole_event(raw: bytes) -> bool:
+    """Whether an event that came without its blank line is whole: its data (if any) is `[DONE]` or JSON."""
+    try:
+        data = sse.parse(raw).data
+        if data is not None and data.strip() != "[DONE]":
+            json.loads(data)
+    except ValueError:  # also a UnicodeDecodeError: cut inside a multi-byte character
+        return False
+    return True
 
 
 def iter_chunks(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:

@@ -68,8 +68,19 @@ def test_events_split_across_reads_are_reassembled_and_coalesced_reads_are_split
     assert list(iter_events(reader(chunks))) == [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
 
 
-def test_a_trailing_event_without_blank_line_is_completed():
-    assert list(iter_events(reader([b"data: last"]))) == [b"data: last\n\n"]
+@pytest.mark.parametrize("tail", [b'data: {"last": 1}', b"data: [DONE]", b"event: ping", b": comment"])
+def test_a_trailing_event_without_blank_line_is_completed(tail):
+    assert list(iter_events(reader([tail]))) == [tail + b"\n\n"]
+
+
+@pytest.mark.parametrize(
+    "tail", [b'data: {"choices": [{"delta": {"content": "caf', 'data: {"a": "caf\u00e9"}'.encode()[:-4], b"data: last"]
+)
+def test_a_connection_closed_inside_an_event_breaks_the_stream_instead_of_passing_half_of_it(tail):
+    events = iter_events(reader([b'data: {"whole": 1}\n\n', tail]))
+    assert next(events) == b'data: {"whole": 1}\n\n'
+    with pytest.raises(StreamBroken, match="middle of an event"):
+        next(events)
 
 
 class FakeRaw:
