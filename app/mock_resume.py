@@ -8,8 +8,14 @@ real model would continue). A prefill that is not a prefix gets the whole reply.
 Faults count a stream's events from 0 the same way on every dialect (chat chunks; Responses and Messages typed
 events; comments, noise and `[DONE]` are not events): `cut_mid_event: N` sends the first half of event N's bytes
 and closes the connection; `cut_mid_char: N` closes it inside event N's first multi-byte UTF-8 character (with
-`multibyte` on every reply word has one; an event without one is cut in its middle instead). A token
-`slowfirst<MS>-...` delays the first event by MS milliseconds.
+`multibyte` on every reply word has one; an event without one is cut in its middle instead).
+
+Token prefixes switch a fault on for every request made with that token (a resume or a hedge goes to another
+token, which stays healthy): `slowfirst<MS>-` delays the first event by MS milliseconds; `cut<N>-` is
+`drop_after: N` (N whole events, then the connection is shut down without the stream's end: no `[DONE]`,
+`message_stop` or `response.completed`, and no terminating zero-length chunk either, so an HTTP client sees an
+aborted body, not a clean end); `cutevent<N>-` is `cut_mid_event: N`, `cutchar<N>-` `cut_mid_char: N`,
+`stall<N>-` `stall_after: N` for 30 s, `errorafter<N>-` `error_after: N`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,16 @@ from typing import Any
 # Every word has a multi-byte UTF-8 character (2, 3 and 4 bytes), so a cut can fall inside one in any delta.
 MULTIBYTE_REPLY = "Héllo from café naïve 日本 señor Größe 🚀 über."
 SLOWFIRST = re.compile(r"slowfirst(\d{1,6})-")
+STALL_SECONDS = 30.0
+# `<name><N>-` token prefixes and the options each switches on ("cut" needs the digit next: not "cutevent").
+NUMBERED: tuple[tuple[re.Pattern[str], Callable[[int], dict]], ...] = (
+    (SLOWFIRST, lambda ms: {"first_delay": ms / 1000}),
+    (re.compile(r"cut(\d{1,4})-"), lambda n: {"drop_after": n}),
+    (re.compile(r"cutevent(\d{1,4})-"), lambda n: {"cut_mid_event": n}),
+    (re.compile(r"cutchar(\d{1,4})-"), lambda n: {"cut_mid_char": n}),
+    (re.compile(r"stall(\d{1,4})-"), lambda n: {"stall_after": n, "stall": STALL_SECONDS}),
+    (re.compile(r"errorafter(\d{1,4})-"), lambda n: {"error_after": n}),
+)
 
 
 def multibyte_words(count: int) -> list[str]:
@@ -83,14 +99,15 @@ def generated(words: list[str]) -> int:
 
 
 def token_faults(token: str, table: dict[str, dict]) -> dict:
-    """The options a token's prefix switches on: the fixed `table`, or `slowfirst<MS>-` (first event after MS)."""
+    """The options a token's prefix switches on: the fixed `table`, or a numbered prefix (`NUMBERED`)."""
     faults: dict = {}
     for prefix, options in table.items():
         if token.startswith(prefix):
             faults.update(options)
-    slow = SLOWFIRST.match(token)
-    if slow is not None:
-        faults["first_delay"] = int(slow.group(1)) / 1000
+    for pattern, options_of in NUMBERED:
+        found = pattern.match(token)
+        if found is not None:
+            faults.update(options_of(int(found.group(1))))
     return faults
 
 

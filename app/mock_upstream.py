@@ -21,7 +21,7 @@ Two options (per model, or per request in `"mock"`): `context_window: N` answers
 Responses and Messages, streamed or not, before any event (app/mock_models.py). Every answer names the model the
 request named, exactly.
 Continuable replies (a final assistant message that is a prefix of the reply gets the rest), `error_after`,
-`cut_mid_event`, `cut_mid_char`, `multibyte` and the `slowfirst<MS>-` token prefix: app/mock_resume.py.
+`cut_mid_event`, `cut_mid_char`, `multibyte` and the token prefixes `cut3-`, `slowfirst800-`...: app/mock_resume.py.
 The Responses API (`/v1/responses` and its stored-response routes) is app/mock_responses.py; images,
 audio, moderations and rerank (multipart bodies recorded as their fields and file sizes) app/mock_media.py;
 the Anthropic Messages API (`/v1/messages`, count_tokens, the models list asked with x-api-key) app/mock_messages.py.

@@ -122,6 +122,17 @@ def test_prefill_text_is_the_final_assistant_text(messages, text):
         ("slowfirst-abc", {}),
         ("slow-abc", {"first_delay": 30.0}),
         ("good-abc", {}),
+        ("cut3-abc", {"drop_after": 3}),
+        ("cut0-abc", {"drop_after": 0}),
+        ("cutevent3-abc", {"cut_mid_event": 3}),
+        ("cutchar12-abc", {"cut_mid_char": 12}),
+        ("stall3-abc", {"stall_after": 3, "stall": 30.0}),
+        ("stallhead-abc", {"header_delay": 30.0}),
+        ("errorafter3-abc", {"error_after": 3}),
+        ("errorfirst-abc", {"error_first": True}),
+        ("cut-abc", {}),
+        ("cutevent-abc", {}),
+        ("good-cut3-abc", {}),  # a prefix, not anywhere in the token
     ],
 )
 def test_token_faults(token, faults):
@@ -282,3 +293,50 @@ def test_a_slowfirst_token_delays_the_first_event(client, dialect, stream):
         assert next(chunks).startswith(b":")
     assert next(chunks) and time.monotonic() - started >= 0.15
     reply.close()
+
+
+def terminal(dialect: str, raw: bytes) -> bool:
+    """Whether the stream's own end arrived: `[DONE]`, `response.completed` or `message_stop`."""
+    marker = {"chat": b"data: [DONE]", "responses": b"event: response.completed", "messages": b"event: message_stop"}
+    return marker[dialect] in raw
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+@pytest.mark.parametrize("n", [0, 3])
+def test_a_cut_token_drops_after_n_events(client, mock, dialect, n):
+    sock = FakeSocket()
+    raw = post(client, dialect, body_of(dialect, stream=True), sock, token=f"cut{n}-abc").get_data()
+    assert sock.shut and len(complete_events(raw)) == n and not terminal(dialect, raw)
+    assert mock.stats.streams_dropped == 1
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+def test_a_cutevent_token_cuts_inside_event_n(client, dialect):
+    sock = FakeSocket()
+    raw = post(client, dialect, body_of(dialect, stream=True), sock, token="cutevent3-abc").get_data()
+    assert sock.shut and not raw.endswith(b"\n\n") and len(complete_events(raw)) == 3
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+def test_a_cutchar_token_cuts_inside_a_character(client, dialect):
+    sock = FakeSocket()
+    body = body_of(dialect, stream=True, mock={"multibyte": True})
+    raw = post(client, dialect, body, sock, token=f"cutchar{TEXT_EVENT[dialect]}-abc").get_data()
+    assert sock.shut and raw[-1] >= 0xC0 and len(complete_events(raw)) == TEXT_EVENT[dialect]
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+def test_a_stall_token_pauses_before_event_n(client, monkeypatch, dialect):
+    monkeypatch.setattr("app.mock_resume.STALL_SECONDS", 0.1)  # the real stall is 30 s
+    raw = post(client, dialect, body_of(dialect, stream=True), token="stall3-abc").get_data()
+    stamps = [e["mock_ts"] for e in complete_events(raw)]
+    assert stamps[3] - stamps[2] >= 0.1 and stamps[2] - stamps[0] < 0.1 and terminal(dialect, raw)
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+def test_an_errorafter_token_sends_an_error_event_after_n(client, dialect):
+    raw = post(client, dialect, body_of(dialect, stream=True), token="errorafter3-abc").get_data()
+    events = complete_events(raw)
+    assert len(events) == 4 and not terminal(dialect, raw)
+    failed = ["error" in e or e.get("type") == "error" for e in events]  # chat: {"error": ...}; else type "error"
+    assert failed == [False, False, False, True]
