@@ -78,6 +78,7 @@ def _stream_finish(line: RequestLine, attempts: Attempts, client: ClientSocket) 
         client.reset()
         line.usage = stats.usage or {}
         line.first_byte = stats.first_event_at
+        line.resumes = stats.resumes
         line.upstream = ",".join(dict.fromkeys(a.upstream for a in attempts.records)) or "-"
         try:
             line.finish(200, stats.outcome, stats.bytes_sent)
@@ -93,6 +94,7 @@ def _limits(outcome: Accepted | None, attempts: Attempts, gateway: GatewayConfig
         idle_timeout=_idle_timeout(outcome, attempts, gateway),
         deadline=attempts.deadline,
         drain=gateway.on_client_disconnect == "drain",
+        max_resumes=gateway.max_resumes,
     )
 
 

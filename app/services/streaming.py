@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.aborts import BodyCut
@@ -19,6 +19,8 @@ from app.errors import StreamBroken
 from app.services import lifecycle
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.services.outcomes import Outcome
+from app.services.resume import BREAKS, Resumer
+from app.services.resume import broke as note_break
 from app.storage.db import StorageError
 
 log = logging.getLogger("sluice.streaming")
@@ -34,6 +36,7 @@ class StreamStats:
     usage: dict[str, int] | None = None
     first_event_at: float | None = None  # time.monotonic() of the first write
     started: bool = False
+    resumes: list[str] = field(default_factory=list)  # why each resume of the stream was made
 
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -45,6 +48,7 @@ class StreamLimits:
     idle_timeout: float
     deadline: float  # absolute time (the clock's)
     drain: bool  # on client disconnect, read the upstream to its end (bounded by deadline)
+    max_resumes: int = 0  # [gateway] max_resumes: continuations of a broken stream (upstreams with `resume`)
 
 
 class StreamBody:
@@ -73,10 +77,13 @@ class StreamBody:
         self.attempts, self.accepted, self.on_finish = attempts, accepted, on_finish
         self.limits, self.clock, self.keepalive, self.on_accept = limits, clock, keepalive, on_accept
         self.relay = accepted.leg.relay() if accepted is not None else None
+        self.resumer: Resumer | None = None
         # Told, before each write, by when the write must be done (the deadline or the shutdown's).
         self.before_write = before_write
         self.stats = StreamStats()
         self._draining = False
+        if accepted is not None:
+            self._accepted(accepted)
         self._events = self._run()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -102,7 +109,10 @@ class StreamBody:
                 yield self._written(self.keepalive)  # commit now; retries go on behind the heartbeats
                 yield from self._wait_for_acceptance()
             relay = self.relay
-            for event in self._upstream_events():
+            for event in self._source():
+                if event is None:  # a continuation is being sought: the client waits behind heartbeats
+                    yield self._written(self.keepalive)
+                    continue
                 for out in _relayed(relay.feed, event):
                     self.stats.events += 1
                     yield self._written(out)
@@ -155,9 +165,81 @@ class StreamBody:
                 raise StreamBroken(outcome.error.code or "upstream_error", outcome.error.message)
             self.accepted = outcome
             self.relay = outcome.leg.relay()
+            self._accepted(outcome)
             if self.on_accept is not None:
                 self.on_accept(outcome)
             return
+
+    def _accepted(self, accepted: Any) -> None:
+        """The stream's first accepted attempt: it may be resumed when its upstream says so."""
+        if self.attempts is not None and self.keepalive is not None and self.limits.max_resumes > 0:
+            self.resumer = Resumer(accepted, self.attempts.call, self.limits.max_resumes, self.limits.deadline)
+            self.stats.resumes = self.resumer.reasons
+
+    def _source(self) -> Iterator[bytes | None]:
+        """The upstream's events for the relay; with resume on, a resumable break is followed by the
+        continuation's events (spliced into the same stream), and None while a continuation is sought."""
+        resumer = self.resumer
+        if resumer is None or not resumer.enabled:
+            yield from self._upstream_events()
+            return
+        while True:
+            held: bytes | None = None
+            try:
+                for event in self._upstream_events():
+                    if resumer.is_error(event):
+                        call, why = resumer.plan("error_event", self.clock())
+                        if call is not None:
+                            held = event
+                            break
+                        resumer.refused(why, self.accepted.upstream.name)
+                    yield from resumer.feed(event)
+                else:
+                    if getattr(self.relay, "done", True):
+                        return
+                    call, why = resumer.plan("ended_early", self.clock())
+                    if call is None:
+                        resumer.refused(why, self.accepted.upstream.name)
+                        return  # the relay's end() says it ended cut short, as without resume
+                code, broken = ("error_event" if held is not None else "ended_early"), None
+            except StreamBroken as exc:
+                call, why = resumer.plan(exc.code, self.clock())
+                if call is None:
+                    resumer.refused(why, self.accepted.upstream.name)
+                    raise
+                code, broken = exc.code, exc
+            resumed = yield from self._resume(call, code)
+            if not resumed:  # no continuation: the stream ends as it would have without resume
+                if broken is not None:
+                    raise broken
+                if held is not None:
+                    yield from resumer.feed(held)
+                return
+
+    def _resume(self, call: Any, code: str) -> Generator[None, None, bool]:
+        """Run the continuation's retry loop behind heartbeats; True once it is accepted (it is then
+        `self.accepted`), False when it failed."""
+        resumer, broken = self.resumer, self.accepted
+        assert resumer is not None and broken is not None
+        note_break(self.attempts, broken, code)
+        broken.exchange.close()
+        self.accepted, self.attempts = None, self.attempts.continuation(call)
+        while True:
+            outcome = self.attempts.advance(until=min(self.clock() + self.limits.heartbeat_interval,
+                                                      shutdown_deadline()))  # fmt: skip
+            if outcome is None:
+                if self.clock() >= shutdown_deadline():
+                    self.attempts.abandon(Outcome.SERVER_SHUTDOWN)
+                    raise StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
+                yield None
+                continue
+            if hasattr(outcome, "error"):
+                resumer.refused(f"failed:{outcome.error.code or outcome.error.status}", broken.upstream.name)
+                self.accepted = broken  # closed: what is left of it is the stream's end, as without resume
+                return False
+            self.accepted = outcome
+            resumer.resumed(BREAKS[code][0], outcome)
+            return True
 
     def _upstream_events(self) -> Iterator[bytes]:
         """The accepted upstream's events: the ones read before acceptance, then the rest as they come."""
@@ -199,7 +281,8 @@ class StreamBody:
                 message = exchange.next(until - now)
                 if message is None or message.kind != "event":
                     break
-                self.relay.feed(message.value)
+                for event in self.resumer.feed(message.value) if self.resumer is not None else (message.value,):
+                    self.relay.feed(event)
                 self.stats.usage = self.relay.usage
         except Exception:  # the thread's last stop: logged (redacted) here; the record is still written
             log.exception("draining the upstream after a client disconnect failed")
