@@ -19,6 +19,7 @@ from flask import Flask, Response, g, request
 
 from app import process
 from app.services.headers import resolve_request_id
+from app.services.outcomes import Outcome
 from app.storage.limits import format_reset
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class RequestLine:
     streaming: bool = False
     upstream: str = "-"
     attempts: list[Attempt] = field(default_factory=list)
+    resumes: list[str] = field(default_factory=list)  # why each mid-stream resume was made (app/services/resume.py)
     usage: dict[str, int] = field(default_factory=dict)
     first_byte: float | None = None  # monotonic time of the first byte to the client
     admission: Any = None  # limits.Admission for managed keys
@@ -66,13 +68,25 @@ class RequestLine:
             self.bytes_sent = bytes_sent
         log.info(
             "request request_id=%s client=%s method=%s path=%s key=%s model=%s stream=%s upstream=%s "
-            "status=%s outcome=%s attempts=%d latency_ms=%d bytes=%d",
+            "status=%s outcome=%s attempts=%d latency_ms=%d bytes=%d%s",
             self.request_id, _clean(self.client), self.method, _clean(self.path), _clean(self.key),
             _clean(self.model), str(self.streaming).lower(), self.upstream, status, outcome,
-            len(self.attempts), self.elapsed_ms(), self.bytes_sent,
+            len(self.attempts), self.elapsed_ms(), self.bytes_sent, self.resilience(),
         )  # fmt: skip
         if self.on_end is not None:
             self.on_end(self)
+
+    def resilience(self) -> str:
+        """The line's hedging and resume fields, when there were any: " hedges=N hedge_won=0|1" (hedges started,
+        and whether one gave the answer) and " resumed=N resume=reason,...". Empty otherwise."""
+        text = ""
+        hedges = sum(1 for a in self.attempts if a.hedge)
+        if hedges:
+            won = any(a.hedge and a.outcome is Outcome.OK for a in self.attempts)
+            text += f" hedges={hedges} hedge_won={int(won)}"
+        if self.resumes:
+            text += f" resumed={len(self.resumes)} resume={','.join(self.resumes)}"
+        return text
 
     def finish_response(self, status: int, bytes_sent: int) -> None:
         """Finish with the outcome an error handler named, else "ok" or "error" by status."""

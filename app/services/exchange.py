@@ -50,6 +50,9 @@ class Exchange:
         self._send, self._streaming, self._sse = send, streaming, sse
         self._queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_EVENTS)
         self._closed = threading.Event()
+        # Set after each message is queued, when one side waits on several exchanges at once (hedging):
+        # it clears the event, polls each exchange with next(0), then waits on the event.
+        self.waker: threading.Event | None = None
         self.response: requests.Response | None = None
         self._reader = _spawn(self._run)
 
@@ -95,9 +98,12 @@ class Exchange:
         while not self._closed.is_set():
             try:
                 self._queue.put(message, timeout=0.5)
-                return True
             except queue.Full:
                 continue
+            waker = self.waker
+            if waker is not None:
+                waker.set()
+            return True
         return False
 
     def _run(self) -> None:

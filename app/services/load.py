@@ -3,16 +3,21 @@
 Each worker counts its own requests exactly (in memory); a background chore reports them to
 the shared store and reads back the other workers' reports (`merge`), so `inflight(key)` is
 the deployment-wide count as of the last second or two plus this worker's live one. Keys:
-`token_key(token_id)` and `target_key(upstream, model)`.
+`token_key(token_id)` and `target_key(upstream, model)`. Next to them, per target, a short ring of recent samples for
+`ttfe_p95` (the hedge delay "p95", app/services/attempts.py).
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 EWMA_WEIGHT = 0.3  # of the newest sample: recent enough to notice a slowdown within a few requests
+RING_SIZE = 64  # samples kept per key for the p95: recent, and cheap to sort
+MIN_SAMPLES = 20  # below this a 95th percentile is one outlier's value: no p95 yet
 
 
 def token_key(token_id: str) -> str:
@@ -33,6 +38,7 @@ class Load:
     def __init__(self) -> None:
         self._mine: dict[str, _Stat] = {}
         self._others: Mapping[str, tuple[int, float | None]] = {}
+        self._rings: dict[str, deque[float]] = {}  # not in `snapshot`: the load table is unchanged
         self._lock = threading.Lock()
 
     def begin(self, *keys: str) -> None:
@@ -55,6 +61,24 @@ class Load:
             for key in keys:
                 stat = self._mine.setdefault(key, _Stat())
                 stat.ttfe = seconds if stat.ttfe is None else stat.ttfe + EWMA_WEIGHT * (seconds - stat.ttfe)
+
+    def ttfe_sample(self, seconds: float, key: str) -> None:
+        """A time-to-first-event sample for `ttfe_p95(key)` only (any key, in the load table or not)."""
+        with self._lock:
+            ring = self._rings.get(key)
+            if ring is None:
+                ring = self._rings[key] = deque(maxlen=RING_SIZE)
+            ring.append(seconds)
+
+    def ttfe_p95(self, key: str) -> float | None:
+        """The 95th percentile of the last RING_SIZE samples of `key` (nearest rank), None with fewer than
+        MIN_SAMPLES. This worker's samples only: the other workers report their EWMA, not their samples."""
+        with self._lock:
+            ring = self._rings.get(key)
+            samples = sorted(ring) if ring is not None and len(ring) >= MIN_SAMPLES else None
+        if samples is None:
+            return None
+        return samples[math.ceil(0.95 * len(samples)) - 1]
 
     def inflight(self, key: str) -> int:
         """Requests in flight on `key` across every worker (others as last reported)."""

@@ -47,6 +47,10 @@ DURATION = Histogram("sluice_request_duration_seconds", "Client request duration
                      buckets=BUCKETS)  # fmt: skip
 BACKGROUND_ERRORS = Counter("sluice_background_errors_total", "Background chores that raised (they carry on)",
                             ["chore"])  # fmt: skip
+# result: started | won (the accepted attempt was a hedge) | lost (a hedge closed because another attempt won).
+HEDGES = Counter("sluice_hedges_total", "Hedged attempts (issue 14) by upstream and result", ["upstream", "result"])
+# result: resumed | refused (a broken stream that could not be resumed).
+RESUMES = Counter("sluice_resumes_total", "Mid-stream resumes by upstream and result", ["upstream", "result"])
 # Each worker sets its own breakers' view; "livemax": open if open in any live worker.
 BREAKER_OPEN = Gauge("sluice_upstream_breaker_open", "1 while a worker's circuit breaker of the upstream is open",
                      ["upstream"], multiprocess_mode="livemax")  # fmt: skip

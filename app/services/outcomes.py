@@ -43,6 +43,7 @@ class Outcome(Enum):
     DEADLINE = "deadline"
     SERVER_SHUTDOWN = "server_shutdown"
     ABORTED = "error"
+    HEDGE_LOST = "hedge_lost"  # closed because another attempt of the same request decided it (hedging)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ POLICY: Mapping[Outcome, Policy] = {
                                Outcome.FIRST_BYTE_TIMEOUT, Outcome.STREAM_BROKEN, Outcome.EMPTY_STREAM,
                                Outcome.ERROR_EVENT)},
     **{o: _NO_VERDICT for o in (Outcome.CLIENT_DISCONNECT, Outcome.DEADLINE, Outcome.SERVER_SHUTDOWN,
-                                Outcome.ABORTED)},
+                                Outcome.ABORTED, Outcome.HEDGE_LOST)},
 }  # fmt: skip
 AUTH_OUTCOMES = frozenset({Outcome.UNAUTHORIZED, Outcome.FORBIDDEN})
 
