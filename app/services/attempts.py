@@ -172,7 +172,7 @@ class Attempts:
                         return waited  # type: ignore[return-value]
                     continue
                 self.selector.leave_queue(self)
-                self._start(choice, now)
+                self._start(choice)
             outcome = self._wait(until) if len(self.running) == 1 else self._wait_many(until)
             if outcome is not _KEEP_WAITING:
                 return outcome  # type: ignore[return-value]
@@ -211,13 +211,14 @@ class Attempts:
             return None
         return _KEEP_WAITING
 
-    def _start(self, choice: Choice, now: float, hedge: bool = False) -> None:
+    def _start(self, choice: Choice, hedge: bool = False) -> None:
         self.tried.setdefault(choice.route.key, set()).add(choice.token.id)
         self.hop_attempts += 1
         first_byte = choice.upstream.first_byte_timeout or self.settings.first_byte_timeout
         leg = self.call.leg(choice.route)
         exchange = self.transport.open(self.call, choice.upstream, choice.token.value, leg)
         self.selector.load.begin(*choice.load_keys())  # ended when the attempt fails, or by finish()
+        now = self.clock()  # after picking (which may read the store): its timers count from its request
         self.running.append(_Current(choice, leg, exchange, now, first_byte, now + first_byte, hedge))
         self._hedge_at = self._next_hedge(now)
 
@@ -238,7 +239,7 @@ class Attempts:
             after = min(p95, primary.first_byte_timeout)
         return now + after
 
-    def _hedge(self, now: float) -> None:
+    def _hedge(self) -> None:
         """Start one more attempt beside the late ones: another token of the primary's route first (pick skips
         the tokens tried on it), else the next route in the hop's order."""
         route = self.running[0].choice.route
@@ -249,7 +250,7 @@ class Attempts:
             return
         self.hedges += 1
         metrics.HEDGES.labels(upstream=choice.upstream.name, result="started").inc()
-        self._start(choice, now, hedge=True)
+        self._start(choice, hedge=True)
         if self._waker is None:
             self._waker = threading.Event()
         for current in self.running:
@@ -288,7 +289,7 @@ class Attempts:
         if late is not None:
             return self._attempt_failed(late, self.transport.fault(Outcome.FIRST_BYTE_TIMEOUT))
         if now >= self._hedge_at:
-            self._hedge(now)
+            self._hedge()
             return _KEEP_WAITING
         return None if now >= until else _KEEP_WAITING
 
