@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.dialects.base import Dialect, Relay, Usage, Verdict
+from app.dialects.resume_messages import MessagesTranscript
 from app.errors import ApiError, StreamBroken
 from app.services import sse
 
@@ -80,6 +81,9 @@ class AnthropicWire(Dialect):
 
     def error_body(self, error: ApiError) -> dict[str, Any]:
         return error_body(error.message, error_type(error.status))
+
+    def transcript(self) -> MessagesTranscript:
+        return MessagesTranscript()
 
 
 def _is_error(raw: bytes) -> bool:

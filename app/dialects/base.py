@@ -24,6 +24,7 @@ from app.jsontext import JsonError, loads_object
 
 if TYPE_CHECKING:
     from app.config import UpstreamConfig
+    from app.dialects.resume import Transcript
 
 Usage = dict[str, int]
 
@@ -131,6 +132,11 @@ class Dialect:
     def error_body(self, error: ApiError) -> dict[str, Any]:
         """Sluice's own error, in this dialect's shape."""
         return error.body()
+
+    def transcript(self) -> Transcript | None:
+        """A new transcript for one stream from an upstream speaking this dialect, so a break mid-stream can be
+        resumed on another attempt (app/dialects/resume.py); None: this dialect's streams cannot be resumed."""
+        return None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from app.dialects import fields
 from app.dialects.base import ClientRequest, Dialect, Leg, Relay, Usage, Verdict
 from app.dialects.chat_events import DONE, error_event, is_done
 from app.dialects.chat_on_anthropic import chat_leg, refused
+from app.dialects.resume_chat import ChatTranscript
 from app.errors import StreamBroken
 from app.services import sse
 
@@ -84,6 +85,10 @@ class ChatDialect(OpenAIDialect):
 
     def verdict(self, raw: bytes) -> Verdict:
         return chat_verdict(raw)
+
+    def transcript(self) -> ChatTranscript | None:
+        """Only /chat/completions streams can be resumed (a prefill needs messages)."""
+        return ChatTranscript(is_error_event) if self is CHAT else None
 
 
 def chat_verdict(raw: bytes) -> Verdict:

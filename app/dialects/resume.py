@@ -1,0 +1,127 @@
+"""Mid-stream resume, the dialect side: what a broken stream generated, and how its continuation is stitched in.
+
+A `Transcript` watches one client request's upstream events (every attempt's, in order) below the relay. While the
+first attempt streams it only keeps the raw events (parsed lazily, in batches, so the pass-through stays cheap);
+when the stream breaks it says what text the client has (`partial`), builds the continuation's request body with
+that text as the start of the assistant turn (`request`), and rewrites the continuation's events so the relay sees
+one seamless upstream stream (`feed` after `resumed`). Only chat completions and Anthropic Messages upstreams can
+be resumed (app/dialects/resume_chat.py, resume_messages.py); a dialect without one returns None from
+`Dialect.transcript()`.
+
+This module is pure: the contract, and the helpers both transcripts share (the raw-event batch, the body edit,
+usage sums).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+FOLD_EVENTS = 256  # a first attempt's raw events are parsed in batches of this many ...
+FOLD_BYTES = 256 * 1024  # ... or of this size, so a long stream's memory stays bounded
+
+
+@dataclass(frozen=True)
+class Partial:
+    """The text generated so far (what the client has received), or None and why it cannot be resumed."""
+
+    text: str | None
+    why: str = ""  # when text is None: "tool_call", "non_text", "choices", "malformed" ... short, for the log
+
+
+class Transcript(Protocol):
+    """One streamed request's record of its upstream events, for resuming it on another attempt."""
+
+    def is_error(self, raw: bytes) -> bool:
+        """Whether this upstream event is the upstream's own error event (mid-stream)."""
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        """Every upstream event in order, before the relay: the first attempt's unchanged ([raw], the same
+        object); a continuation's rewritten to continue the stream (possibly none). ValueError: unreadable."""
+
+    def partial(self) -> Partial:
+        """The stream broke: the text so far, or why it cannot be resumed."""
+
+    def request(self, body: bytes, mode: str) -> bytes:
+        """The continuation's request body from the first attempt's leg body; mode "prefill" or "continue"."""
+
+    def resumed(self) -> None:
+        """A continuation attempt starts: the next feed() calls are its events."""
+
+
+class Batch:
+    """Raw events kept unparsed until `fold` hands them, in order, to a parser (at the latest every
+    FOLD_EVENTS events or FOLD_BYTES bytes)."""
+
+    def __init__(self, parse: Callable[[bytes], None]) -> None:
+        self.parse = parse
+        self.events: list[bytes] = []
+        self.size = 0
+
+    def add(self, raw: bytes) -> None:
+        self.events.append(raw)
+        self.size += len(raw)
+        if len(self.events) >= FOLD_EVENTS or self.size >= FOLD_BYTES:
+            self.fold()
+
+    def fold(self) -> None:
+        events, self.events, self.size = self.events, [], 0
+        for raw in events:
+            self.parse(raw)
+
+
+def load(body: bytes) -> dict[str, Any]:
+    """A leg body as a JSON object (ValueError when it is not one)."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise ValueError("the request body has no messages list")
+    return data
+
+
+def dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def with_prefill(messages: list[Any], text: str, part_type: str) -> list[Any]:
+    """`messages` with `text` as the start of the assistant's turn: appended to a final assistant message (the
+    client's own prefill: string content concatenated, else its last text part extended or a text part added),
+    else as a new final assistant message. `part_type` names a text part ("text" in both chat and Messages)."""
+    last = messages[-1] if messages else None
+    if not (isinstance(last, dict) and last.get("role") == "assistant"):
+        return [*messages, {"role": "assistant", "content": text}]
+    content = last.get("content")
+    if isinstance(content, str):
+        content = content + text
+    elif isinstance(content, list) and content:
+        content = list(content)
+        tail = content[-1]
+        if isinstance(tail, dict) and tail.get("type") == part_type and isinstance(tail.get("text"), str):
+            content[-1] = {**tail, "text": tail["text"] + text}
+        else:
+            content.append({"type": part_type, "text": text})
+    else:  # no content (None, or an empty list): the text is all of it
+        content = text
+    return [*messages[:-1], {**last, "content": content}]
+
+
+def add_counts(total: dict[str, Any], more: Any) -> dict[str, Any]:
+    """Usage objects added key by key: integers summed, nested objects (token details) added the same way;
+    other values (None, strings) keep the latest non-None one. Neither argument is changed."""
+    if not isinstance(more, dict):
+        return total
+    out = dict(total)
+    for key, value in more.items():
+        have = out.get(key)
+        if _is_int(value) and (_is_int(have) or have is None):
+            out[key] = (have or 0) + value
+        elif isinstance(value, dict):
+            out[key] = add_counts(have if isinstance(have, dict) else {}, value)
+        elif value is not None or key not in out:
+            out[key] = value
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
