@@ -289,8 +289,8 @@ def test_a_plain_request_hedges_too(loop):
 
 
 def test_a_plain_answers_2xx_status_is_its_first_event_and_wins_at_once(loop):
-    attempts, transport = loop({A: Script(headers=0.2, body=0.3), B: Script(headers=NEVER)}, streaming=False)
-    assert run(attempts, 0.35) is None  # A's headers came (after B started), its body not yet
+    attempts, transport = loop({A: Script(headers=0.2, body=0.6), B: Script(headers=NEVER)}, streaming=False)
+    assert run(attempts, 0.4) is None  # A's headers came (after B started), its body not yet
     assert transport.tokens() == [A, B] and transport.opened[1][2].closed
     outcome = run(attempts)
     assert isinstance(outcome, Accepted) and outcome.token.value == A and outcome.body == PLAIN
