@@ -3,8 +3,8 @@
 Each worker counts its own requests exactly (in memory); a background chore reports them to
 the shared store and reads back the other workers' reports (`merge`), so `inflight(key)` is
 the deployment-wide count as of the last second or two plus this worker's live one. Keys:
-`token_key(token_id)` and `target_key(upstream, model)`. Next to them, per target, a short ring of recent samples for
-`ttfe_p95` (the hedge delay "p95", app/services/attempts.py).
+`token_key(token_id)` and `target_key(upstream, model)`. Next to them, per target, a short ring of
+recent samples for `ttfe_p95` (the hedge delay "p95", app/services/attempts.py).
 """
 
 from __future__ import annotations
