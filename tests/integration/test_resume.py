@@ -274,3 +274,36 @@ def test_no_secret_reaches_the_log(stack):
     for token in ("cut3-resume-token-0001", "ok-resume-token-000001", "cut3-claude-token-00001"):
         assert token not in log
     assert re.search(r"resumed=1", log)
+
+
+def test_a_resumed_request_holds_one_slot_and_counts_once(stack):
+    """max_parallel = 1, rpm = 2: while the continuation is sought (4 s) the key's one slot stays taken; the resumed
+    request counts one request, so exactly one more fits in the minute."""
+    mock, gateway = stack
+    body = {"name": f"resume-slots-{time.time_ns()}", "max_parallel": 1, "rpm": 2}
+    created = requests.post(f"{gateway.url}/admin/api/keys", json=body, headers=AUTH, timeout=20)
+    assert created.status_code == 201, created.text
+    key = {"Authorization": f"Bearer {created.json()['key']}"}
+    chat = {"model": "r-slow-continuation", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    url = f"{gateway.url}/v1/chat/completions"
+    stream = requests.post(url, json=chat, headers=key, stream=True, timeout=30)
+    assert stream.status_code == 200
+    time.sleep(1.0)  # cut after 3 events; the continuation waits for its slow first event
+    busy = requests.post(
+        f"{gateway.url}/v1/chat/completions", json={**chat, "model": "r-good"}, headers=key, timeout=30
+    )
+    assert busy.status_code == 429 and "parallel" in busy.text
+    text = "".join(
+        json.loads(data)["choices"][0]["delta"].get("content") or ""
+        for _, data in sse_events(stream) if data != "[DONE]" and json.loads(data).get("choices")
+    )  # fmt: skip
+    assert len(text.split()) == CHUNKS
+    again = requests.post(
+        f"{gateway.url}/v1/chat/completions", json={**chat, "model": "r-good"}, headers=key, timeout=30
+    )
+    assert again.status_code == 200
+    again.close()
+    third = requests.post(
+        f"{gateway.url}/v1/chat/completions", json={**chat, "model": "r-good"}, headers=key, timeout=30
+    )
+    assert third.status_code == 429 and "rate" in third.text.lower()
