@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # bench-only packages (bench/requirements.txt), also needed by the harness's quick-run test
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits node-deps
+.PHONY: run test lint format clean mock services bench bench-deps bench-peers bench-limits node-deps faults
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ $(PEERS)/.installed: bench/requirements-peers.txt
 # Keys, limits and usage records on versus off (the persistent-state issue's harness).
 bench-limits: $(STAMP)
 	$(BIN)/python bench/limits_overhead.py
+
+# Stream faults x streaming dialects x resume/hedging, through gunicorn; writes docs/resilience.md (~1.5 min).
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 mock: $(STAMP)
 	$(BIN)/python -m app.mock_upstream --port 9100
