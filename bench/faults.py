@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/fa
 
 from bench import faults_report
 from bench.faults_client import send, verdict
-from bench.faults_plan import HEDGE_ALIASES, Cell, HedgeRun, cells, gateway_toml, model_options
+from bench.faults_plan import HEDGE_NAMES, HEDGE_RUNS, Cell, HedgeRun, cells, gateway_toml, model_options
 from bench.stack import ROOT, Server, clean_env, free_port, launch, wait_ready
 
 MASTER_KEY = "sk-faults-master-0123456789abcdef"
@@ -87,7 +87,7 @@ def log_counts(text: str) -> dict[str, Counter]:
 
 
 @contextmanager
-def stack(workdir: Path, chosen: Sequence[Cell], hedge: HedgeRun | None, workers: int = 2) -> Iterator[Stack]:
+def stack(workdir: Path, chosen: Sequence[Cell], hedges: Sequence[HedgeRun], workers: int = 2) -> Iterator[Stack]:
     """The mock (per-model multibyte options set) and Sluice under gunicorn, stopped by process group after."""
     port = free_port()
     mock_log = workdir / f"mock-{port}.log"
@@ -96,7 +96,7 @@ def stack(workdir: Path, chosen: Sequence[Cell], hedge: HedgeRun | None, workers
     mock = Server("mock", f"http://127.0.0.1:{port}", launch("mock", cmd, clean_env(), mock_log), mock_log, "")
     try:
         wait_ready(f"{mock.url}/_mock/stats", mock.process, mock_log, 30)
-        gateway = start_gateway(workdir, gateway_toml(mock.url, chosen, hedge, TIMEOUTS), workers)
+        gateway = start_gateway(workdir, gateway_toml(mock.url, chosen, hedges, TIMEOUTS), workers)
         try:
             yield Stack(mock, gateway)
         finally:
@@ -175,21 +175,17 @@ class HedgeResult:
         return bool(self.times["on"]) and self.p("on", 0.95) <= self.bound
 
 
-def run_hedging(
-    st: Stack, run: HedgeRun, requests_each: int, names: Sequence[str] = tuple(HEDGE_ALIASES)
-) -> HedgeResult:
+def run_hedging(st: Stack, run: HedgeRun, requests_each: int, names: Sequence[str] = HEDGE_NAMES) -> HedgeResult:
     """`requests_each` sequential chat streams per alias: fast tokens only, then hedging off, then on."""
     expected = st.expected(False)
     times: dict[str, list[float]] = {}
     verdicts: dict[str, list[tuple[str, str]]] = {}
     for name in names:
-        answers = [
-            send(st.gateway.url, st.key, "chat", HEDGE_ALIASES[name], CLIENT_TIMEOUT) for _ in range(requests_each)
-        ]
+        answers = [send(st.gateway.url, st.key, "chat", run.alias(name), CLIENT_TIMEOUT) for _ in range(requests_each)]
         times[name] = [a.first_event for a in answers if a.first_event is not None]
         verdicts[name] = [verdict(a, expected) for a in answers]
     logged = st.logged()
-    return HedgeResult(run, times, verdicts, {name: logged.get(HEDGE_ALIASES[name], Counter()) for name in names})
+    return HedgeResult(run, times, verdicts, {name: logged.get(run.alias(name), Counter()) for name in names})
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -208,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "resilience.md"), help="the page to write ('' none)")
     parser.add_argument("--faults", nargs="*", help="only these faults (none cut cutevent cutchar stall errorafter)")
     args = parser.parse_args(argv)
-    chosen, run = cells(args.faults), HedgeRun()
+    chosen = cells(args.faults)
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp, stack(Path(tmp), chosen, run) as st:
-        print(f"{len(chosen)} cells x {args.rounds} rounds, then {args.hedge_requests} x 3 hedging streams")
+    with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp, stack(Path(tmp), chosen, HEDGE_RUNS) as st:
+        print(f"{len(chosen)} cells x {args.rounds} rounds, then {args.hedge_requests} streams per hedging alias")
         results = run_cells(st, chosen, args.rounds, args.concurrency)
-        hedged = run_hedging(st, run, args.hedge_requests)
+        hedged = [run_hedging(st, run, args.hedge_requests) for run in HEDGE_RUNS]
     took = time.monotonic() - began
     page = faults_report.render(results, hedged, rounds=args.rounds, took=took, timeouts=TIMEOUTS)
     print(faults_report.summary(results, hedged))
