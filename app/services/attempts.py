@@ -14,14 +14,14 @@ the response writer can commit a stream early and send heartbeats while retries 
 Hedging (issue 14, docs/resilience.md): with `hedge_after` set (the hop's, else the first attempt's
 upstream's), an attempt without a first event after that long gets a hedge beside it, on another token
 (the same upstream first); the first to have its first event wins and the others are closed as
-HEDGE_LOST, without blame. Several running attempts are waited on through one waker event.
+HEDGE_LOST, without blame (the running set and the hedge timers: app/services/hedging.py). A failure
+beside a running attempt waits for it (see `_settle`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +33,7 @@ from app.errors import ApiError, StreamBroken
 from app.services import events, metrics
 from app.services.calls import Hop, UpstreamCall
 from app.services.exchange import Exchange, Message
+from app.services.hedging import Hedging, Running, count
 from app.services.outcomes import Decision, Failure, Outcome
 from app.services.selector import Choice, Selector
 from app.services.tokens import Token
@@ -88,19 +89,6 @@ class Failed:
     error: ApiError
 
 
-@dataclass
-class _Current:
-    choice: Choice
-    leg: Leg
-    exchange: Exchange
-    started: float
-    first_byte_timeout: float
-    first_byte_deadline: float
-    hedge: bool = False
-    response: requests.Response | None = None
-    prefix: list[bytes] = field(default_factory=list)
-
-
 class Attempts:
     def __init__(
         self, selector: Selector, transport: Transport, settings: LoopSettings, call: UpstreamCall, deadline: float
@@ -117,11 +105,8 @@ class Attempts:
         self.failure: Failure | None = None
         self.failure_dialect: Dialect | None = None  # the dialect of the upstream that failed last
         self.overrides = selector.overrides()
-        self.running: list[_Current] = []  # the attempts in progress: one, or more while hedging
-        self.hedges = 0  # hedges started
-        self._hedge_at = math.inf  # when the next hedge starts, unless a running attempt has its first event
-        self._hedging = True  # False once no token was left for a hedge: none for this request then
-        self._waker: threading.Event | None = None  # wakes the wait on several attempts (made for the first hedge)
+        self.hedging = Hedging(selector.load, self.clock)  # the attempts in progress: one, or more while hedging
+        self._decisive: tuple[Failure, Dialect] | None = None  # the first non-retryable failure beside running ones
         self.max_attempts = call.max_attempts or settings.max_attempts
         self._queue_deadline: float | None = None
         self._continuations: list[Attempts] = []
@@ -160,7 +145,7 @@ class Attempts:
                 self.abandon(Outcome.DEADLINE)
                 message = "The request deadline passed before an upstream answered."
                 return Failed(ApiError(504, message, code="deadline_exceeded"))
-            if not self.running:
+            if not self.hedging.running:
                 choice = self._choose()
                 if choice is None:
                     if self._next_hop(self.hop.fallbacks):
@@ -173,7 +158,7 @@ class Attempts:
                     continue
                 self.selector.leave_queue(self)
                 self._start(choice)
-            outcome = self._wait(until) if len(self.running) == 1 else self._wait_many(until)
+            outcome = self._wait(until)
             if outcome is not _KEEP_WAITING:
                 return outcome  # type: ignore[return-value]
 
@@ -217,88 +202,45 @@ class Attempts:
         first_byte = choice.upstream.first_byte_timeout or self.settings.first_byte_timeout
         leg = self.call.leg(choice.route)
         exchange = self.transport.open(self.call, choice.upstream, choice.token.value, leg)
-        self.selector.load.begin(*choice.load_keys())  # ended when the attempt fails, or by finish()
         now = self.clock()  # after picking (which may read the store): its timers count from its request
-        self.running.append(_Current(choice, leg, exchange, now, first_byte, now + first_byte, hedge))
-        self._hedge_at = self._next_hedge(now)
-
-    def _next_hedge(self, now: float) -> float:
-        """When a hedge starts if no running attempt has had its first event by then (inf: never): each
-        hedge waits `hedge_after` from the latest start, so max_hedges > 1 staggers them."""
-        primary = self.running[0]
-        hedge = self.hop.hedge or primary.choice.upstream.hedge
-        if hedge is None or not self._hedging or self.hedges >= hedge.max_hedges:
-            return math.inf
-        if self.hop_attempts >= self.max_attempts:
-            return math.inf
-        after = hedge.after
-        if after is None:  # "p95": the primary's target's recent time to first event, within its first-byte limit
-            p95 = self.selector.load.ttfe_p95(primary.choice.route.load_key)
-            if p95 is None:
-                return math.inf  # too few samples to know what late is
-            after = min(p95, primary.first_byte_timeout)
-        return now + after
+        current = Running(choice, leg, exchange, now, first_byte, now + first_byte, hedge)
+        self.hedging.add(current, self.hop.hedge, room=self.hop_attempts < self.max_attempts)
 
     def _hedge(self) -> None:
         """Start one more attempt beside the late ones: another token of the primary's route first (pick skips
         the tokens tried on it), else the next route in the hop's order."""
-        route = self.running[0].choice.route
-        routes = sorted(self.selector.order(self.hop, self.failed_routes), key=lambda r: r.key != route.key)
+        routes = self.hedging.routes(self.selector.order(self.hop, self.failed_routes))
         choice = self.selector.pick(routes, self.tried, self.overrides, self.call.token_id)
-        if choice is None:
-            self._hedging, self._hedge_at = False, math.inf
-            return
-        self.hedges += 1
-        metrics.HEDGES.labels(upstream=choice.upstream.name, result="started").inc()
-        self._start(choice, hedge=True)
-        if self._waker is None:
-            self._waker = threading.Event()
-        for current in self.running:
-            current.exchange.waker = self._waker
+        if self.hedging.starting(choice):
+            assert choice is not None
+            self._start(choice, hedge=True)
 
     def _wait(self, until: float) -> Accepted | Failed | None | object:
-        """One attempt runs: wait on its exchange alone, until a message or the next timer."""
-        current = self.running[0]
-        now = self.clock()
-        message = current.exchange.next(min(until, current.first_byte_deadline, self.deadline, self._hedge_at) - now)
-        if message is None:
+        """Wait on the running attempts until a message of one of them, or the next timer."""
+        got = self.hedging.wait(until, self.deadline)
+        if got is None:
             return self._timers(until)
-        return self._handle(current, message)
-
-    def _wait_many(self, until: float) -> Accepted | Failed | None | object:
-        """Several attempts run (hedging): the next message of any, else the next timer."""
-        waker = self._waker
-        assert waker is not None
-        waker.clear()  # before polling: a message queued after its poll sets it again, so none is missed
-        for current in self.running:
-            message = current.exchange.next(0)
-            if message is not None:
-                return self._handle(current, message)
-        now = self.clock()
-        wake = min(until, self.deadline, self._hedge_at, *(c.first_byte_deadline for c in self.running))
-        if wake > now and waker.wait(wake - now):
-            return _KEEP_WAITING
-        return self._timers(until)
+        return self._handle(*got)
 
     def _timers(self, until: float) -> Accepted | Failed | None | object:
         """No message came: an attempt's first-byte limit passed, a hedge is due, or the wait is over."""
         now = self.clock()
         if now >= self.deadline:
             return _KEEP_WAITING  # the loop's deadline check answers
-        late = next((c for c in self.running if now >= c.first_byte_deadline), None)
+        late = self.hedging.late(now)
         if late is not None:
             return self._attempt_failed(late, self.transport.fault(Outcome.FIRST_BYTE_TIMEOUT))
-        if now >= self._hedge_at:
+        if now >= self.hedging.due:
             self._hedge()
             return _KEEP_WAITING
         return None if now >= until else _KEEP_WAITING
 
-    def _handle(self, current: _Current, message: Message) -> Accepted | Failed | object:
+    def _handle(self, current: Running, message: Message) -> Accepted | Failed | object:
         if message.kind == "status":
             current.response = message.value
             if not self.call.streaming:
                 current.first_byte_deadline = math.inf  # a plain answer has started: the body gets until the deadline
-                self._first_event(current)
+                self.hedging.first_event(current)
                 self._won(current)  # a plain answer's first event is its 2xx status
             return _KEEP_WAITING
         if message.kind == "failed":
@@ -317,14 +259,7 @@ class Attempts:
             return self._attempt_failed(current, self.transport.fault(kind))
         return self._transport_failed(current, message.value)
 
-    def _first_event(self, current: _Current) -> None:
-        """The attempt's time to its first event (or a plain answer's headers), for the latency strategy and
-        the hedge delay "p95" (kept per target, also for a route that sends no model)."""
-        seconds = self.clock() - current.started
-        self.selector.load.first_event(seconds, *current.choice.load_keys())
-        self.selector.load.ttfe_sample(seconds, current.choice.route.load_key)
-
-    def _stream_event(self, current: _Current, event: bytes) -> Accepted | Failed | object:
+    def _stream_event(self, current: Running, event: bytes) -> Accepted | Failed | object:
         verdict = current.leg.dialect.verdict(event)
         if verdict is Verdict.WAIT:
             current.prefix.append(event)  # comments and keep-alives before the first content
@@ -334,10 +269,10 @@ class Attempts:
         if verdict is Verdict.EMPTY:  # the stream's end before any content: nothing was generated
             return self._attempt_failed(current, self.transport.fault(Outcome.EMPTY_STREAM))
         current.prefix.append(event)
-        self._first_event(current)
+        self.hedging.first_event(current)
         return self._accept(current)
 
-    def _transport_failed(self, current: _Current, exc: Exception) -> Failed | object:
+    def _transport_failed(self, current: Running, exc: Exception) -> Failed | object:
         """The request could not be sent or answered: say why once (tokens are redacted by the log filter)."""
         log.warning(
             "upstream request failed request_id=%s upstream=%s token=%s: %s: %s",
@@ -345,11 +280,10 @@ class Attempts:
         )  # fmt: skip
         return self._attempt_failed(current, self.transport.transport_failure(exc))
 
-    def _accept(self, current: _Current, body: bytes | None = None) -> Accepted:
+    def _accept(self, current: Running, body: bytes | None = None) -> Accepted:
         assert current.response is not None
         self._won(current)  # the losers' records first: the last record is the answer's (accounting reads it)
-        self.running.remove(current)
-        current.exchange.waker = None
+        self.hedging.remove(current)
         self._live = current.choice.load_keys()  # in flight until finish()
         try:
             self._record(current, Decision(Outcome.OK, current.response.status_code, 0.0))
@@ -357,40 +291,45 @@ class Attempts:
             current.exchange.close()
             self.finish()
             raise
-        if current.hedge:
-            metrics.HEDGES.labels(upstream=current.choice.upstream.name, result="won").inc()
+        count(current, "won")
         return Accepted(current.choice, current.response, current.exchange, current.leg, current.prefix, body)
 
-    def _won(self, winner: _Current) -> None:
+    def _won(self, winner: Running) -> None:
         """`winner` had its first event first: every other running attempt is closed as lost, and no hedge
         starts after it."""
-        self._hedge_at = math.inf
-        for current in [c for c in self.running if c is not winner]:
-            self._drop(current, Outcome.HEDGE_LOST)
+        for loser in self.hedging.won(winner):
+            self._drop(loser, Outcome.HEDGE_LOST)
 
-    def _attempt_failed(self, current: _Current, failure: Failure) -> Failed | object:
-        self.running.remove(current)  # over before it is recorded: a store error can't end it twice
-        current.exchange.waker = None
-        current.exchange.close()
-        keys = current.choice.load_keys()
-        self.selector.load.end(*keys)
+    def _attempt_failed(self, current: Running, failure: Failure) -> Failed | object:
+        self.hedging.end(current)  # over before it is recorded: a store error can't end it twice
         if failure.decision.policy.upstream_fault:  # a penalty sample: `latency` sinks a failing target
-            self.selector.load.first_event(current.first_byte_timeout, *keys)  # (not a p95 sample: no event came)
+            self.selector.load.first_event(current.first_byte_timeout, *current.choice.load_keys())  # (no p95 one)
         self._record(current, failure.decision)
         self.failure, self.failure_dialect = failure, current.leg.dialect
         self.failed_routes.add(current.choice.route.key)
-        if not failure.decision.retry:  # the request is decided: hedges beside this attempt stop too
-            for other in list(self.running):
-                self._drop(other, Outcome.HEDGE_LOST)
+        return self._settle(failure, current.leg.dialect)
+
+    def _settle(self, failure: Failure, dialect: Dialect) -> Failed | object:
+        """After a failed attempt: while others run, wait for them (no replacement, and after a non-retryable
+        failure no hedge either); with none left, the first non-retryable failure seen decides (a retryable
+        one after it does not hide it: the answer the client would have had without the hedge), else the
+        loop goes on to the next token."""
+        if not failure.decision.retry and self._decisive is None:
+            self._decisive = (failure, dialect)
+            self.hedging.hold()
+        if self.hedging.running:
+            return _KEEP_WAITING
+        if self._decisive is None:
+            return _KEEP_WAITING
+        (failure, dialect), self._decisive = self._decisive, None
+        self.failure, self.failure_dialect = failure, dialect
         if failure.decision.policy.context_fallback and self.hop.context_fallbacks:
             self.pending = []  # the prompt is too long for this model: its other fallbacks are not tried
             self._next_hop(self.hop.context_fallbacks)
             return _KEEP_WAITING
-        if not failure.decision.retry:
-            return Failed(self.settings.final_error(failure, current.leg.dialect))
-        return _KEEP_WAITING  # with other attempts still running, the loop waits for them (no replacement yet)
+        return Failed(self.settings.final_error(failure, dialect))
 
-    def _record(self, current: _Current, decision: Decision) -> None:
+    def _record(self, current: Running, decision: Decision) -> None:
         """Note the attempt (records, metrics, log), then teach the selector, last: the store may fail."""
         upstream, token = current.choice.upstream.name, current.choice.token
         self._note(current, decision.status, decision.reason, decision.outcome)
@@ -409,15 +348,9 @@ class Attempts:
         self.selector.leave_queue(self)
         if self.failure is None:
             self._exhausted()
-            upstreams = self.call.hop.chain_upstreams()
-            return Failed(
-                ApiError(
-                    503,
-                    "No upstream is available right now: every token is cooling down or every upstream is failing.",
-                    code="no_upstream_available",
-                    headers={"Retry-After": str(self.selector.retry_after(upstreams))},
-                )
-            )
+            retry_after = str(self.selector.retry_after(self.call.hop.chain_upstreams()))
+            message = "No upstream is available right now: every token is cooling down or every upstream is failing."
+            return Failed(ApiError(503, message, code="no_upstream_available", headers={"Retry-After": retry_after}))
         assert self.failure_dialect is not None
         return Failed(self.settings.final_error(self.failure, self.failure_dialect))
 
@@ -434,7 +367,7 @@ class Attempts:
             fields={"alias": hop.name, "upstreams": upstreams} if hop.alias else {"upstreams": upstreams},
         )  # fmt: skip
 
-    def _note(self, current: _Current, status: int | None, reason: str, outcome: Outcome) -> None:
+    def _note(self, current: Running, status: int | None, reason: str, outcome: Outcome) -> None:
         """The attempt's record, as the request log and the usage record see it."""
         choice = current.choice
         elapsed = self.clock() - current.started
@@ -445,25 +378,18 @@ class Attempts:
 
     def abandon(self, outcome: Outcome) -> None:
         """Stop every attempt in progress (client gone, deadline); no token is blamed."""
-        for current in list(self.running):
+        for current in list(self.hedging.running):
             self._drop(current, outcome)
         self.selector.leave_queue(self)
 
-    def _drop(self, current: _Current, outcome: Outcome) -> None:
+    def _drop(self, current: Running, outcome: Outcome) -> None:
         """End a running attempt without a verdict (abandoned, or lost to another attempt)."""
-        self.running.remove(current)
-        current.exchange.waker = None
-        current.exchange.close()
-        self.selector.load.end(*current.choice.load_keys())
+        self.hedging.end(current)
         self.selector.release(current.choice)
         status = current.response.status_code if current.response is not None else None
         self._note(current, status, outcome.value, outcome)
         if outcome is Outcome.HEDGE_LOST:
-            # No first event after this long: a lower bound of its time to first event. Without it, a token that
-            # always loses keeps its old (fast) samples, and `latency` and the p95 never learn it is slow.
-            self._first_event(current)
-            if current.hedge:
-                metrics.HEDGES.labels(upstream=current.choice.upstream.name, result="lost").inc()
+            self.hedging.lost(current)
 
     def finish(self) -> None:
         """The client's answer is over (written, finished, broken or abandoned): the accepted attempt

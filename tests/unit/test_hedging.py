@@ -1,8 +1,9 @@
 """Hedged first event (issue 14 part 1): the retry loop driven against scripted upstream exchanges.
 
-Each token's upstream is a `Script`: when its headers come, its status, when its body (or first event)
-comes; None means never (until the exchange is closed). Timings are real but short: hedge_after is
-0.1 s and a fast answer comes at once, so every assertion has a wide margin.
+Each token's upstream is a `Script` (or a list of them, one per exchange opened on it): when its
+headers come, its status, when its body (or first event) comes; None means never (until the exchange
+is closed). Timings are real but short: hedge_after is 0.1 s and a fast answer comes at once, so every
+assertion has a wide margin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.services import metrics
 from app.services.attempts import Accepted, Attempt, Attempts, Failed
 from app.services.calls import Hop, Route, UpstreamCall
 from app.services.exchange import Exchange, Message
+from app.services.hedging import hedge_delay
 from app.services.load import MIN_SAMPLES, RING_SIZE, Load
 from app.services.outcomes import Outcome
 from app.services.tokens import token_id
@@ -35,7 +37,7 @@ A, B, C = TOKENS
 NEVER = None
 EVENTS = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
 PLAIN = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
-ERROR = json.dumps({"error": {"message": "no", "type": "t", "param": None, "code": None}}).encode()
+CONTEXT = "context_length_exceeded"
 HEDGE = Hedge(0.1, 1)
 LIMIT = 5.0  # no scripted wait lasts longer, whatever happens
 
@@ -45,6 +47,11 @@ class Script:
     headers: float | None = 0.0  # seconds before the status line and headers
     body: float | None = 0.0  # seconds after the headers before the body (a stream: its events)
     status: int = 200
+    error: str = "no"  # an error status's message (CONTEXT: the prompt is too long for the model)
+
+    def error_body(self) -> bytes:
+        code = CONTEXT if self.error == CONTEXT else None
+        return json.dumps({"error": {"message": self.error, "type": "t", "param": None, "code": code}}).encode()
 
 
 def _wait(exchange: Exchange, seconds: float | None) -> bool:
@@ -88,6 +95,8 @@ class ScriptedTransport(Transport):
 
     def open(self, call, upstream, token, leg) -> Exchange:
         script, holder = self.scripts[token], []
+        if isinstance(script, list):
+            script = script.pop(0)
 
         def send() -> requests.Response:
             while not holder:  # the exchange is made before its reader runs this, but let it be set
@@ -100,7 +109,7 @@ class ScriptedTransport(Transport):
             streamed = call.streaming and script.status == 200
             ctype = "text/event-stream" if streamed else "application/json"
             response.headers = CaseInsensitiveDict({"Content-Type": ctype})
-            data = ERROR if script.status != 200 else EVENTS if streamed else PLAIN
+            data = script.error_body() if script.status != 200 else EVENTS if streamed else PLAIN
             response.raw = Raw(exchange, data, script.body if script.status == 200 else 0.0)
             return response
 
@@ -129,7 +138,8 @@ def loop(make_app):
         app = make_app(make_config(upstream, max_attempts=max_attempts))
         client = app.extensions["sluice"].client
         transport = ScriptedTransport(scripts)
-        hop = Hop("m", (Route(upstream),), hedge=alias_hedge)
+        bigger = Hop("big", (Route(upstream, model="big"),))  # the context fallback: same tokens, another model
+        hop = Hop("m", (Route(upstream),), hedge=alias_hedge, context_fallbacks=(bigger,))
         call = UpstreamCall("POST", _leg, streaming, hop, "req_test")
         attempts = Attempts(client.selector, transport, client.settings, call, time.time() + deadline)
         made.append(attempts)
@@ -203,8 +213,8 @@ def test_no_hedge_one_exchange_and_no_waker(loop, scripts, hedge, max_attempts):
     outcome = run(attempts)
     assert isinstance(outcome, Accepted) and outcome.token.value == A
     assert transport.tokens() == [A]
-    assert transport.opened[0][2].waker is None and attempts._waker is None
-    assert attempts.hedges == 0 and not any(r.hedge for r in attempts.records)
+    assert transport.opened[0][2].waker is None and attempts.hedging.waker is None
+    assert attempts.hedging.started == 0 and not any(r.hedge for r in attempts.records)
 
 
 @pytest.mark.parametrize(("max_hedges", "expected"), [(1, [A, B]), (2, [A, B, C])])
@@ -218,7 +228,7 @@ def test_max_hedges_are_started_one_hedge_after_apart_and_abandon_closes_them_al
     attempts.abandon(Outcome.CLIENT_DISCONNECT)
     assert all(exchange.closed for _, _, exchange in transport.opened)
     assert [r.outcome for r in attempts.records] == [Outcome.CLIENT_DISCONNECT] * len(expected)
-    assert not attempts.running
+    assert not attempts.hedging.running
 
 
 def test_the_alias_hedge_overrides_the_upstreams(loop):
@@ -254,12 +264,64 @@ def test_a_retryable_failure_beside_a_running_attempt_waits_for_it_without_a_rep
     assert outcomes(attempts) == [("B", "server_error", True), ("A", "ok", False)]
 
 
-def test_a_non_retryable_failure_of_a_hedge_ends_the_request_and_closes_the_others(loop):
-    attempts, transport = loop({A: Script(body=NEVER), B: Script(status=400)})
+# A is the first attempt, B its hedge (started at 0.1 s); each fails or answers at the time given.
+def _at(seconds: float, status: int = 500, error: str = "no") -> Script:
+    return Script(headers=seconds, status=status, error=error)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "answer", "records"),
+    [
+        # A non-retryable failure beside a running attempt waits for it: a good answer wins.
+        (Script(body=0.35), _at(0.0, 400), ("ok", None), [("B", "client_error", True), ("A", "ok", False)]),
+        (Script(body=0.35), _at(0.0, 400, CONTEXT), ("ok", None),
+         [("B", "context_length_exceeded", True), ("A", "ok", False)]),
+        # Every attempt failed: the first non-retryable failure is the answer, whatever failed after it.
+        (_at(0.35), _at(0.0, 400, "bad B"), (400, "bad B"),
+         [("B", "client_error", True), ("A", "server_error", False)]),
+        (_at(0.35, 400, "bad A"), _at(0.0, 500), (400, "bad A"),
+         [("B", "server_error", True), ("A", "client_error", False)]),
+        (_at(0.35, 400, "bad A"), _at(0.0, 400, "bad B"), (400, "bad B"),
+         [("B", "client_error", True), ("A", "client_error", False)]),
+        (_at(0.15, 400, "bad A"), _at(0.2, 400, "bad B"), (400, "bad A"),
+         [("A", "client_error", False), ("B", "client_error", True)]),
+        (_at(0.35, 400, CONTEXT), _at(0.0, 400, "bad B"), (400, "bad B"),
+         [("B", "client_error", True), ("A", "context_length_exceeded", False)]),
+    ],
+)  # fmt: skip
+def test_a_failure_beside_a_running_attempt_waits_for_it_and_the_first_non_retryable_one_decides(
+    loop, a, b, answer, records
+):
+    attempts, transport = loop({A: a, B: b, C: Script()})
     outcome = run(attempts)
-    assert isinstance(outcome, Failed) and outcome.error.status == 400
-    assert transport.opened[0][2].closed
-    assert outcomes(attempts) == [("B", "client_error", True), ("A", "hedge_lost", False)]
+    if answer[0] == "ok":
+        assert isinstance(outcome, Accepted) and outcome.token.value == A and outcome.choice.route.model is None
+    else:
+        assert isinstance(outcome, Failed) and (outcome.error.status, outcome.error.message) == answer
+    assert transport.tokens() == [A, B]  # no replacement, and no retry after a non-retryable failure
+    answered = outcome.exchange if isinstance(outcome, Accepted) else None
+    assert all(exchange.closed for _, _, exchange in transport.opened if exchange is not answered)
+    assert outcomes(attempts) == records
+    assert not attempts.hedging.running
+
+
+@pytest.mark.parametrize(
+    "a",
+    [_at(0.35), _at(0.35, 400, "bad A")],  # a context-length failure came first: it decides either way
+)
+def test_a_context_length_failure_beside_a_running_attempt_moves_to_the_context_fallback_once_all_failed(loop, a):
+    attempts, transport = loop({A: [a, Script()], B: _at(0.0, 400, CONTEXT), C: Script()})
+    outcome = run(attempts)
+    assert isinstance(outcome, Accepted) and outcome.choice.route.model == "big"
+    assert transport.tokens()[:2] == [A, B] and len(transport.tokens()) == 3
+    assert [r.model for r in attempts.records] == [None, None, "big"]
+
+
+def test_no_hedge_starts_after_a_non_retryable_failure_while_the_others_run(loop):
+    attempts, transport = loop({A: Script(body=0.45), B: _at(0.0, 400), C: Script()}, hedge=Hedge(0.1, 2))
+    outcome = run(attempts)
+    assert isinstance(outcome, Accepted) and outcome.token.value == A
+    assert transport.tokens() == [A, B]  # C would have started at 0.2 s beside A
 
 
 def test_when_every_running_attempt_failed_the_loop_goes_on_as_before(loop):
@@ -351,3 +413,17 @@ def _attempt(outcome: Outcome, hedge: bool) -> Attempt:
 def test_the_request_log_line_names_hedges_and_resumes(attempts, resumes, text):
     line = RequestLine("req_1", "POST", "/v1/chat/completions", attempts=attempts, resumes=resumes)
     assert line.resilience() == text
+
+
+@pytest.mark.parametrize(
+    ("hedge", "p95", "first_byte", "expected"),
+    [
+        (Hedge(0.5, 1), None, 10.0, 0.5),  # a fixed hedge_after needs no samples
+        (Hedge(0.5, 1), 3.0, 0.2, 0.5),  # ... and ignores the p95 and the first-byte limit
+        (Hedge(None, 1), None, 10.0, None),  # "p95" with too few samples: no hedge
+        (Hedge(None, 1), 0.8, 10.0, 0.8),
+        (Hedge(None, 1), 12.0, 10.0, 10.0),  # bounded by the attempt's first-byte limit
+    ],
+)
+def test_hedge_delay(hedge, p95, first_byte, expected):
+    assert hedge_delay(hedge, p95, first_byte) == expected
