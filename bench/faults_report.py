@@ -181,6 +181,14 @@ def _hedge_lines(hedged: HedgeResult) -> list[str]:
             f"{slow} | {complete} | {logged['hedged']} ({logged['hedge_won']}) |"
         )
     verdict = "met" if hedged.passed else "**missed**"
+    slow_first = sum(1 for t in hedged.times["off"] if t >= 1.0) if "off" in hedged.times else 0
+    lines += [
+        "",
+        f"The slow token took the first attempt of {slow_first} of {len(hedged.verdicts.get('off', []))} streams "
+        f"without hedging (first event >= 1 s) and of {hedged.logged.get('on', Counter())['hedged']} of "
+        f"{len(hedged.verdicts.get('on', []))} with it (hedges started; a hedge's token also moves the rotation on, "
+        "so the share need not be one in three).",
+    ]
     lines += [
         "",
         f"Target (issue 14): hedged p95 {_s(hedged.p('on', 0.95))} <= 1.5 x fast p95 "
