@@ -53,7 +53,11 @@ Each answer is one of:
 - **wrong**: anything else -- truncated text ending as if whole, repeated text, a connection cut under the client,
   half an event. This column must be 0 everywhere.
 
-With resume off a fault after text can only be an explicit error; with resume on it should be complete. Hedging only
+With resume off a fault after text can only be an explicit error; with resume on it should be complete, except on
+the "Responses native" path: an upstream that speaks the Responses API itself (`responses = "native"`) cannot be
+resumed, since that API has no prefill (an assistant message in `input` is answered as a past turn, not continued),
+so there the break still ends with the explicit error event, by design. A Responses client is resumed when its
+requests are translated onto chat completions or Messages (the "Responses on chat upstream" row). Hedging only
 acts before the first event, so it should change nothing in the fault tables; its own measurement is the last table:
 three tokens, one of which sends its first event 2 s late.
 """
