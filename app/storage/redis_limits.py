@@ -180,9 +180,12 @@ def _keys(key_id: str, worker: str) -> list[str]:
     return [f"sluice:rl:{key_id}:req", f"sluice:rl:{key_id}:tok", f"sluice:rl:{key_id}:inflight", _owner(worker)]
 
 
+OWNER_PREFIX, OWNER_SUFFIX = "sluice:worker:", ":slots"  # around a worker's name (app/storage/liveness.py)
+
+
 def _owner(worker: str) -> str:
     """The hash of the slots `worker` holds: slot id -> its key's in-flight zset."""
-    return f"sluice:worker:{worker}:slots"
+    return f"{OWNER_PREFIX}{worker}{OWNER_SUFFIX}"
 
 
 def _arg(limit: int | None) -> int:

@@ -176,6 +176,15 @@ worker_status = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# Each gunicorn worker's heartbeat, on the database's clock (revision 0007): the slots of a worker
+# silent for a few seconds (its instance crashed) are freed by the others (app/storage/liveness.py).
+worker_liveness = Table(
+    "worker_liveness",
+    metadata,
+    Column("worker", String(100), primary_key=True),  # "<instance id>:<pid>", as in inflight.worker
+    Column("seen_at", Float, nullable=False),
+)
+
 # Load per worker and routing target ("<upstream>/<model>") or token id, written every second or two,
 # so `least_busy` counts the requests in flight on every worker and the dashboard shows recent
 # time-to-first-event (revision 0006). Rows of a worker that stopped reporting are ignored, then pruned.
