@@ -8,9 +8,9 @@ second: a change that lands in between moves the mark again, so it is never miss
 
 SQLite in WAL mode is one host by construction, so the file reaches every process that
 can reach the database. PostgreSQL serves several hosts, which a file cannot signal: there
-the signal is off and every request reads the rows, as before. An entry also expires after
-MAX_AGE seconds, which bounds staleness from a writer that does not signal (a change made
-with the sqlite3 shell, or a process killed between its commit and its signal).
+the signal is LISTEN/NOTIFY (app/storage/notify.py, same interface). An entry also expires
+after MAX_AGE seconds, which bounds staleness from a writer that does not signal (a change
+made with the sqlite3 shell or psql, or a process killed between its commit and its signal).
 """
 
 from __future__ import annotations
@@ -22,13 +22,19 @@ import secrets
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 TOPICS = ("keys", "tokens")
 MAX_AGE = 1.0
 _SLOT = 8
 log = logging.getLogger("sluice.storage")
 V = TypeVar("V")
+
+
+class Signal(Protocol):
+    """What a Cache reads: `mark(topic)` is None when nothing may be cached."""
+
+    def mark(self, topic: str) -> bytes | None: ...
 
 
 class Changes:
@@ -66,7 +72,7 @@ class Cache(Generic[V]):
     seconds; at most `size` of them (the cache starts over when full). Without a signal
     nothing is kept. A `load` that finds nothing (None) is not kept either."""
 
-    def __init__(self, changes: Changes, topic: str, size: int = 10_000) -> None:
+    def __init__(self, changes: Signal, topic: str, size: int = 10_000) -> None:
         self._changes, self._topic, self._size = changes, topic, size
         self._entries: dict[Hashable, tuple[bytes, float, V]] = {}  # key -> (mark, read at, value)
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app import process
-from app.storage import changes
+from app.storage import changes, notify
 
 
 class StorageError(Exception):
@@ -56,7 +56,11 @@ class Database:
         self.serving = _engine(url, limited=True)  # the request path's and the background chores'
         self._dbapi = self.serving.dialect.dbapi
         self._held: tuple[int, Any, threading.Lock] | None = None  # SQLite: (pid, pooled connection, lock)
-        self.changes = changes.for_sqlite(self.serving.url.database or "") if self.is_sqlite else changes.Changes(None)
+        self.changes: changes.Changes | notify.PgChanges = (
+            changes.for_sqlite(self.serving.url.database or "")
+            if self.is_sqlite
+            else notify.for_postgres(self.serving, _postgres_connect_args(url, limited=False))
+        )
 
     @cached_property
     def engine(self) -> Engine:
