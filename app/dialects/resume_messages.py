@@ -63,6 +63,8 @@ class MessagesTranscript:
         self._batch.fold()
         if self._why:
             return Partial(None, self._why)
+        if self._finished:  # the answer is whole; only its end is missing: nothing to continue (no second usage)
+            return Partial(None, "finished")
         return Partial("".join(self._text))
 
     def request(self, body: bytes, mode: str) -> bytes:

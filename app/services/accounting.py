@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from app.requestlog import RequestLine
 from app.services import metrics
@@ -18,6 +18,9 @@ from app.services.outcomes import request_outcome
 from app.services.releases import RETRY_EVERY, Releases
 from app.storage.limits import Limiter
 from app.storage.usage import UsageWriter
+
+if TYPE_CHECKING:
+    from app.services.attempts import Attempt
 
 log = logging.getLogger("sluice.accounting")
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
@@ -31,9 +34,18 @@ def outcome_of(status: int, code: str | None) -> str:
 RATE_LIMIT_CODES = ("rate_limit_exceeded", "too_many_parallel_requests", "insufficient_quota")
 
 
+def answered_by(attempts: Sequence[Attempt]) -> str | None:
+    """The upstream whose answer the client got: the last attempt that answered 2xx (a resumed stream's
+    continuation, or the part that broke when no continuation answered), else the last attempt's."""
+    for attempt in reversed(attempts):
+        if attempt.status is not None and 200 <= attempt.status < 300:
+            return attempt.upstream
+    return attempts[-1].upstream if attempts else None
+
+
 def observe(line: RequestLine) -> None:
     """The request's Prometheus samples."""
-    upstream = line.attempts[-1].upstream if line.attempts else None  # attempts: the model matched a route
+    upstream = answered_by(line.attempts)  # attempts: the model matched a route
     model = metrics.model_label(line.model, upstream)
     metrics.REQUESTS.labels(route=line.route, status=str(line.status), model=model, upstream=upstream or "-").inc()
     metrics.DURATION.labels(route=line.route, streamed=str(line.streaming).lower()).observe(line.elapsed_ms() / 1000)
@@ -73,7 +85,7 @@ class Accounting:
             "key_name": line.key,
             "model": line.model[:200],
             "endpoint": line.endpoint,
-            "upstream": line.attempts[-1].upstream if line.attempts else None,
+            "upstream": answered_by(line.attempts),
             "upstreams": ",".join(dict.fromkeys(a.upstream for a in line.attempts)),
             "token_ids": ",".join(a.token_id for a in line.attempts),
             "status": line.status,

@@ -20,6 +20,7 @@ beside a running attempt waits for it (see `_settle`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -110,24 +111,25 @@ class Attempts:
         self.max_attempts = call.max_attempts or settings.max_attempts
         self._queue_deadline: float | None = None
         self._continuations: list[Attempts] = []
+        self.continuing = False  # a resumed stream's continuation loop (see continuation())
 
     def continuation(self, call: UpstreamCall) -> Attempts:
         """The retry loop of a resumed stream's next part (app/services/resume.py): `call` with its own
         max_attempts, on tokens this request has not tried yet, within the same deadline; its attempts show up
         in this loop's records, and `finish()` here ends its in-flight attempt too."""
         loop = Attempts(self.selector, self.transport, self.settings, call, self.deadline)
-        loop.records, loop.tried = self.records, self.tried
+        loop.records, loop.tried, loop.continuing = self.records, self.tried, True
         self._continuations.append(loop)
         return loop
 
     def broke(self, accepted: Accepted, outcome: Outcome) -> None:
         """The accepted attempt's stream broke after the commit and is being resumed: its record says how (the
         token is not blamed: a stream that is not resumed is not either), and it leaves the in-flight counts."""
-        status = accepted.response.status_code
-        self.records.append(
-            Attempt(accepted.upstream.name, accepted.token.id, status, outcome.value, 0.0, outcome,
-                    accepted.choice.route.model)
-        )  # fmt: skip
+        for i in range(len(self.records) - 1, -1, -1):  # its record (the last OK one of its token) says how it ended
+            record = self.records[i]
+            if record.token_id == accepted.token.id and record.outcome is Outcome.OK:
+                self.records[i] = dataclasses.replace(record, reason=outcome.value, outcome=outcome)
+                break
         self.finish()
 
     def advance(self, until: float) -> Accepted | Failed | None:
@@ -358,8 +360,8 @@ class Attempts:
         """The pool_exhausted event of a client's call. Its subject is configured text, never the client's
         (a glob route serves any model name): the alias, else the routed upstreams."""
         hop = self.call.hop
-        if not hop.name:  # the gateway's own call (the /v1/models fetch): no client was refused
-            return
+        if not hop.name or self.continuing:  # the gateway's own call (the /v1/models fetch), or a resume that
+            return  # found no untried token: no client was refused
         upstreams = ",".join(sorted(u.name for u in hop.chain_upstreams()))
         events.emit(
             "pool_exhausted", subject=hop.name if hop.alias else upstreams,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from app.errors import ApiError
 from app.services import metrics
 from app.services.attempts import Accepted, Attempts
 from app.services.calls import Hop, Route, UpstreamCall
+from app.services.lifecycle import shutdown_deadline
 from app.services.outcomes import Outcome
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ class Resumer:
             return None, "max_resumes"
         if now >= self.deadline:
             return None, "deadline"
+        if shutdown_deadline() < math.inf:  # a graceful stop is under way: no new upstream requests
+            return None, "server_shutdown"
         partial = self.transcript.partial()
         if partial.text is None:
             return None, partial.why or "not_text"

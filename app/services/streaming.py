@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +193,7 @@ class StreamBody:
                             held = event
                             break
                         resumer.refused(why, self.accepted.upstream.name)
-                    yield from resumer.feed(event)
+                    yield from self._spliced(event)
                 else:
                     if getattr(self.relay, "done", True):
                         return
@@ -213,8 +213,21 @@ class StreamBody:
                 if broken is not None:
                     raise broken
                 if held is not None:
-                    yield from resumer.feed(held)
+                    yield from self._spliced(held)
                 return
+
+    def _spliced(self, event: bytes) -> Sequence[bytes]:
+        """The event through the resumer's transcript; one it cannot read (a malformed continuation) ends the
+        stream with the error event like any unreadable event, and is not resumed again."""
+        assert self.resumer is not None and self.accepted is not None
+        try:
+            return self.resumer.feed(event)
+        except UNREADABLE as exc:
+            log.warning("an upstream event could not be spliced: %s: %s", type(exc).__name__, exc)
+            self.resumer.refused("unreadable", self.accepted.upstream.name)
+            raise StreamBroken(
+                "upstream_stream_error", "The upstream sent an event the gateway could not read."
+            ) from exc
 
     def _resume(self, call: Any, code: str) -> Generator[None, None, bool]:
         """Run the continuation's retry loop behind heartbeats; True once it is accepted (it is then
@@ -230,11 +243,15 @@ class StreamBody:
             if outcome is None:
                 if self.clock() >= shutdown_deadline():
                     self.attempts.abandon(Outcome.SERVER_SHUTDOWN)
+                    resumer.refused("server_shutdown", broken.upstream.name)
                     raise StreamBroken("server_shutdown", SHUTDOWN_MESSAGE)
                 yield None
                 continue
             if hasattr(outcome, "error"):
-                resumer.refused(f"failed:{outcome.error.code or outcome.error.status}", broken.upstream.name)
+                code = outcome.error.code or str(outcome.error.status)
+                resumer.refused(
+                    "no_token" if code == "no_upstream_available" else f"failed:{code}", broken.upstream.name
+                )
                 self.accepted = broken  # closed: what is left of it is the stream's end, as without resume
                 return False
             self.accepted = outcome
@@ -294,14 +311,18 @@ class StreamBody:
                 lifecycle.drain_finished()
 
 
+UNREADABLE_MESSAGE = "The upstream sent an event the gateway could not read."
+UNREADABLE = (TypeError, ValueError, AttributeError, KeyError, IndexError)  # a malformed event, as a parser sees it
+
+
 def _relayed(feed: Callable[[bytes], Any], event: bytes) -> Any:
     """The relay's output for one upstream event; an event it cannot read or translate (a malformed
     upstream) breaks the stream like a transport error, so it still ends well-formed."""
     try:
         return feed(event)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+    except UNREADABLE as exc:
         log.warning("an upstream event could not be relayed: %s: %s", type(exc).__name__, exc)
-        raise StreamBroken("upstream_stream_error", "The upstream sent an event the gateway could not read.") from exc
+        raise StreamBroken("upstream_stream_error", UNREADABLE_MESSAGE) from exc
 
 
 def _timeout(now: float, deadline: float) -> StreamBroken:

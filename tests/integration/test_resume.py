@@ -175,6 +175,7 @@ def test_a_cut_chat_stream_is_resumed_on_another_upstream_and_the_client_sees_on
     time.sleep(0.3)
     line = request_lines(gateway, "r-chat")[-1]
     assert "resumed=1 resume=stream_broken" in line and "outcome=ok" in line
+    assert "attempts=2 " in line  # the part that broke and the continuation, each once
 
 
 def test_the_continuation_request_carries_the_partial_text_as_the_assistant_turn(stack):

@@ -87,7 +87,6 @@ CASES = [
     pytest.param(leg_body(), [6], "prefill", False, id="three-deltas"),
     pytest.param(leg_body(), [11], "prefill", False, id="every-delta-block-open"),
     pytest.param(leg_body(), [12], "prefill", False, id="block-closed"),
-    pytest.param(leg_body(), [13], "prefill", False, id="after-message-delta"),
     pytest.param(leg_body(), [5], "prefill", True, id="multibyte"),
     pytest.param(leg_body(), [5, 3], "prefill", False, id="second-resume"),
     pytest.param(leg_body(), [4, 1, 3], "continue", True, id="three-resumes"),
@@ -216,6 +215,8 @@ def text(index: int, value: str) -> bytes:
         ([START, b"event: content_block_delta\ndata: {nope\n\n"], Partial(None, "malformed")),
         ([START, block(0, "text", text=""), text(0, "a"), ev("error", error={"type": "overloaded_error"})],
          Partial("a")),
+        ([START, block(0, "text", text=""), text(0, "a"), ev("content_block_stop", index=0),
+          ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 1})], Partial(None, "finished")),
     ],
 )  # fmt: skip
 def test_partial(raws, partial):
