@@ -179,3 +179,68 @@ def _redis_server(binary: str, args: list[str], port: int, data: Path) -> Iterat
 def _answers(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# deploy/docker-compose.scale.yml and deploy/nginx-multi.conf: several instances (docs/scaleout.md)
+SCALE = yaml.safe_load((ROOT / "deploy" / "docker-compose.scale.yml").read_text())
+MULTI = (ROOT / "deploy" / "nginx-multi.conf").read_text()
+REPLICAS = ["sluice-1", "sluice-2"]
+SECRETS = ("SLUICE_MASTER_KEY", "SLUICE_SECRET_KEY", "SLUICE_ADMIN_PASSWORD_HASH")
+
+
+def _directives(config: str) -> list[str]:
+    """The config's directive lines, comments and blank lines dropped."""
+    lines = (line.split("#", 1)[0].strip() for line in config.splitlines())
+    return [line for line in lines if line]
+
+
+def test_scale_compose_has_two_replicas_behind_nginx_that_waits_for_both():
+    services = SCALE["services"]
+    assert set(services) == {"nginx", *REPLICAS, "postgres", "redis"}
+    assert services["nginx"]["depends_on"] == {name: {"condition": "service_healthy"} for name in REPLICAS}
+    assert services["nginx"]["volumes"] == ["./nginx-multi.conf:/etc/nginx/nginx.conf:ro"]
+    assert re.findall(r"^\s*server (\S+):8000 ", MULTI, re.M) == REPLICAS  # nginx names exactly the replicas
+    for name in REPLICAS:
+        assert services[name]["depends_on"] == COMPOSE["services"]["sluice"]["depends_on"]
+        assert services[name]["build"] == COMPOSE["services"]["sluice"]["build"] and "healthcheck" in services[name]
+
+
+def test_scale_replicas_share_secrets_database_redis_and_config_but_not_their_instance():
+    one, two = (SCALE["services"][name] for name in REPLICAS)
+    env_one, env_two = dict(one["environment"]), dict(two["environment"])
+    assert env_one.pop("SLUICE_INSTANCE_ID") != env_two.pop("SLUICE_INSTANCE_ID")  # slots: never shared
+    assert env_one == env_two
+    for name in (*SECRETS, "SLUICE_DATABASE_URL"):  # from the environment, never committed here
+        assert re.search(r"\$\{[A-Z_]+:[?-][^}]*\}", env_one[name]), name
+    assert env_one["SLUICE_DATABASE_URL"].startswith("postgresql+psycopg://") and env_one["SLUICE_REDIS_URL"]
+    config_one, config_two = (next(v for v in s["volumes"] if v.endswith(":ro")) for s in (one, two))
+    assert config_one == config_two == "../sluice.toml:/etc/sluice/sluice.toml:ro"
+    data = [next(v for v in s["volumes"] if v.endswith(":/data")) for s in (one, two)]
+    assert data[0] != data[1] and {v.split(":")[0] for v in data} <= set(SCALE["volumes"])
+
+
+def test_scale_replica_environment_is_valid_and_stops_gracefully():
+    replica = SCALE["services"]["sluice-1"]
+    unset = {k: re.sub(r"\$\{[A-Z_]+:-\}", "", str(v)) for k, v in replica["environment"].items()}
+    settings = load_settings({k: re.sub(r"\$\{[^}]+\}", "x" * 40, v) for k, v in unset.items()})
+    assert settings.workers == 2 and settings.trusted_proxies == 1
+    grace = int(replica["environment"]["SLUICE_GRACE_SECONDS"])
+    assert seconds(replica["stop_grace_period"]) >= grace + EXIT_MARGIN
+    assert seconds(SCALE["services"]["nginx"]["stop_grace_period"]) > grace
+
+
+def test_multi_nginx_retries_only_requests_that_never_reached_an_instance():
+    directives = _directives(MULTI)
+    retries = [d for d in directives if d.startswith("proxy_next_upstream ")]
+    assert retries == ["proxy_next_upstream error timeout;"]  # no non_idempotent, no http_5xx / http_429
+    assert "proxy_next_upstream_tries 2;" in directives
+    upstream = MULTI.split("upstream sluice {", 1)[1].split("}", 1)[0]
+    assert "keepalive 64;" in upstream and len(re.findall(r"^\s*server ", upstream, re.M)) == 2
+
+
+def test_multi_nginx_keeps_every_setting_of_the_single_instance_config():
+    """Streaming, body limits, timeouts, headers and error pages as in nginx.conf (no drift between the two)."""
+    replaced = {"server 127.0.0.1:8000;", "proxy_connect_timeout 10s;"}  # the instances; a shorter connect
+    missing = [d for d in _directives((ROOT / "deploy" / "nginx.conf").read_text()) if d not in replaced]
+    missing = [d for d in missing if d not in _directives(MULTI)]
+    assert missing == []
