@@ -7,6 +7,16 @@ connection: one idle `requests.Session` or browser tab held the stop for the who
 period, until the master killed the worker (usage records still queued were lost). Here a
 stop closes the idle connections at once, and every other one as soon as its request ends.
 
+When the master dies (SIGKILL, out of memory), gunicorn's gevent worker notices within a second
+("Parent changed") and exits at once, cutting every running stream without an error event,
+[DONE] or usage record. Here that is a graceful stop like SIGTERM: the running streams get the
+grace period (ending with their error event near its end), usage is written, then it exits.
+
+Every worker also keeps a liveness record beside its max_parallel slots, beating every second
+from before its first request until it exits, and sweeps the records of the deployment: the
+slots of a worker silent for over 10 s (its whole instance crashed, so no master freed them)
+are freed within seconds (app/storage/liveness.py).
+
 gunicorn.conf.py names this class in `worker_class`; the master imports it (gunicorn imports
 its own gevent worker there too), the worker patches with gevent before the app loads.
 """
@@ -17,7 +27,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -26,6 +36,9 @@ from app.aborts import BodyCut
 from app.config import ConfigError
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
+
+if TYPE_CHECKING:  # the master imports this module: no database or metrics libraries there
+    from app.scheduler import Scheduler
 
 SWEEP = 0.5  # seconds between looks for idle connections while the worker stops
 BOOT_WAIT = 60.0  # seconds a reload signalled while the app loads waits for it
@@ -37,6 +50,7 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
     _busy: set[Any]  # those serving a request now
     _quitting = False
     _sweeper: Any = None  # the greenlet closing idle connections while the worker stops
+    _keeper: Scheduler | None = None  # beats and sweeps the liveness records (app/storage/liveness.py)
 
     def init_process(self) -> None:
         self._connections, self._busy = {}, set()
@@ -60,7 +74,7 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
             if self.booted or not self.alive:
                 break
             gevent.sleep(0.1)
-        gateway = getattr(getattr(self, "wsgi", None), "extensions", {}).get("sluice")
+        gateway = self._gateway()
         if gateway is None or not self.alive:
             return
         try:
@@ -104,9 +118,30 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop accepting (gunicorn), tell running streams the deadline, drop idle connections."""
+        self._stop()
+
+    def notify(self) -> None:
+        """The heartbeat to the master (every second); if the master is gone, stop as on SIGTERM.
+
+        gunicorn's gevent worker exits right there (sys.exit in `notify`), cutting every stream:
+        its base class's `notify` is called instead, and the stop waits for running requests."""
+        super(GeventWorker, self).notify()
+        if self.alive and self.ppid != os.getppid():
+            self.log.warning("gunicorn master %s is gone: stopping gracefully, as on SIGTERM", self.ppid)
+            self._stop()
+
+    def _stop(self) -> None:
         self.alive = False
         begin_shutdown(self.cfg.graceful_timeout, time.time())
         self._stop_idling()
+
+    def run(self) -> None:
+        """Serve (gunicorn), with a liveness record kept from before the first request to the exit."""
+        self._keeper = self._keep_alive()
+        try:
+            super().run()
+        finally:
+            self._retire()
 
     def _stop_idling(self) -> None:
         """Close the idle connections now, and those accepted until gunicorn closes the listener
@@ -131,6 +166,62 @@ class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
             client = self._connections.get(current)
             if client is not None:
                 _close_idle(client)
+
+    def _keep_alive(self) -> Scheduler | None:
+        """Beat once now (a slot is never held without a record), then beat and sweep in turn, on a
+        scheduler of their own: a slow usage flush must not make this worker look dead."""
+        from app.scheduler import Scheduler
+        from app.storage.db import StorageError
+        from app.storage.limits import worker_name
+        from app.storage.liveness import BEAT, SWEEP_EVERY, Keeper, liveness_for
+
+        gateway = self._gateway()
+        if gateway is None:
+            return None
+        keeper = Keeper(liveness_for(gateway.limiter), worker_name())
+        try:
+            keeper.beat()
+        except StorageError as exc:  # the scheduler beats again in a second
+            self.log.error("could not record this worker as alive: %s", exc)
+        chores = Scheduler()
+        chores.every(BEAT, keeper.beat, "liveness_beat", final=False)
+        chores.every(SWEEP_EVERY, lambda: self._free_dead(keeper), "liveness_sweep", final=False)
+        chores.start()
+        return chores
+
+    def _free_dead(self, keeper: Any) -> None:
+        from app.storage.liveness import STALE
+
+        for worker, freed in keeper.sweep().items():
+            if freed:
+                self.log.warning("freed %d in-flight slot(s) of worker %s (silent for over %g s)", freed, worker, STALE)
+
+    def _retire(self) -> None:
+        """No request of this worker runs any more: free any slot it still holds (a release that
+        failed, a stream cut at the end of the grace period) and drop its liveness record. The
+        master's reaper does the first too, but after a crash of the master nobody else would."""
+        from app.storage.db import StorageError
+        from app.storage.limits import worker_name
+        from app.storage.liveness import liveness_for
+
+        gateway = self._gateway()
+        if self._keeper is None or gateway is None:
+            return
+        self._keeper.close()
+        name, liveness = worker_name(), liveness_for(gateway.limiter)
+        try:
+            freed = gateway.limiter.free_worker(name)
+            liveness.forget(name)
+        except StorageError as exc:  # others free them once the record is STALE
+            self.log.error("could not free this worker's slots at exit: %s", exc)
+            return
+        finally:
+            liveness.close()
+        if freed:
+            self.log.info("freed %d in-flight slot(s) of this worker at exit", freed)
+
+    def _gateway(self) -> Any:
+        return getattr(getattr(self, "wsgi", None), "extensions", {}).get("sluice")
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         """SIGINT/SIGQUIT: quick exit, once. Ctrl-C signals the worker and then the master signals it

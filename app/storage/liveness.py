@@ -12,6 +12,12 @@ the slots stayed taken until their requests' deadlines (up to an hour). So every
 - sweeps every SWEEP_EVERY seconds: a worker whose last beat is more than STALE seconds old is
   dead; its slots are freed and its record dropped, at most SWEEP_LIMIT workers per sweep.
 
+A worker sweeps only while its own beats land steadily (for the last STALE seconds, no gap over
+STALE / 2): after an outage of the store every record is old, and sweeping before the others
+have beaten again would free the slots of live workers. On SQLite the records use a connection
+of their own that waits at most LOCK_WAIT for the write lock: SQLite calls block the worker's
+event loop, and a beat every second waiting 5 s behind a long transaction would starve it.
+
 "Now" is always the store's clock (the database's, or Redis's TIME), never the worker's, so
 clock skew between hosts cannot make a live worker look stale. A live worker is only taken for
 dead if it cannot beat for STALE seconds (its event loop blocked that long, or the store
@@ -22,18 +28,25 @@ versions during a rolling upgrade, tools) is never swept: its slots expire as be
 
 from __future__ import annotations
 
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from sqlalchemy import Float, bindparam, cast, delete, extract, func, literal, select
 
+from app import process
 from app.storage import schema
-from app.storage.db import Database, StorageError
+from app.storage.db import Database, Quick, StorageError
 from app.storage.limits import Limiter, SqlLimiter
 
 BEAT = 1.0  # seconds between a worker's beats
 STALE = 10.0  # a worker silent this long is dead (ten missed beats: a busy store or loop is not death)
 SWEEP_EVERY = 2.0  # seconds between a worker's sweeps: a crashed instance's slots free in STALE + 2 s
 SWEEP_LIMIT = 50  # dead workers freed per sweep (bounded work; the next sweep takes the rest)
+LOCK_WAIT = 0.1  # seconds an SQLite beat or sweep waits for the write lock (transactions take ms)
 
 
 class Liveness(Protocol):
@@ -42,6 +55,8 @@ class Liveness(Protocol):
     def forget(self, worker: str) -> None: ...
 
     def sweep(self, stale: float = STALE, limit: int = SWEEP_LIMIT) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 def liveness_for(limiter: Limiter) -> Liveness:
@@ -75,31 +90,93 @@ class SqlLiveness:
         self._claim = db.prepare(delete(schema.worker_liveness).where(_L.worker == _WORKER, _L.seen_at < now - _STALE))
         self._free = db.prepare(delete(schema.inflight).where(_INF.worker == _WORKER))
 
+        self._held: tuple[int, sqlite3.Connection] | None = None  # SQLite: (pid, this process's connection)
+
     def beat(self, worker: str) -> None:
         """Record that `worker` is alive now (StorageError if the database fails)."""
-        with self.db.quick(write=True) as q:
+        with self._quick(write=True) as q:
             q.execute(self._beat, {"worker": worker})
 
     def forget(self, worker: str) -> None:
         """Drop `worker`'s record (it has exited and holds no slot)."""
-        with self.db.quick(write=True) as q:
+        with self._quick(write=True) as q:
             q.execute(self._forget, {"worker": worker})
 
     def sweep(self, stale: float = STALE, limit: int = SWEEP_LIMIT) -> dict[str, int]:
         """Free the slots of up to `limit` workers silent for over `stale` seconds and drop their
         records; returns {worker: slots freed}. A read alone while every worker is alive."""
         params = {"stale": stale, "limit": limit}
-        with self.db.quick() as q:
+        with self._quick() as q:
             if not q.rows(self._stale, params):
                 return {}
         freed: dict[str, int] = {}
-        with self.db.quick(write=True) as q:
+        with self._quick(write=True) as q:
             for row in q.rows(self._stale, params):
                 # Claimed by deleting its record while still stale: a beat that landed meanwhile
                 # (PostgreSQL re-checks the row) keeps the worker's slots; two sweepers free once.
                 if q.execute(self._claim, {"worker": row.worker, "stale": stale}):
                     freed[row.worker] = q.execute(self._free, {"worker": row.worker})
         return freed
+
+    def close(self) -> None:
+        """Close this process's SQLite connection (a later call opens another)."""
+        held, self._held = self._held, None
+        if held is not None and held[0] == process.pid():
+            held[1].close()
+
+    @contextmanager
+    def _quick(self, write: bool = False) -> Iterator[Quick]:
+        """The database's quick transaction; on SQLite one on a connection that waits LOCK_WAIT at most."""
+        if not self.db.is_sqlite:
+            with self.db.quick(write=write) as q:
+                yield q
+            return
+        connection = self._connection()
+        cursor = connection.cursor()
+        try:
+            if write:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield Quick(cursor)
+            if connection.in_transaction:
+                cursor.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.rollback()
+            raise StorageError(f"database {'write' if write else 'read'} failed: {type(exc).__name__}") from exc
+        finally:
+            cursor.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        held = self._held
+        if held is None or held[0] != process.pid():  # a forked child opens its own
+            path = self.db.serving.url.database or ""
+            connection = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False)
+            held = self._held = (process.pid(), connection)
+        return held[1]
+
+
+class Keeper:
+    """A worker's side: its beats, and sweeps only while those land steadily (see above)."""
+
+    def __init__(self, liveness: Liveness, worker: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.liveness, self.worker, self.clock = liveness, worker, clock
+        self._last_beat = -math.inf  # when the last beat landed (this process's clock)
+        self._steady_since = math.inf  # the first of the beats since landing with no gap over STALE / 2
+
+    def beat(self) -> None:
+        """Beat (StorageError if the store fails)."""
+        self.liveness.beat(self.worker)
+        now = self.clock()
+        if now - self._last_beat > STALE / 2:
+            self._steady_since = now
+        self._last_beat = now
+
+    def sweep(self) -> dict[str, int]:
+        """Sweep (liveness.sweep), unless this worker's own beats have not landed steadily for STALE s."""
+        now = self.clock()
+        if now - self._steady_since < STALE or now - self._last_beat > STALE / 2:
+            return {}
+        return self.liveness.sweep()
 
 
 # KEYS[1]: the sorted set of workers scored by their last beat (Redis's clock). ARGV: the worker.
@@ -157,6 +234,9 @@ class RedisLiveness:
 
         found = self._call(self._sweep, [stale, limit, OWNER_PREFIX, OWNER_SUFFIX])
         return {found[i].decode(): int(found[i + 1]) for i in range(0, len(found), 2)}
+
+    def close(self) -> None:
+        """Nothing to close: the limiter's client is shared."""
 
     def _call(self, script: Any, args: list[Any]) -> Any:
         try:

@@ -14,7 +14,7 @@ from app.storage import schema
 from app.storage.db import Database
 from app.storage.keys import ApiKey, KeyRepo
 from app.storage.limits import Admission, Limiter, LimitExceeded, SqlLimiter
-from app.storage.liveness import ALIVE, STALE, Liveness, liveness_for
+from app.storage.liveness import ALIVE, STALE, Keeper, Liveness, liveness_for
 from tests.services import redis_url, reset_redis
 
 DEAD, LIVE, SILENT = "crashed:101", "running:202", "old-version:303"
@@ -25,7 +25,9 @@ Age = Callable[[str, float], None]  # moves a worker's last beat `seconds` into 
 def store(request, db) -> Iterator[tuple[Limiter, Liveness, Age]]:
     if request.param == "sql":
         limiter: Limiter = SqlLimiter(db)
-        yield limiter, liveness_for(limiter), lambda worker, seconds: _age_row(db, worker, seconds)
+        liveness = liveness_for(limiter)
+        yield limiter, liveness, lambda worker, seconds: _age_row(db, worker, seconds)
+        liveness.close()
         return
     if not db.is_sqlite:
         pytest.skip("on Redis the slots and records are in Redis whatever the database: once is enough")
@@ -128,7 +130,70 @@ def test_the_beat_is_on_the_databases_clock(db):
     before = time.time()
     liveness.beat(LIVE)
     liveness.beat(LIVE)  # the second updates the row
+    liveness.close()
     with db.read() as conn:
         rows = conn.execute(select(schema.worker_liveness)).all()
     assert [row.worker for row in rows] == [LIVE]
     assert before - 1 <= rows[0].seen_at <= time.time() + 1
+
+
+def test_an_sqlite_beat_gives_up_quickly_behind_a_long_write_lock(tmp_path):
+    """SQLite calls block the worker's event loop: a beat must not wait the usual 5 s for the lock."""
+    import sqlite3
+
+    from app.storage.db import StorageError
+    from app.storage.migrate import upgrade
+
+    db = Database(f"sqlite:///{tmp_path}/lock.db")
+    upgrade(db)
+    liveness = liveness_for(SqlLimiter(db))
+    locker = sqlite3.connect(tmp_path / "lock.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError):
+            liveness.beat(LIVE)
+        assert time.monotonic() - started < 1.0
+        assert liveness.sweep() == {}  # a read: WAL readers never wait
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        liveness.close()
+        db.dispose()
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.beats, self.sweeps = 0, 0
+
+    def beat(self, worker: str) -> None:
+        self.beats += 1
+
+    def sweep(self, stale: float = STALE, limit: int = 50) -> dict[str, int]:
+        self.sweeps += 1
+        return {}
+
+
+STEADY = [float(t) for t in range(0, 31)]
+
+
+@pytest.mark.parametrize(
+    ("beats", "sweep_at", "sweeps"),
+    [
+        ([0.0, 1.0, 2.0], 2.5, False),  # just started: not yet STALE seconds of beats
+        (STEADY[:11], 10.0, True),  # steady for STALE seconds
+        (STEADY[:11] + [12.0, 13.0], 13.0, True),  # a missed beat is no gap
+        (STEADY[:21] + [36.0, 37.0], 37.0, False),  # the store was away 16 s: the others have not beaten yet
+        (STEADY[:21] + list(range(36, 47)), 46.0, True),  # ... until STALE seconds after it came back
+        (STEADY[:21], 26.0, False),  # this worker's own beats stopped landing: it may be the one cut off
+    ],
+)
+def test_a_worker_sweeps_only_while_its_own_beats_land_steadily(beats, sweep_at, sweeps):
+    records, now = _Records(), [0.0]
+    keeper = Keeper(records, "w:1", clock=lambda: now[0])  # type: ignore[arg-type]
+    for at in beats:
+        now[0] = at
+        keeper.beat()
+    now[0] = sweep_at
+    keeper.sweep()
+    assert records.sweeps == int(sweeps)
