@@ -13,7 +13,8 @@ A max_parallel slot (an `inflight` row) names the worker holding it ("<instance 
 and frees itself at its request's deadline plus SLOT_MARGIN: a release that never lands (a
 worker killed, the store down while the request ended) cannot keep the slot longer, and
 `free_worker` frees a dead worker's slots at once (app/storage/reaper.py, run by gunicorn's
-master; its start-up frees every slot of its instance).
+master; its start-up frees every slot of its instance; a whole crashed instance's are freed by
+the others' liveness sweeps within seconds, app/storage/liveness.py).
 """
 
 from __future__ import annotations

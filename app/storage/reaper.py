@@ -13,7 +13,8 @@ a new pid namespace, still knows its own slots, and two hosts never take each ot
 `--all` is done once at start-up (app/storage/startup.py, from `on_starting`, before any worker
 runs): after the whole gateway was killed (SIGKILL, out of memory, `docker stop` past its
 timeout, a power cut) no master saw its workers go, and their slots would otherwise stay taken
-until their requests' deadlines.
+until their requests' deadlines. While it is down, the other instances' workers free them
+within seconds (app/storage/liveness.py), as no worker of it beats any more.
 """
 
 from __future__ import annotations
