@@ -44,7 +44,7 @@ from app.storage.limits import Limiter, SqlLimiter
 
 BEAT = 1.0  # seconds between a worker's beats
 STALE = 10.0  # a worker silent this long is dead (ten missed beats: a busy store or loop is not death)
-SWEEP_EVERY = 2.0  # seconds between a worker's sweeps: a crashed instance's slots free in STALE + 2 s
+SWEEP_EVERY = 2.0  # seconds between sweeps: a crashed instance's slots free STALE to STALE + 2 s after its last beat
 SWEEP_LIMIT = 50  # dead workers freed per sweep (bounded work; the next sweep takes the rest)
 LOCK_WAIT = 0.1  # seconds an SQLite beat or sweep waits for the write lock (transactions take ms)
 
