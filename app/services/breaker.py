@@ -19,17 +19,25 @@ from typing import Any
 from app.services import events
 
 
+@dataclass(frozen=True)
+class Pass:
+    """An attempt `allow` let through; `trial` numbers the half-open trial it claimed (0: none claimed)."""
+
+    trial: int = 0
+
+
 @dataclass
 class _State:
     failures: int = 0
     opened_at: float | None = None
-    trial: bool = False  # a half-open trial request is in flight
+    trial: int = 0  # the half-open trial in flight (its number), 0: none
 
 
 class Breakers:
     def __init__(self, failures: int, cooldown: float) -> None:
         self.failures, self.cooldown = failures, cooldown
         self._states: dict[str, _State] = {}
+        self._trials = 0  # the last trial number given out
         self._lock = threading.Lock()
 
     def configure(self, failures: int, cooldown: float, upstreams: Iterable[str]) -> None:
@@ -39,21 +47,23 @@ class Breakers:
             self.failures, self.cooldown = failures, cooldown
             self._states = {name: state for name, state in self._states.items() if name in keep}
 
-    def allow(self, upstream: str, now: float) -> bool:
-        """May an attempt go to `upstream` now? Claims the half-open trial when it is due."""
+    def allow(self, upstream: str, now: float) -> Pass | None:
+        """May an attempt go to `upstream` now (None: no)? Claims the half-open trial when it is due: only
+        the holder of that Pass may `release` it."""
         with self._lock:
             state = self._states.setdefault(upstream, _State())
             if state.opened_at is None:
-                return True
+                return Pass()
             if now < state.opened_at + self.cooldown or state.trial:
-                return False
-            state.trial = True
-            return True
+                return None
+            self._trials += 1
+            state.trial = self._trials
+            return Pass(state.trial)
 
     def record(self, upstream: str, *, fault: bool, now: float) -> None:
         with self._lock:
             state = self._states.setdefault(upstream, _State())
-            state.trial = False
+            state.trial = 0  # any verdict settles the half-open state (a leaked trial cannot block it)
             was_open = state.opened_at is not None
             if not fault:
                 state.failures, state.opened_at = 0, None
@@ -69,12 +79,14 @@ class Breakers:
             events.emit("breaker_closed", upstream, f"Circuit breaker closed for upstream {upstream}: a trial "
                         "request succeeded.", {"upstream": upstream})  # fmt: skip
 
-    def release(self, upstream: str) -> None:
-        """An attempt ended without a verdict (client gone, deadline): free the half-open trial."""
+    def release(self, upstream: str, trial: int) -> None:
+        """The attempt holding half-open trial number `trial` ended without a verdict (client gone, deadline,
+        a lost hedge): free that trial. Any other (an attempt let through while closed, or an older trial
+        already settled by a verdict) frees nothing: another attempt may hold the current trial."""
         with self._lock:
             state = self._states.get(upstream)
-            if state is not None:
-                state.trial = False
+            if state is not None and trial and state.trial == trial:
+                state.trial = 0
 
     def view(self, upstream: str, now: float) -> dict[str, Any]:
         """The breaker as the admin API shows it: closed, open (until a trial is let through), or half-open

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.config import GatewayConfig, UpstreamConfig
-from app.services import strategies
+from app.services import events, strategies
 from app.services.breaker import Breakers
 from app.services.calls import Hop, Route
 from app.services.load import Load, token_key
@@ -27,6 +27,7 @@ class Choice:
     upstream: UpstreamConfig
     token: Token
     route: Route
+    trial: int = 0  # the breaker's half-open trial this attempt claimed (0: none), released only by it
 
     def load_keys(self) -> tuple[str, ...]:
         """The Load keys this attempt counts on: its token, and its target when it sends a model."""
@@ -85,8 +86,9 @@ class Selector:
             if self.breakers.is_open(name, now):
                 continue
             token = self.pool.pick(name, self._busier(name, tried.get(route.key, set()), now), now)
-            if token is not None and self.breakers.allow(name, now):
-                return Choice(self.pool.effective(route.upstream, overrides), token, route)
+            admitted = self.breakers.allow(name, now) if token is not None else None
+            if token is not None and admitted is not None:
+                return Choice(self.pool.effective(route.upstream, overrides), token, route, admitted.trial)
         return None
 
     def _busier(self, upstream: str, tried: set[str], now: float) -> set[str]:
@@ -110,8 +112,21 @@ class Selector:
         )
 
     def release(self, choice: Choice) -> None:
-        """An attempt ended without a verdict (client gone, deadline): nothing is learnt, the trial is freed."""
-        self.breakers.release(choice.upstream.name)
+        """An attempt ended without a verdict (client gone, deadline, a lost hedge): nothing is learnt; the
+        breaker's half-open trial is freed when this attempt claimed it (not one another attempt holds)."""
+        self.breakers.release(choice.upstream.name, choice.trial)
+
+    def exhausted(self, hop: Hop) -> None:
+        """The pool_exhausted event of a client's call that found no usable token. Its subject is configured
+        text, never the client's (a glob route serves any model name): the alias, else the routed upstreams."""
+        if not hop.name:  # the gateway's own call (the /v1/models fetch): no client was refused
+            return
+        upstreams = ",".join(sorted(u.name for u in hop.chain_upstreams()))
+        events.emit(
+            "pool_exhausted", subject=hop.name if hop.alias else upstreams,
+            text="No upstream could take the request: every token is cooling down or every breaker is open.",
+            fields={"alias": hop.name, "upstreams": upstreams} if hop.alias else {"upstreams": upstreams},
+        )  # fmt: skip
 
     def retry_after(self, upstreams: Sequence[UpstreamConfig]) -> int:
         """Seconds until a routed upstream may take an attempt again (a breaker or a cooldown)."""

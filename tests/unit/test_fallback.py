@@ -9,6 +9,8 @@ from dataclasses import replace
 import responses
 
 from app.config import GatewayConfig, UpstreamConfig
+from app.services import aliases
+from app.services.breaker import Pass
 from tests.conftest import make_config
 
 PRIMARY, SECONDARY = "http://primary.test/v1", "http://secondary.test/v1"
@@ -147,18 +149,44 @@ def test_first_byte_timeout_retries_on_another_token_then_answers_504(make_app, 
     assert sorted(calls) == ["0001", "0002"]  # both tokens tried
 
 
-def test_a_half_open_trial_without_a_verdict_is_released():
+def test_a_half_open_trial_without_a_verdict_is_released_by_its_holder_only():
     from app.services.breaker import Breakers
 
     breakers = Breakers(failures=1, cooldown=10)
+    assert breakers.allow("up", 99.0) == Pass(0)  # closed: no trial claimed
     breakers.record("up", fault=True, now=100.0)
     assert not breakers.allow("up", 105.0)  # open
-    assert breakers.allow("up", 111.0)  # half-open: this caller holds the trial
+    first = breakers.allow("up", 111.0)  # half-open: this caller holds the trial
+    assert first is not None and first.trial > 0
     assert not breakers.allow("up", 111.5)  # one trial at a time
-    breakers.release("up")  # the trial's client went away: no verdict
-    assert breakers.allow("up", 112.0)  # the next request may try
+    breakers.release("up", 0)  # an attempt let through while closed (a hedge that lost): frees nothing
+    assert not breakers.allow("up", 111.6)
+    breakers.release("up", first.trial)  # the trial's client went away: no verdict
+    second = breakers.allow("up", 112.0)  # the next request may try
+    assert second is not None and second.trial not in (0, first.trial)
+    breakers.release("up", first.trial)  # the first trial, released twice: the second one stays claimed
+    assert not breakers.allow("up", 112.1)
     breakers.record("up", fault=False, now=112.5)
-    assert not breakers.is_open("up", 113.0) and breakers.allow("up", 113.0)
+    assert not breakers.is_open("up", 113.0) and breakers.allow("up", 113.0) == Pass(0)
+
+
+def test_a_dropped_attempt_frees_the_half_open_trial_only_when_it_claimed_it(make_app):
+    config = two_upstreams(breaker_failures=1, breaker_cooldown=30.0)
+    selector = make_app(config).extensions["sluice"].client.selector
+    hop = aliases.resolve(config, "m")
+    assert hop is not None
+    routes, overrides = [r for r in hop.routes if r.upstream.name == "primary"], selector.overrides()
+    before = selector.pick(routes, {}, overrides)  # let through while the breaker was closed
+    assert before is not None and before.trial == 0
+    selector.breakers.record("primary", fault=True, now=time.time() - 31.0)  # opened, cooled down: half-open
+    trial = selector.pick(routes, {}, overrides)
+    assert trial is not None and trial.trial > 0
+    assert selector.pick(routes, {}, overrides) is None  # one trial at a time
+    selector.release(before)  # the attempt from before (a losing hedge, abandoned) ends without a verdict
+    assert selector.pick(routes, {}, overrides) is None  # the trial is still held
+    selector.release(trial)
+    again = selector.pick(routes, {}, overrides)
+    assert again is not None and again.trial not in (0, trial.trial)
 
 
 def test_a_breaker_says_once_when_it_opens_and_when_it_closes():
