@@ -15,7 +15,7 @@ Hedging (issue 14, docs/resilience.md): with `hedge_after` set (the hop's, else 
 upstream's), an attempt without a first event after that long gets a hedge beside it, on another token
 (the same upstream first); the first to have its first event wins and the others are closed as
 HEDGE_LOST, without blame (the running set and the hedge timers: app/services/hedging.py). A failure
-beside a running attempt waits for it (see `_settle`).
+beside a running attempt waits for it, for one hedge delay at most (see `_settle`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import requests
 from app.config import UpstreamConfig
 from app.dialects.base import Dialect, Leg, Verdict
 from app.errors import ApiError, StreamBroken
-from app.services import events, metrics
+from app.services import metrics
 from app.services.calls import Hop, UpstreamCall
 from app.services.exchange import Exchange, Message
 from app.services.hedging import Hedging, Running, count
@@ -106,7 +106,7 @@ class Attempts:
         self.failure: Failure | None = None
         self.failure_dialect: Dialect | None = None  # the dialect of the upstream that failed last
         self.overrides = selector.overrides()
-        self.hedging = Hedging(selector.load, self.clock)  # the attempts in progress: one, or more while hedging
+        self.hedging = Hedging(selector.load, self.clock, call.streaming)  # the attempts in progress (1, or more)
         self._decisive: tuple[Failure, Dialect] | None = None  # the first non-retryable failure beside running ones
         self.max_attempts = call.max_attempts or settings.max_attempts
         self._queue_deadline: float | None = None
@@ -144,7 +144,9 @@ class Attempts:
         while True:
             now = self.clock()
             if now >= self.deadline:
-                self.abandon(Outcome.DEADLINE)
+                held = self.abandon(Outcome.DEADLINE)
+                if held is not None:  # a decisive failure came before: it is the answer, not the deadline
+                    return held
                 message = "The request deadline passed before an upstream answered."
                 return Failed(ApiError(504, message, code="deadline_exceeded"))
             if not self.hedging.running:
@@ -229,6 +231,9 @@ class Attempts:
         now = self.clock()
         if now >= self.deadline:
             return _KEEP_WAITING  # the loop's deadline check answers
+        if self._decisive is not None and now >= self.hedging.decide_by:
+            self._won(None)  # none had its first event in time: the decisive failure is the answer
+            return self._decide()
         late = self.hedging.late(now)
         if late is not None:
             return self._attempt_failed(late, self.transport.fault(Outcome.FIRST_BYTE_TIMEOUT))
@@ -296,9 +301,9 @@ class Attempts:
         count(current, "won")
         return Accepted(current.choice, current.response, current.exchange, current.leg, current.prefix, body)
 
-    def _won(self, winner: Running) -> None:
-        """`winner` had its first event first: every other running attempt is closed as lost, and no hedge
-        starts after it."""
+    def _won(self, winner: Running | None) -> None:
+        """`winner` had its first event first (None: a decisive failure decides): every other running
+        attempt is closed as lost, and no hedge starts after it."""
         for loser in self.hedging.won(winner):
             self._drop(loser, Outcome.HEDGE_LOST)
 
@@ -313,16 +318,20 @@ class Attempts:
 
     def _settle(self, failure: Failure, dialect: Dialect) -> Failed | object:
         """After a failed attempt: while others run, wait for them (no replacement, and after a non-retryable
-        failure no hedge either); with none left, the first non-retryable failure seen decides (a retryable
-        one after it does not hide it: the answer the client would have had without the hedge), else the
-        loop goes on to the next token."""
+        failure no hedge either, and that failure answers after one hedge delay if none had its first event:
+        `Hedging.hold`); with none left, the first non-retryable failure seen decides (a retryable one after
+        it does not hide it: the answer the client would have had without the hedge), else the loop goes
+        on to the next token. The deadline (`_advance`) or an `abandon` also answer with that failure."""
         if not failure.decision.retry and self._decisive is None:
             self._decisive = (failure, dialect)
-            self.hedging.hold()
-        if self.hedging.running:
+            self.hedging.hold(self.clock())
+        if self.hedging.running or self._decisive is None:
             return _KEEP_WAITING
-        if self._decisive is None:
-            return _KEEP_WAITING
+        return self._decide()
+
+    def _decide(self) -> Failed | object:
+        """Nothing runs beside the decisive failure: it is the answer, or moves to the context fallbacks."""
+        assert self._decisive is not None
         (failure, dialect), self._decisive = self._decisive, None
         self.failure, self.failure_dialect = failure, dialect
         if failure.decision.policy.context_fallback and self.hop.context_fallbacks:
@@ -349,25 +358,13 @@ class Attempts:
     def _failed(self) -> Failed:
         self.selector.leave_queue(self)
         if self.failure is None:
-            self._exhausted()
+            if not self.continuing:  # a resume that found no untried token refused no client
+                self.selector.exhausted(self.call.hop)
             retry_after = str(self.selector.retry_after(self.call.hop.chain_upstreams()))
             message = "No upstream is available right now: every token is cooling down or every upstream is failing."
             return Failed(ApiError(503, message, code="no_upstream_available", headers={"Retry-After": retry_after}))
         assert self.failure_dialect is not None
         return Failed(self.settings.final_error(self.failure, self.failure_dialect))
-
-    def _exhausted(self) -> None:
-        """The pool_exhausted event of a client's call. Its subject is configured text, never the client's
-        (a glob route serves any model name): the alias, else the routed upstreams."""
-        hop = self.call.hop
-        if not hop.name or self.continuing:  # the gateway's own call (the /v1/models fetch), or a resume that
-            return  # found no untried token: no client was refused
-        upstreams = ",".join(sorted(u.name for u in hop.chain_upstreams()))
-        events.emit(
-            "pool_exhausted", subject=hop.name if hop.alias else upstreams,
-            text="No upstream could take the request: every token is cooling down or every breaker is open.",
-            fields={"alias": hop.name, "upstreams": upstreams} if hop.alias else {"upstreams": upstreams},
-        )  # fmt: skip
 
     def _note(self, current: Running, status: int | None, reason: str, outcome: Outcome) -> None:
         """The attempt's record, as the request log and the usage record see it."""
@@ -378,11 +375,14 @@ class Attempts:
                     current.hedge)
         )  # fmt: skip
 
-    def abandon(self, outcome: Outcome) -> None:
-        """Stop every attempt in progress (client gone, deadline); no token is blamed."""
+    def abandon(self, outcome: Outcome) -> Failed | None:
+        """Stop every attempt in progress (client gone, deadline, shutdown); no token is blamed. Returns the
+        non-retryable failure held beside them, if any: the answer the client is owed, not a timeout."""
         for current in list(self.hedging.running):
             self._drop(current, outcome)
         self.selector.leave_queue(self)
+        held, self._decisive = self._decisive, None
+        return None if held is None else Failed(self.settings.final_error(*held))
 
     def _drop(self, current: Running, outcome: Outcome) -> None:
         """End a running attempt without a verdict (abandoned, or lost to another attempt)."""

@@ -4,7 +4,8 @@ Each worker counts its own requests exactly (in memory); a background chore repo
 the shared store and reads back the other workers' reports (`merge`), so `inflight(key)` is
 the deployment-wide count as of the last second or two plus this worker's live one. Keys:
 `token_key(token_id)` and `target_key(upstream, model)`. Next to them, per target, a short ring of
-recent samples for `ttfe_p95` (the hedge delay "p95", app/services/attempts.py).
+recent samples for `ttfe_p95` (the hedge delay "p95", app/services/hedging.py); a lost hedge's time is a
+lower bound of its time to first event, kept only where it raises the estimate (`*_at_least`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class _Stat:
     inflight: int = 0
     ttfe: float | None = None  # seconds, exponentially weighted
 
+    def add(self, seconds: float) -> None:
+        self.ttfe = seconds if self.ttfe is None else self.ttfe + EWMA_WEIGHT * (seconds - self.ttfe)
+
 
 class Load:
     def __init__(self) -> None:
@@ -59,26 +63,42 @@ class Load:
         """An attempt's time to its first event (or its plain answer's headers)."""
         with self._lock:
             for key in keys:
-                stat = self._mine.setdefault(key, _Stat())
-                stat.ttfe = seconds if stat.ttfe is None else stat.ttfe + EWMA_WEIGHT * (seconds - stat.ttfe)
+                self._mine.setdefault(key, _Stat()).add(seconds)
+
+    def first_event_at_least(self, seconds: float, *keys: str) -> None:
+        """No first event after `seconds` (a lost hedge): a sample for the keys with no estimate yet, or
+        whose estimate (`ttfe`) is lower; a lower bound below the estimate says nothing."""
+        with self._lock:
+            for key in keys:
+                known = self.ttfe(key)
+                if known is None or seconds > known:
+                    self._mine.setdefault(key, _Stat()).add(seconds)
 
     def ttfe_sample(self, seconds: float, key: str) -> None:
         """A time-to-first-event sample for `ttfe_p95(key)` only (any key, in the load table or not)."""
         with self._lock:
-            ring = self._rings.get(key)
-            if ring is None:
-                ring = self._rings[key] = deque(maxlen=RING_SIZE)
-            ring.append(seconds)
+            self._ring(key).append(seconds)
+
+    def ttfe_sample_at_least(self, seconds: float, key: str) -> None:
+        """A lower bound for `key`'s ring: kept when the ring is empty or `seconds` exceeds its current 95th
+        percentile (nearest rank over what it holds, however few)."""
+        with self._lock:
+            ring = self._ring(key)
+            if not ring or seconds > _p95(ring):
+                ring.append(seconds)
+
+    def _ring(self, key: str) -> deque[float]:
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = deque(maxlen=RING_SIZE)
+        return ring
 
     def ttfe_p95(self, key: str) -> float | None:
         """The 95th percentile of the last RING_SIZE samples of `key` (nearest rank), None with fewer than
         MIN_SAMPLES. This worker's samples only: the other workers report their EWMA, not their samples."""
         with self._lock:
             ring = self._rings.get(key)
-            samples = sorted(ring) if ring is not None and len(ring) >= MIN_SAMPLES else None
-        if samples is None:
-            return None
-        return samples[math.ceil(0.95 * len(samples)) - 1]
+            return _p95(ring) if ring is not None and len(ring) >= MIN_SAMPLES else None
 
     def inflight(self, key: str) -> int:
         """Requests in flight on `key` across every worker (others as last reported)."""
@@ -102,3 +122,9 @@ class Load:
     def merge(self, others: Mapping[str, tuple[int, float | None]]) -> None:
         """The other workers' figures as last reported: key -> (in flight summed, ttfe seconds)."""
         self._others = dict(others)
+
+
+def _p95(samples: deque[float]) -> float:
+    """The nearest-rank 95th percentile of a non-empty ring."""
+    ordered = sorted(samples)
+    return ordered[math.ceil(0.95 * len(ordered)) - 1]

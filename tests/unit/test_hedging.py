@@ -26,8 +26,8 @@ from app.services import metrics
 from app.services.attempts import Accepted, Attempt, Attempts, Failed
 from app.services.calls import Hop, Route, UpstreamCall
 from app.services.exchange import Exchange, Message
-from app.services.hedging import hedge_delay
-from app.services.load import MIN_SAMPLES, RING_SIZE, Load
+from app.services.hedging import hedge_delay, ring_key
+from app.services.load import MIN_SAMPLES, RING_SIZE, Load, token_key
 from app.services.outcomes import Outcome
 from app.services.tokens import token_id
 from app.services.transport import Transport
@@ -199,6 +199,85 @@ def test_a_loser_gives_a_lower_bound_sample_to_the_latency_figures(loop):
     assert load.ttfe_p95(route.load_key) is None  # two samples (the loser's and the winner's): too few
 
 
+def test_a_hedge_that_loses_at_once_does_not_make_its_token_look_fast(loop):
+    attempts, _ = loop({A: Script(body=0.13), B: Script(headers=NEVER)})  # B starts at 0.1 s, loses at 0.13 s
+    load, b_key = attempts.selector.load, token_key(token_id("primary", B))
+    load.first_event(0.5, b_key)  # what B is known for
+    assert run(attempts).token.value == A
+    assert outcomes(attempts) == [("B", "hedge_lost", True), ("A", "ok", False)]
+    assert load.ttfe(b_key) == 0.5  # its ~0.03 s without a first event is no news
+
+
+@pytest.mark.parametrize(
+    ("mine", "others", "bound", "expected"),
+    [
+        (None, None, 0.2, 0.2),  # no estimate: the lower bound is the first one
+        (0.5, None, 0.2, 0.5),  # below the estimate: says nothing
+        (0.5, None, 0.5, 0.5),
+        (0.5, None, 0.9, 0.62),  # above: a sample (EWMA 0.3)
+        (None, 0.5, 0.2, 0.5),  # the other workers' estimate counts too
+        (None, 0.5, 0.9, 0.9),
+    ],
+)
+def test_a_lower_bound_feeds_the_ewma_only_where_it_raises_the_estimate(mine, others, bound, expected):
+    load = Load()
+    if mine is not None:
+        load.first_event(mine, "token:t")
+    if others is not None:
+        load.merge({"token:t": (0, others)})
+    load.first_event_at_least(bound, "token:t")
+    assert load.ttfe("token:t") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("before", "bound", "after", "expected"),
+    [
+        # (nearest rank: of 20 samples the 19th, of 22 the 21st)
+        ([0.5] * (MIN_SAMPLES - 1), 0.01, [], None),  # below the ring's p95: not kept (19 samples: no p95)
+        ([0.5] * (MIN_SAMPLES - 1), 0.5, [], None),
+        ([0.5] * (MIN_SAMPLES - 1), 0.8, [], 0.5),  # above: kept (the 20th sample)
+        ([0.5] * MIN_SAMPLES, 0.8, [0.9], 0.8),
+        ([0.5] * MIN_SAMPLES, 0.4, [0.9], 0.5),
+        ([0.1] * 5 + [0.6], 0.3, [0.1] * 14, 0.1),  # few samples: their p95 is their highest (0.6): not kept
+        ([], 0.9, [0.1] * (MIN_SAMPLES - 1), 0.1),  # an empty ring: kept (the 20th sample)
+    ],
+)
+def test_a_lower_bound_joins_the_p95_ring_only_above_its_current_p95(before, bound, after, expected):
+    load = Load()
+    for sample in before:
+        load.ttfe_sample(sample, "target:u/m")
+    load.ttfe_sample_at_least(bound, "target:u/m")
+    for sample in after:
+        load.ttfe_sample(sample, "target:u/m")
+    assert load.ttfe_p95("target:u/m") == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_plain_and_streamed_first_events_keep_separate_p95_rings(loop, streaming):
+    attempts, _ = loop({A: Script(headers=0.08)}, streaming=streaming, hedge=None)
+    load, route = attempts.selector.load, attempts.call.hop.routes[0]
+    mine, other = ring_key(route, streaming), ring_key(route, not streaming)
+    assert mine != other and ring_key(route, True) == route.load_key
+    for _ in range(MIN_SAMPLES - 1):
+        load.ttfe_sample(0.01, mine)
+        load.ttfe_sample(0.01, other)
+    assert isinstance(run(attempts), Accepted)
+    assert load.ttfe_p95(mine) == 0.01  # its 20th sample (19 fast ones: nearest rank 19 of 20)
+    assert load.ttfe_p95(other) is None  # a plain status time never reaches a stream's p95, nor the reverse
+    assert load.ttfe(token_key(token_id("primary", A))) == pytest.approx(0.08, abs=0.05)  # the EWMA: both
+
+
+@pytest.mark.parametrize(("plain_ring", "hedged"), [(True, True), (False, False)])
+def test_a_plain_request_hedging_on_p95_reads_the_plain_ring(loop, plain_ring, hedged):
+    attempts, transport = loop({A: Script(headers=0.4), B: Script()}, streaming=False, hedge=Hedge(None, 1))
+    load, route = attempts.selector.load, attempts.call.hop.routes[0]
+    for _ in range(MIN_SAMPLES):
+        load.ttfe_sample(0.1, ring_key(route, not plain_ring))
+    outcome = run(attempts)
+    assert isinstance(outcome, Accepted) and outcome.token.value == (B if hedged else A)
+    assert transport.tokens() == ([A, B] if hedged else [A])
+
+
 @pytest.mark.parametrize(
     ("scripts", "hedge", "max_attempts"),
     [
@@ -264,7 +343,11 @@ def test_a_retryable_failure_beside_a_running_attempt_waits_for_it_without_a_rep
     assert outcomes(attempts) == [("B", "server_error", True), ("A", "ok", False)]
 
 
-# A is the first attempt, B its hedge (started at 0.1 s); each fails or answers at the time given.
+# A is the first attempt, B its hedge (started at 0.2 s: SLOW_HEDGE); each fails or answers at the time given.
+# After a non-retryable failure, the others have one hedge delay (0.2 s) to have their first event.
+SLOW_HEDGE = Hedge(0.2, 1)
+
+
 def _at(seconds: float, status: int = 500, error: str = "no") -> Script:
     return Script(headers=seconds, status=status, error=error)
 
@@ -272,28 +355,35 @@ def _at(seconds: float, status: int = 500, error: str = "no") -> Script:
 @pytest.mark.parametrize(
     ("a", "b", "answer", "records"),
     [
-        # A non-retryable failure beside a running attempt waits for it: a good answer wins.
-        (Script(body=0.35), _at(0.0, 400), ("ok", None), [("B", "client_error", True), ("A", "ok", False)]),
-        (Script(body=0.35), _at(0.0, 400, CONTEXT), ("ok", None),
+        # A non-retryable failure beside a running attempt waits for it: a good answer in time wins.
+        (Script(body=0.3), _at(0.0, 400), ("ok", None), [("B", "client_error", True), ("A", "ok", False)]),
+        (Script(body=0.3), _at(0.0, 400, CONTEXT), ("ok", None),
          [("B", "context_length_exceeded", True), ("A", "ok", False)]),
+        # ... but one hedge delay at most (B failed at 0.2 s: A is dropped at 0.4 s, not at its first-byte limit).
+        (Script(body=NEVER), _at(0.0, 400, "bad B"), (400, "bad B"),
+         [("B", "client_error", True), ("A", "hedge_lost", False)]),
+        (Script(body=0.6), _at(0.0, 400, "bad B"), (400, "bad B"),
+         [("B", "client_error", True), ("A", "hedge_lost", False)]),
         # Every attempt failed: the first non-retryable failure is the answer, whatever failed after it.
-        (_at(0.35), _at(0.0, 400, "bad B"), (400, "bad B"),
+        (_at(0.3), _at(0.0, 400, "bad B"), (400, "bad B"),
          [("B", "client_error", True), ("A", "server_error", False)]),
-        (_at(0.35, 400, "bad A"), _at(0.0, 500), (400, "bad A"),
+        (_at(0.3, 400, "bad A"), _at(0.0, 500), (400, "bad A"),
          [("B", "server_error", True), ("A", "client_error", False)]),
-        (_at(0.35, 400, "bad A"), _at(0.0, 400, "bad B"), (400, "bad B"),
+        (_at(0.3, 400, "bad A"), _at(0.0, 400, "bad B"), (400, "bad B"),
          [("B", "client_error", True), ("A", "client_error", False)]),
-        (_at(0.15, 400, "bad A"), _at(0.2, 400, "bad B"), (400, "bad A"),
+        (_at(0.25, 400, "bad A"), _at(0.15, 400, "bad B"), (400, "bad A"),
          [("A", "client_error", False), ("B", "client_error", True)]),
-        (_at(0.35, 400, CONTEXT), _at(0.0, 400, "bad B"), (400, "bad B"),
+        (_at(0.3, 400, CONTEXT), _at(0.0, 400, "bad B"), (400, "bad B"),
          [("B", "client_error", True), ("A", "context_length_exceeded", False)]),
     ],
 )  # fmt: skip
 def test_a_failure_beside_a_running_attempt_waits_for_it_and_the_first_non_retryable_one_decides(
     loop, a, b, answer, records
 ):
-    attempts, transport = loop({A: a, B: b, C: Script()})
+    attempts, transport = loop({A: a, B: b, C: Script()}, hedge=SLOW_HEDGE)
+    started = time.time()
     outcome = run(attempts)
+    assert time.time() - started < 0.55  # at most one hedge delay after the first non-retryable failure
     if answer[0] == "ok":
         assert isinstance(outcome, Accepted) and outcome.token.value == A and outcome.choice.route.model is None
     else:
@@ -307,10 +397,10 @@ def test_a_failure_beside_a_running_attempt_waits_for_it_and_the_first_non_retry
 
 @pytest.mark.parametrize(
     "a",
-    [_at(0.35), _at(0.35, 400, "bad A")],  # a context-length failure came first: it decides either way
+    [_at(0.3), _at(0.3, 400, "bad A")],  # a context-length failure came first: it decides either way
 )
 def test_a_context_length_failure_beside_a_running_attempt_moves_to_the_context_fallback_once_all_failed(loop, a):
-    attempts, transport = loop({A: [a, Script()], B: _at(0.0, 400, CONTEXT), C: Script()})
+    attempts, transport = loop({A: [a, Script()], B: _at(0.0, 400, CONTEXT), C: Script()}, hedge=SLOW_HEDGE)
     outcome = run(attempts)
     assert isinstance(outcome, Accepted) and outcome.choice.route.model == "big"
     assert transport.tokens()[:2] == [A, B] and len(transport.tokens()) == 3
@@ -318,10 +408,28 @@ def test_a_context_length_failure_beside_a_running_attempt_moves_to_the_context_
 
 
 def test_no_hedge_starts_after_a_non_retryable_failure_while_the_others_run(loop):
-    attempts, transport = loop({A: Script(body=0.45), B: _at(0.0, 400), C: Script()}, hedge=Hedge(0.1, 2))
+    # B starts at 0.25 s and fails at 0.4 s; A answers at 0.58 s, within 0.25 s of B's failure
+    attempts, transport = loop({A: Script(body=0.58), B: _at(0.15, 400), C: Script()}, hedge=Hedge(0.25, 2))
     outcome = run(attempts)
     assert isinstance(outcome, Accepted) and outcome.token.value == A
-    assert transport.tokens() == [A, B]  # C would have started at 0.2 s beside A
+    assert transport.tokens() == [A, B]  # C would have started at 0.5 s beside A
+
+
+def test_the_deadline_answers_with_the_decisive_failure_held_not_a_504(loop):
+    attempts, transport = loop({A: _at(0.15, 400, "bad A"), B: Script(headers=NEVER)}, deadline=0.2)
+    outcome = run(attempts)  # A failed at 0.15 s beside B (started at 0.1 s); the deadline comes before 0.25 s
+    assert isinstance(outcome, Failed) and (outcome.error.status, outcome.error.message) == (400, "bad A")
+    assert outcomes(attempts) == [("A", "client_error", False), ("B", "deadline", True)]
+    assert all(exchange.closed for _, _, exchange in transport.opened)
+
+
+def test_abandon_hands_back_the_decisive_failure_held(loop):
+    attempts, transport = loop({A: _at(0.25, 400, "bad A"), B: Script(headers=NEVER)}, hedge=SLOW_HEDGE)
+    assert run(attempts, 0.35) is None  # A failed at 0.25 s; B runs until 0.45 s
+    held = attempts.abandon(Outcome.SERVER_SHUTDOWN)  # a graceful stop's deadline
+    assert isinstance(held, Failed) and (held.error.status, held.error.message) == (400, "bad A")
+    assert outcomes(attempts) == [("A", "client_error", False), ("B", "server_shutdown", True)]
+    assert attempts.abandon(Outcome.SERVER_SHUTDOWN) is None  # handed back once
 
 
 def test_when_every_running_attempt_failed_the_loop_goes_on_as_before(loop):
