@@ -51,6 +51,39 @@ class Transcript(Protocol):
         """A continuation attempt starts: the next feed() calls are its events."""
 
 
+class TextTranscript:
+    """What both transcripts share: the first attempt's events batched unparsed, the text and whether it can be
+    resumed, read when the stream breaks. Subclasses parse an event (`_observe`) and rewrite a continuation's
+    (`_continue`), and set `_text`, `_why` (why not resumable, once) and `_finished` (the answer's end was seen)."""
+
+    def __init__(self) -> None:
+        self._batch = Batch(self._observe)
+        self._text: list[str] = []
+        self._why = ""  # set once: why the stream cannot be resumed
+        self._finished = False  # the client has seen the answer's end (a finish_reason / stop_reason)
+        self._continuing = False
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        if not self._continuing:
+            self._batch.add(raw)  # parsed later, in a batch (or never, when the stream ends well)
+            return [raw]
+        return self._continue(raw)
+
+    def partial(self) -> Partial:
+        self._batch.fold()
+        if self._why:
+            return Partial(None, self._why)
+        if self._finished:  # the answer is whole; only its end is missing: nothing to continue (no second usage)
+            return Partial(None, "finished")
+        return Partial("".join(self._text))
+
+    def _observe(self, raw: bytes) -> None:
+        raise NotImplementedError
+
+    def _continue(self, raw: bytes) -> list[bytes]:
+        raise NotImplementedError
+
+
 class Batch:
     """Raw events kept unparsed until `fold` hands them, in order, to a parser (at the latest every
     FOLD_EVENTS events or FOLD_BYTES bytes)."""

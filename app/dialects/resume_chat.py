@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.dialects.chat_events import is_done
-from app.dialects.resume import Batch, Partial, add_counts, dump, load, with_prefill
+from app.dialects.resume import TextTranscript, add_counts, dump, load, with_prefill
 from app.services import sse
 
 HEAD = ("id", "created", "model", "system_fingerprint")  # what a continuation's chunks take from the first stream
@@ -22,40 +22,22 @@ NON_TEXT = ("reasoning_content", "reasoning", "refusal", "audio")  # delta membe
 MODES = ("prefill", "continue")
 
 
-class ChatTranscript:
+class ChatTranscript(TextTranscript):
     """One chat stream's transcript; `is_error` tells the upstream's own error event (openai_chat.is_error_event,
     handed in so the import goes one way)."""
 
     def __init__(self, is_error: Callable[[bytes], bool]) -> None:
         self._is_error = is_error
-        self._batch = Batch(self._observe)
-        self._text: list[str] = []
-        self._why = ""  # set once: why the stream cannot be resumed
-        self._finished = False  # the client has seen a finish_reason
+        super().__init__()
         self._head: dict[str, Any] = {}
         self._roled = False  # the client has had its role delta
         self._usage: Any = None  # the current attempt's reported usage object
         self._spent: dict[str, Any] = {}  # every earlier attempt's usage, added up
-        self._continuing = False
         self._origin: bytes | None = None  # the first attempt's body, and the last body request() built
         self._built: bytes | None = None
 
     def is_error(self, raw: bytes) -> bool:
         return self._is_error(raw)
-
-    def feed(self, raw: bytes) -> list[bytes]:
-        if not self._continuing:
-            self._batch.add(raw)  # parsed later, in a batch (or never, when the stream ends well)
-            return [raw]
-        return self._continue(raw)
-
-    def partial(self) -> Partial:
-        self._batch.fold()
-        if self._why:
-            return Partial(None, self._why)
-        if self._finished:  # the answer is whole; only its end is missing: nothing to continue (no second usage)
-            return Partial(None, "finished")
-        return Partial("".join(self._text))
 
     def request(self, body: bytes, mode: str) -> bytes:
         """The body with the partial text as the assistant's turn; "continue" also asks vLLM-style servers to

@@ -13,27 +13,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.dialects.resume import Batch, Partial, add_counts, dump, load, with_prefill
+from app.dialects.resume import TextTranscript, add_counts, dump, load, with_prefill
 from app.services import sse
 
 BLOCK_EVENTS = ("content_block_start", "content_block_delta", "content_block_stop")
 TOOL_BLOCKS = ("tool_use", "server_tool_use")
 
 
-class MessagesTranscript:
+class MessagesTranscript(TextTranscript):
     """One Messages stream's transcript."""
 
     def __init__(self) -> None:
-        self._batch = Batch(self._observe)
-        self._text: list[str] = []
-        self._why = ""  # set once: why the stream cannot be resumed
+        super().__init__()
         self._started = False  # the client has had its message_start
-        self._finished = False  # the client has seen a stop_reason
         self._kinds: dict[int, str] = {}  # the client's blocks: index -> type
         self._open: set[int] = set()
         self._usage: dict[str, Any] = {}  # the current attempt's usage (message_start's, updated by message_delta's)
         self._spent: dict[str, Any] = {}  # every earlier attempt's usage, added up
-        self._continuing = False
         self._map: dict[int, int] = {}  # the continuation's block index -> the client's
         self._held: dict[int, dict[str, Any]] = {}  # a continuation's text block start, until it has text
         self._join: int | None = None  # the client's open text block the continuation's first text block continues
@@ -52,20 +48,6 @@ class MessagesTranscript:
         except ValueError:
             return False
         return isinstance(data, dict) and data.get("type") == "error"
-
-    def feed(self, raw: bytes) -> list[bytes]:
-        if not self._continuing:
-            self._batch.add(raw)  # parsed later, in a batch (or never, when the stream ends well)
-            return [raw]
-        return self._continue(raw)
-
-    def partial(self) -> Partial:
-        self._batch.fold()
-        if self._why:
-            return Partial(None, self._why)
-        if self._finished:  # the answer is whole; only its end is missing: nothing to continue (no second usage)
-            return Partial(None, "finished")
-        return Partial("".join(self._text))
 
     def request(self, body: bytes, mode: str) -> bytes:
         """The body with the partial text, trailing whitespace stripped, as the assistant's turn ("continue" is
