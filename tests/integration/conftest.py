@@ -20,6 +20,20 @@ MASTER_KEY = "sk-integration-master-0123456789"
 pytestmark = pytest.mark.integration
 
 
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (e.g. a gunicorn master's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

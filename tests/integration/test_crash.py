@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from app.storage.liveness import STALE, SWEEP_EVERY
-from tests.integration.conftest import MASTER_KEY, Server, start_gateway, upstream_toml
+from tests.integration.conftest import MASTER_KEY, Server, child_pids, start_gateway, upstream_toml
 from tests.integration.test_slots import own_redis  # noqa: F401  (a fixture: a redis-server of this module's own)
 from tests.services import _worker_database, postgres_url, reset_postgres
 
@@ -60,19 +60,6 @@ def _start(gateway: Server, key: str, chunks: int) -> Stream:
     return stream
 
 
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
 def _running(pid: int) -> bool:
     """Whether `pid` still runs (an exited process nobody reaps yet is a zombie: it does not)."""
     try:
@@ -93,7 +80,7 @@ def test_a_worker_whose_master_died_finishes_its_streams_and_writes_their_usage(
     gateway = start_gateway(tmp_path, upstream_toml("main", mock.url, ["good-token-00000001"], ["*"]),
                             workers=2, SLUICE_GRACE_SECONDS=str(GRACE))  # fmt: skip
     try:
-        workers = _children(gateway.process.pid)
+        workers = child_pids(gateway.process.pid)
         assert len(workers) == 2
         short = [_start(gateway, MASTER_KEY, 30) for _ in range(3)]  # 3 s: within the grace
         long = [_start(gateway, MASTER_KEY, 300) for _ in range(2)]  # 30 s: past it

@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import MASTER_KEY, Server, chat_request_head, free_port, start_gateway, upstream_toml
+from tests.integration.conftest import (
+    MASTER_KEY,
+    Server,
+    chat_request_head,
+    child_pids,
+    free_port,
+    start_gateway,
+    upstream_toml,
+)
 from tests.services import program
 
 pytestmark = pytest.mark.integration
@@ -117,19 +125,6 @@ def _admitted_within(gateway: Server, key: str, seconds: float) -> float | None:
     return None
 
 
-def _workers(master: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_a_worker_killed_mid_stream_frees_its_slot_within_seconds(tmp_path, mock, backend, request):
     env = {"SLUICE_REDIS_URL": request.getfixturevalue("own_redis")} if backend == "redis" else {}
@@ -138,7 +133,7 @@ def test_a_worker_killed_mid_stream_frees_its_slot_within_seconds(tmp_path, mock
         key = _key(gateway, max_parallel=1)
         _start_stream(gateway, key)
         assert _parallel_refused(gateway, key)
-        (worker,) = _workers(gateway.process.pid)
+        (worker,) = child_pids(gateway.process.pid)
         os.kill(worker, signal.SIGKILL)
         waited = _admitted_within(gateway, key, 15)
         assert waited is not None, gateway.log()[-3000:]
