@@ -72,6 +72,13 @@ $(PEERS)/.installed: bench/requirements-peers.txt
 	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-peers.txt
 	touch $(PEERS)/.installed
 
+# Sluice on PostgreSQL + Redis against Sluice on SQLite; records docs/benchmarks.md "PostgreSQL path" (~3 min).
+# Uses the CI PostgreSQL and Redis (deploy/ci-services.sh, as root) unless SLUICE_TEST_DATABASE_URL is set.
+.PHONY: bench-pg
+bench-pg: bench-deps
+	@if [ -z "$$SLUICE_TEST_DATABASE_URL" ]; then eval "$$(deploy/ci-services.sh)"; fi; \
+		$(BIN)/python bench/pg_path.py --write $(BENCH_PG_ARGS)
+
 # Keys, limits and usage records on versus off (the persistent-state issue's harness).
 bench-limits: $(STAMP)
 	$(BIN)/python bench/limits_overhead.py
