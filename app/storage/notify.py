@@ -162,8 +162,12 @@ class _Listener:
             self._owner.marks = {}
 
     def _wait(self, fds: list[int], timeout: float) -> bool:
-        """Wait for one of `fds` (True), for `timeout` (False) or for stop (False)."""
-        ready, _, _ = select.select([*fds, self._wake_r], [], [], timeout)
+        """Wait for one of `fds` (True), for `timeout` (False) or for stop (False). poll, not select:
+        a worker holding thousands of streams gives this connection a descriptor above select's 1024."""
+        poller = select.poll()  # gevent's under its monkey-patching: waits in the loop
+        for fd in (*fds, self._wake_r):
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
         return bool(ready) and self._wake_r not in ready
 
 

@@ -163,3 +163,29 @@ def test_an_entry_still_expires_after_max_age(pair):
     assert mine.by_secret(secret).rpm == 5
     time.sleep(MAX_AGE)
     assert mine.by_secret(secret).rpm == 9
+
+
+def test_the_listener_works_above_descriptor_1024():
+    """A worker holding thousands of streams opens the listener's connection on a high descriptor."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-file limit ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    a, b = Database(postgres_url()), Database(postgres_url())
+    try:
+        for db in (a, b):
+            db.changes.mark("keys")
+            assert until(lambda db=db: db.changes.mark("keys") is not None, 5)
+        before = b.changes.mark("keys")
+        a.changes.signal("keys")
+        assert until(lambda: b.changes.mark("keys") != before, SOON)
+    finally:
+        a.dispose()
+        b.dispose()
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
