@@ -158,3 +158,28 @@ def test_metrics_count_hedges(stack):
         )
         assert grew == 1, result
     assert value(after, "sluice_hedges_total", upstream="slow") == 0  # the slow target was never a hedge
+
+
+def test_a_hedged_request_holds_one_slot_and_counts_once(stack):
+    """max_parallel = 1, rpm = 2: two attempts run at the upstream for one hedged request, which still holds one
+    slot (a second request meanwhile is refused) and counts one request (one more fits in the minute)."""
+    mock, gateway = stack
+    body = {"name": f"hedge-slots-{uuid.uuid4().hex[:8]}", "max_parallel": 1, "rpm": 2}
+    created = requests.post(f"{gateway.url}/admin/api/keys", json=body, headers=CHAT_AUTH, timeout=20)
+    assert created.status_code == 201, created.text
+    key = {"Authorization": f"Bearer {created.json()['key']}"}
+    url = f"{gateway.url}/v1/chat/completions"
+    chat = {"model": "m-fast", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
+    requests.post(f"{mock.url}/_mock/reset", timeout=5)
+    hedged_body = {**chat, "model": "hedged", "mock": {"chunks": 40, "delay": 0.05}}  # the winner streams for 2 s
+    with requests.post(url, json=hedged_body, headers=key, stream=True, timeout=30) as hedged:
+        assert hedged.status_code == 200
+        time.sleep(0.6)  # the hedge has started beside the slow attempt
+        assert mock_stats(mock)["requests"] == 2  # two upstream attempts ...
+        busy = requests.post(url, json=chat, headers=key, timeout=30)
+        assert busy.status_code == 429 and "parallel" in busy.text  # ... one slot
+        assert hedged.text.rstrip().endswith("data: [DONE]")
+    again = requests.post(url, json=chat, headers=key, timeout=30)
+    assert again.status_code == 200, again.text
+    third = requests.post(url, json=chat, headers=key, timeout=30)
+    assert third.status_code == 429 and "rate" in third.text.lower()
