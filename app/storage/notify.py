@@ -130,7 +130,7 @@ class _Listener:
         try:
             while not self._stopping:
                 try:
-                    self._listen(psycopg)
+                    self._listen()
                     delay = FIRST_DELAY
                 except (psycopg.Error, OSError) as exc:
                     self._owner.marks = {}
@@ -144,9 +144,10 @@ class _Listener:
             self._owner.marks = {}
             os.close(self._wake_r)
 
-    def _listen(self, psycopg: Any) -> None:
+    def _listen(self) -> None:
         """Listen until stopped (returns) or the connection fails (raises)."""
-        with self._connect() as conn:
+        conn = self._connect()
+        try:  # not `with conn`: its exit would try a rollback on a connection the server cut
             conn.execute(f"LISTEN {CHANNEL}")
             # Listening from here: a change committed before is in the rows any reader reads next.
             self._owner.marks = {topic: _new() for topic in TOPICS}
@@ -160,6 +161,8 @@ class _Listener:
                 for note in conn.notifies(timeout=0):  # also those that came with the ping
                     self._owner.moved(note.payload)
             self._owner.marks = {}
+        finally:
+            conn.close()
 
     def _wait(self, fds: list[int], timeout: float) -> bool:
         """Wait for one of `fds` (True), for `timeout` (False) or for stop (False). poll, not select:
