@@ -137,7 +137,7 @@ class _Listener:
                     if self._stopping:
                         break
                     log.warning("change listener: %s (%s); every request reads the rows until it listens again "
-                                "(retry in %.1f s)", type(exc).__name__, str(exc).strip()[:200], delay)  # fmt: skip
+                                "(retry in %.1f s)", type(exc).__name__, _first_line(exc), delay)  # fmt: skip
                     self._wait([], delay)
                     delay = min(delay * 2, MAX_DELAY)
         finally:
@@ -195,3 +195,8 @@ def for_postgres(engine: Any, connect_args: dict[str, Any]) -> PgChanges:
             raise SignalError(type(exc).__name__) from exc
 
     return PgChanges(connect, notify)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's reason, one line (libpq adds a second one of advice)."""
+    return (str(exc).strip().splitlines() or [""])[0][:200]
