@@ -63,6 +63,7 @@ bench-deps: $(BENCH_STAMP)
 # The comparison: mock direct, bare proxy, Sluice, and LiteLLM when `make bench-peers` installed it.
 bench: bench-deps
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+	$(MAKE) bench-pg
 
 # LiteLLM proxy in its own venv (~750 MB), used by `make bench` from then on.
 bench-peers: $(PEERS)/.installed

@@ -101,6 +101,7 @@ class Gateway:
             LoadRepo(self.db).clear(self.worker)
         except StorageError as exc:
             log.warning("could not clear this worker's load report: %s", exc)
+        self.db.changes.close()  # PostgreSQL: stops the change listener and closes its connection
 
 
 def gateway() -> Gateway:

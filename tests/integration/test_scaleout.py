@@ -193,6 +193,8 @@ def test_revocation_on_one_instance_reaches_the_other_at_once(cluster):
     for _ in range(4):  # both workers of B have used (and may cache) the key
         assert chat(cluster.b.url, created["key"]).status_code == 200
     assert admin(cluster.a.url, "DELETE", f"/keys/{created['id']}").json()["state"] == "revoked"
+    # PostgreSQL delivers the change signal (NOTIFY) to B's listeners asynchronously, within milliseconds
+    time.sleep(0.2)
     for url in [cluster.b.url] * 4 + [cluster.nginx.url] * 2:
         resp = chat(url, created["key"])
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key"
