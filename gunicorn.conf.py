@@ -3,6 +3,8 @@
 Every value comes from a SLUICE_* variable (see app/config.py and the README).
 """
 
+from __future__ import annotations
+
 import os
 import resource
 import signal
@@ -28,8 +30,56 @@ workers = _settings.workers
 # gunicorn's gevent worker, but a graceful stop waits for running requests only, not for idle
 # keep-alive connections (app/worker.py).
 worker_class = "app.worker.GracefulGeventWorker"
-# Each open stream holds one client connection (and one upstream connection).
-worker_connections = int(os.environ.get("SLUICE_WORKER_CONNECTIONS", "1000"))
+# Descriptors per worker (each worker is a process with its own open-file limit): two per stream (the
+# client's socket and the upstream's) and a reserve. An idle worker on SQLite holds ~26 (the listener,
+# logs, the database and its WAL files, the metrics files, the event loop's own); PostgreSQL adds up to
+# 51 (a pool of 10 + 40 overflow and the change listener), Redis its connections.
+FDS_PER_STREAM = 2
+FD_RESERVE = 128
+# The default's cap: past it a worker's event loop, not its descriptors, is the limit (issue 15).
+MAX_WORKER_CONNECTIONS = 10_000
+
+
+def fds_needed(connections: int) -> int:
+    """The open-file soft limit a worker holding `connections` streams needs."""
+    return connections * FDS_PER_STREAM + FD_RESERVE
+
+
+def connections_allowed(hard: int) -> int:
+    """The most streams a worker can hold under the open-file hard limit, at most MAX_WORKER_CONNECTIONS."""
+    if hard == resource.RLIM_INFINITY:
+        return MAX_WORKER_CONNECTIONS
+    return max(0, min(MAX_WORKER_CONNECTIONS, (hard - FD_RESERVE) // FDS_PER_STREAM))
+
+
+def choose_worker_connections(setting: str | None, hard: int) -> tuple[int, str]:
+    """(worker_connections, why, for the start-up log): SLUICE_WORKER_CONNECTIONS when set (not empty), else
+    as many as the open-file hard limit allows. ValueError names what is wrong."""
+    if setting and setting.strip():
+        if not setting.strip().isdigit() or int(setting) < 1:
+            raise ValueError(f"SLUICE_WORKER_CONNECTIONS must be a whole number above 0, not {setting!r}")
+        chosen = int(setting)
+        return chosen, f"worker_connections={chosen} from SLUICE_WORKER_CONNECTIONS ({fds_needed(chosen)} descriptors)"
+    chosen = connections_allowed(hard)
+    limit = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    if chosen < 1:
+        raise ValueError(
+            f"the open-file hard limit ({limit}) leaves no room for a stream beside the {FD_RESERVE} descriptors "
+            "a worker keeps; raise it (ulimit -n, LimitNOFILE=) or set SLUICE_WORKER_CONNECTIONS"
+        )
+    why = (
+        f"worker_connections={chosen} from the open-file hard limit {limit}: "
+        f"{FDS_PER_STREAM} per stream + {FD_RESERVE} reserve, capped at {MAX_WORKER_CONNECTIONS}"
+    )
+    return chosen, why
+
+
+try:
+    worker_connections, _connections_why = choose_worker_connections(
+        os.environ.get("SLUICE_WORKER_CONNECTIONS"), resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    )
+except ValueError as _exc:
+    sys.exit(f"sluice: configuration error: {_exc}")
 # Recycling workers is off by default; when set, a recycled worker stops gracefully (within
 # graceful_timeout below), so it never cuts a running stream.
 max_requests = int(os.environ.get("SLUICE_MAX_REQUESTS", "0"))
@@ -38,7 +88,7 @@ max_requests_jitter = max_requests // 10
 
 def _raise_open_file_limit(connections: int) -> None:
     """Two sockets per stream (client and upstream) plus files: raise the soft limit or say why not."""
-    needed = connections * 2 + 128
+    needed = fds_needed(connections)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
         return
@@ -99,7 +149,9 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Take over SIGHUP: gunicorn's own replaces every worker, cutting streams that outlive graceful_timeout."""
+    """Say how many streams a worker holds and why; take over SIGHUP: gunicorn's own replaces every worker,
+    cutting streams that outlive graceful_timeout."""
+    server.log.info("sluice: %s", _connections_why)
     server.handle_hup = lambda: reload_workers(server)
 
 
