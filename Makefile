@@ -80,6 +80,13 @@ bench-pg: bench-deps
 	@if [ -z "$$SLUICE_TEST_DATABASE_URL" ]; then eval "$$(deploy/ci-services.sh)"; fi; \
 		$(BIN)/python bench/pg_path.py --write $(BENCH_PG_ARGS)
 
+# N concurrent slow streams (1,000, 5,000, 10,000; one event every 2 s) through 2 workers, the bare proxy and
+# Sluice side by side: streams live after 60 s, lag, RSS, CPU per event, connection errors (~12 min).
+# e.g. CAPACITY_ARGS="--streams 1000 --hold 20"; records nothing itself (docs/benchmarks.md "Capacity").
+.PHONY: bench-capacity
+bench-capacity: $(STAMP)
+	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
+
 # Keys, limits and usage records on versus off (the persistent-state issue's harness).
 bench-limits: $(STAMP)
 	$(BIN)/python bench/limits_overhead.py
