@@ -22,6 +22,8 @@ from app.services import sse
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 TERMINAL = frozenset({"message_stop", "error"})
+# First lines of the events the relay has nothing to read in (text and tool deltas, pings), as servers write them.
+UNREAD = tuple(f"event: {name}{end}".encode() for name in ("content_block_delta", "ping") for end in "\n\r")
 # Sluice's error statuses as the Anthropic error types the SDKs map to their exceptions.
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -104,6 +106,8 @@ class AnthropicRelay:
         self.failed = False  # the upstream ended the stream with its own error event
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
+        if raw.startswith(UNREAD):  # nearly every event: one prefix check, no parse
+            return (raw,)
         name = sse.event_name(raw)
         if name in ("message_start", "message_delta") or name in TERMINAL or (name is None and sse.has_data(raw)):
             self._observe(raw)

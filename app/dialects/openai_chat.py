@@ -112,6 +112,8 @@ class ChatRelay:
     def feed(self, raw: bytes) -> Sequence[bytes]:
         if not self.done and b"[DONE]" in raw:
             self.done = is_done(raw)
+        if b'"usage"' not in raw:  # most chunks: one byte scan, no call
+            return (raw,)
         usage, usage_only = usage_event(raw)
         if usage is not None:
             self.usage = usage

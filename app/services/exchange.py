@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import urllib3
@@ -36,10 +36,9 @@ PLAIN_BODY_LIMIT = 256 * 1024 * 1024
 log = logging.getLogger("sluice.upstream")
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """`kind`: status (a 2xx response, headers read), failed ((response, error body) of a non-2xx),
-    event, end, body, broken or error."""
+    event, end, body, broken or error. A tuple: one is made per relayed event."""
 
     kind: str
     value: Any = None
@@ -48,20 +47,44 @@ class Message:
 class Exchange:
     def __init__(self, send: Callable[[], requests.Response], *, streaming: bool, sse: bool = True) -> None:
         self._send, self._streaming, self._sse = send, streaming, sse
-        self._queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_EVENTS)
+        self._queue: queue.Queue[Message] = _new_queue()
         self._closed = threading.Event()
         # Set after each message is queued, when one side waits on several exchanges at once (hedging):
         # it clears the event, polls each exchange with next(0), then waits on the event.
         self.waker: threading.Event | None = None
         self.response: requests.Response | None = None
+        self._handing_over = False  # take_over() was asked: the reader hands its events over after its next one
+        self._direct: Direct | None = None  # once handed over: the upstream read in the caller's greenlet
         self._reader = _spawn(self._run)
 
     def next(self, timeout: float) -> Message | None:
-        """The next message, or None when `timeout` seconds pass first."""
+        """The next message, or None when `timeout` seconds pass first.
+
+        A message already queued is taken without a timer: a timed wait (a timer object, and under
+        threads a condition) is only set up when the queue is empty.
+        """
+        if self._direct is not None:
+            return self._direct.next(timeout)
         try:
-            return self._queue.get(timeout=max(0.0, timeout))
+            message = self._queue.get_nowait()
         except queue.Empty:
-            return None
+            if timeout <= 0:
+                return None
+            try:
+                message = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        if message.kind == "direct":
+            self._direct = message.value
+            return self._direct.next(timeout)
+        return message
+
+    def take_over(self) -> None:
+        """From the reader's next event on, read the upstream in the caller's greenlet (gevent only): no
+        hand-off between greenlets and no queue per event. A stream's accepted exchange asks for it; after
+        that, next() blocks in the upstream read itself, and a next() that times out ends the exchange."""
+        if hasattr(self._reader, "kill") and self._streaming and self._sse:
+            self._handing_over = True
 
     def close(self) -> None:
         """Stop reading and close the upstream connection (safe to call twice).
@@ -95,14 +118,25 @@ class Exchange:
         return self._closed.is_set()
 
     def _put(self, message: Message) -> bool:
+        if self._closed.is_set():
+            return False
+        try:
+            self._queue.put_nowait(message)  # the usual case: room, so no timer
+        except queue.Full:
+            if not self._put_waiting(message):
+                return False
+        waker = self.waker
+        if waker is not None:
+            waker.set()
+        return True
+
+    def _put_waiting(self, message: Message) -> bool:
+        """Wait for room (the client reads slower than the upstream sends), checking for close twice a second."""
         while not self._closed.is_set():
             try:
                 self._queue.put(message, timeout=0.5)
             except queue.Full:
                 continue
-            waker = self.waker
-            if waker is not None:
-                waker.set()
             return True
         return False
 
@@ -144,8 +178,12 @@ class Exchange:
                         return
                 self._put(Message("end"))
             elif is_event_stream(response) or (self._streaming and not _is_json(response)):
-                for event in iter_events(lambda size: response.raw.read1(size, decode_content=True)):
+                events = iter_events(lambda size: response.raw.read1(size, decode_content=True))
+                for event in events:
                     if not self._put(Message("event", event)):
+                        return
+                    if self._handing_over and (direct := Direct.over(response, events)) is not None:
+                        self._put(Message("direct", direct))  # `events` is left suspended between two events
                         return
                 self._put(Message("end"))
             else:
@@ -154,6 +192,48 @@ class Exchange:
             self._put(Message("broken", exc))
         except requests.RequestException as exc:
             self._put(Message("error", exc))
+
+
+class Direct:
+    """The rest of an event stream, read by whoever calls next(): the reader's suspended event iterator, with
+    the upstream socket's timeout set to each wait's (a timed-out read leaves the HTTP framing undefined, so
+    it ends the stream: next() answers None from then on)."""
+
+    def __init__(self, events: Iterator[bytes], sock: Any, backstop: float | None) -> None:
+        self.events, self.sock, self.backstop = events, sock, backstop
+        self.timeout: float | None = backstop  # what the socket has now
+        self.ended = False
+        self.last: Message | None = None  # what ended the stream (None: a wait passed), given again if asked
+
+    @classmethod
+    def over(cls, response: requests.Response, events: Iterator[bytes]) -> Direct | None:
+        """None when the upstream socket cannot be reached (the reader then goes on as before)."""
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+        return None if sock is None else cls(events, sock, sock.gettimeout())
+
+    def next(self, timeout: float) -> Message | None:
+        if self.ended:
+            return self.last
+        wait = timeout if self.backstop is None else min(timeout, self.backstop)  # the read timeout still holds
+        if wait <= 0:
+            return None
+        if wait != self.timeout:
+            self.sock.settimeout(wait)
+            self.timeout = wait
+        try:
+            return Message("event", next(self.events))
+        except StopIteration:
+            self.last = Message("end")
+        except StreamBroken as exc:
+            mine = exc.code == "upstream_timeout" and wait < (self.backstop or math.inf)
+            self.last = None if mine else Message("broken", exc)  # mine: the caller's wait passed, not the backstop
+        except requests.RequestException as exc:
+            self.last = Message("error", exc)
+        except Exception as exc:  # as in Exchange._run: logged, and a broken stream
+            log.exception("upstream reader failed: %s", type(exc).__name__)
+            self.last = Message("broken", StreamBroken("upstream_stream_error", "The upstream exchange failed."))
+        self.ended = True
+        return self.last
 
 
 def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:
@@ -227,13 +307,27 @@ def read_bounded(response: requests.Response, limit: int) -> bytes:
         return b""
 
 
-def _spawn(target: Callable[[], None]) -> Any:
-    """A greenlet when gevent has patched sockets (gunicorn's gevent worker), else a thread."""
+def _new_queue() -> queue.Queue[Message]:
+    """gevent's own queue under gunicorn's gevent worker (compiled, one hub switch per hand-off), else the
+    standard one. The patched standard queue works too, but builds a condition and a lock per wait in Python."""
+    if _gevent_patched():
+        from gevent.queue import Queue
+
+        return Queue(maxsize=QUEUE_EVENTS)  # type: ignore[return-value]  # raises queue.Empty / queue.Full too
+    return queue.Queue(maxsize=QUEUE_EVENTS)
+
+
+def _gevent_patched() -> bool:
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency
-        monkey = None
-    if monkey is not None and monkey.is_module_patched("socket"):
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def _spawn(target: Callable[[], None]) -> Any:
+    """A greenlet when gevent has patched sockets (gunicorn's gevent worker), else a thread."""
+    if _gevent_patched():
         import gevent
 
         return gevent.spawn(target)

@@ -8,11 +8,11 @@ fields (`event:`, `data:`, `id:`, comments) per the WHATWG rules; `encode` write
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+LF = (b"\n\n",)  # the only separator a buffer without CR can hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,8 @@ class Splitter:
 
     Each chunk is scanned once (from just before its start, as a separator may straddle two
     reads), so a large event costs linear time; `pending` is the size of the unfinished event.
+    The usual read, whole LF-framed events and nothing left over from the last one, is
+    handed back as it came (no copy).
     """
 
     def __init__(self) -> None:
@@ -94,7 +96,11 @@ class Splitter:
     def pending(self) -> int:
         return len(self._buffer)
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._buffer and b"\r" not in chunk:
+            events, rest = _split_lf(chunk)
+            self._buffer += rest
+            return events
         start = max(0, len(self._buffer) - 3)
         self._buffer += chunk
         return _cut(self._buffer, start)
@@ -108,19 +114,30 @@ class Splitter:
 def split(data: bytes) -> tuple[list[bytes], bytes]:
     """Complete raw events at the front of `data`, and the unfinished rest."""
     buffer = bytearray(data)
-    return list(_cut(buffer, 0)), bytes(buffer)
+    return _cut(buffer, 0), bytes(buffer)
 
 
-def _cut(buffer: bytearray, start: int) -> Iterator[bytes]:
+def _split_lf(chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The complete events in a chunk without CR, and the rest; a chunk that is one whole event comes back as is."""
+    if chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2:
+        return [chunk], b""
+    # With one separator, cutting at the leftmost "\n\n" again and again is what bytes.split does.
+    *parts, rest = chunk.split(b"\n\n")
+    return [part + b"\n\n" for part in parts], rest
+
+
+def _cut(buffer: bytearray, start: int) -> list[bytes]:
+    """The complete events at the front of `buffer`, taken out of it (a separator is looked for from `start`)."""
+    separators = SEPARATORS if b"\r" in buffer else LF
+    events = []
     while True:
         cut, size = -1, 0
-        for sep in SEPARATORS:
+        for sep in separators:
             index = buffer.find(sep, start)
             if index != -1 and (cut == -1 or index < cut):
                 cut, size = index, len(sep)
         if cut == -1:
-            return
-        event = bytes(buffer[: cut + size])
+            return events
+        events.append(bytes(buffer[: cut + size]))
         del buffer[: cut + size]
         start = 0
-        yield event

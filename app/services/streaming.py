@@ -8,6 +8,7 @@ whether the stream ended, broke, or the client went away (GeneratorExit).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -40,6 +41,7 @@ class StreamStats:
 
 
 KEEPALIVE = b": keep-alive\n\n"
+REBOUND = 0.5  # seconds: how often the client socket's write timeout is brought up to date mid-stream
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class StreamBody:
         self.before_write = before_write
         self.stats = StreamStats()
         self._draining = False
+        self._bound_until, self._bound_at = math.nan, -math.inf  # the last bound told before_write, and when
         if accepted is not None:
             self._accepted(accepted)
         self._events = self._run()
@@ -262,6 +265,9 @@ class StreamBody:
         """The accepted upstream's events: the ones read before acceptance, then the rest as they come."""
         yield from self.accepted.prefix
         exchange = self.accepted.exchange
+        take_over = getattr(exchange, "take_over", None)  # test doubles may not have it
+        if take_over is not None:
+            take_over()  # accepted: from here every wait ends the stream, so it may read in this greenlet
         upstream = self.accepted.upstream
         idle = (upstream.idle_timeout if upstream is not None else None) or self.limits.idle_timeout
         while True:
@@ -283,11 +289,21 @@ class StreamBody:
 
     def _written(self, data: bytes) -> bytes:
         if self.before_write is not None:
-            self.before_write(min(self.limits.deadline, shutdown_deadline()))
+            self._bound()
         if self.stats.first_event_at is None and data is not self.keepalive:
             self.stats.first_event_at = time.monotonic()
         self.stats.bytes_sent += len(data)
         return data
+
+    def _bound(self) -> None:
+        """Tell before_write by when the next write must be done: when that changed, or REBOUND seconds after the
+        last time. Not before every event: it sets the client socket's timeout (a call into the socket layer),
+        and a bound at most REBOUND seconds old lets a write overrun it by at most that much."""
+        until = min(self.limits.deadline, shutdown_deadline())
+        now = self.clock()
+        if until != self._bound_until or now - self._bound_at >= REBOUND:
+            self._bound_until, self._bound_at = until, now
+            self.before_write(until)  # type: ignore[misc]  # only called when set
 
     def _drain(self) -> None:
         """on_client_disconnect = "drain": read the rest (for its usage), bounded by the deadline."""

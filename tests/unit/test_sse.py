@@ -76,3 +76,31 @@ def test_encode_round_trips():
     event = sse.parse(raw)
     assert event.name == "response.created" and event.json() == {"type": "response.created", "n": "é"}
     assert sse.encode("[DONE]") == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: a\n\n"],
+        [b"data: a\n\ndata: b\n\n"],
+        [b"data: a\n\n\ndata: b\n\n"],  # a third newline starts the next event
+        [b"data: a\n\n\n", b"\ndata: b\n\n"],  # ... and may end the read
+        [b"data: a\n\n\n\n", b"data: b"],  # an empty event between two
+        [b"data: a\n\ndata: b", b"\n\ndata: c\r\n\r\n"],  # a CR later on
+        [b"data: a\r\n\r\n", b"data: b\n\n"],
+    ],
+)
+def test_whole_lf_reads_frame_as_a_buffered_read_does(chunks):
+    """Reads of whole LF-framed events skip the buffer; the events and the rest are the same as through it."""
+    splitter, events = sse.Splitter(), []
+    for chunk in chunks:
+        events += splitter.feed(chunk)
+    whole, rest = sse.split(b"".join(chunks))
+    assert events == whole
+    assert splitter.pending == len(rest)
+
+
+def test_a_read_that_is_one_whole_event_is_passed_on_as_it_came():
+    chunk = b'data: {"choices": []}\n\n'
+    [event] = sse.Splitter().feed(chunk)
+    assert event is chunk

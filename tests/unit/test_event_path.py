@@ -1,0 +1,199 @@
+"""The per-event path: queued messages without a timer, the direct read after take_over, the relays' cheap checks,
+and the client write bound kept up to date without a socket call per event."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import requests
+
+from app.dialects.anthropic_wire import AnthropicRelay
+from app.dialects.openai_chat import ChatRelay
+from app.errors import StreamBroken
+from app.services.exchange import Direct, Exchange, Message
+from app.services.streaming import REBOUND, StreamBody, StreamLimits
+from tests.unit.test_streaming import CHAT_LEG, FakeResponse
+
+
+class FakeSocket:
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.set: list[float] = []
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def settimeout(self, value: float) -> None:
+        self.timeout = value
+        self.set.append(value)
+
+
+def events(*items):
+    """An event iterator that yields bytes and raises exceptions, as iter_events does."""
+    for item in items:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def test_queued_messages_are_taken_in_order_without_waiting():
+    exchange = Exchange(lambda: FakeResponse([b"data: 1\n\ndata: 2\n\n", b"data: [DONE]\n\n"]), streaming=True)
+    got = [exchange.next(5.0)]
+    while got[-1].kind != "end":
+        got.append(exchange.next(5.0))
+    assert [m.kind for m in got] == ["status", "event", "event", "event", "end"]
+    assert exchange.next(0) is None  # nothing queued, no wait
+    exchange.close()
+
+
+def test_take_over_outside_gevent_changes_nothing():
+    exchange = Exchange(lambda: FakeResponse([b"data: 1\n\n"]), streaming=True)
+    exchange.take_over()  # threads: the reader goes on queueing
+    assert [exchange.next(5.0).kind for _ in range(3)] == ["status", "event", "end"]
+    exchange.close()
+
+
+@pytest.mark.parametrize(
+    ("items", "kinds"),
+    [
+        ([b"data: 1\n\n", b"data: 2\n\n"], ["event", "event", "end", "end"]),
+        ([b"data: 1\n\n", StreamBroken("upstream_stream_error", "cut")], ["event", "broken", "broken"]),
+        ([requests.ConnectionError("reset")], ["error", "error"]),
+        ([RuntimeError("a bug")], ["broken", "broken"]),
+    ],
+)
+def test_direct_reads_give_the_messages_the_reader_would_have_queued(items, kinds):
+    direct = Direct(events(*items), FakeSocket(600.0), 600.0)
+    assert [direct.next(30.0).kind for _ in kinds] == kinds
+
+
+def test_direct_sets_the_socket_timeout_only_when_the_wait_changes():
+    sock = FakeSocket(600.0)
+    direct = Direct(events(b"a\n\n", b"b\n\n", b"c\n\n", b"d\n\n"), sock, 600.0)
+    for wait in (30.0, 30.0, 29.5, 900.0):
+        assert direct.next(wait).kind == "event"
+    assert sock.set == [30.0, 29.5, 600.0]  # the read timeout (backstop) still bounds each wait
+
+
+def test_a_direct_wait_that_passes_ends_the_exchange():
+    timeout = StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).")
+    direct = Direct(events(b"a\n\n", timeout, b"never\n\n"), FakeSocket(600.0), 600.0)
+    assert direct.next(30.0).kind == "event"
+    assert direct.next(0) is None  # no time left: nothing read
+    assert direct.next(30.0) is None  # the caller's wait passed
+    assert direct.next(30.0) is None  # and the framing is undefined from there on
+
+
+def test_the_read_timeout_passing_in_a_direct_read_is_the_upstreams():
+    timeout = StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).")
+    direct = Direct(events(timeout), FakeSocket(10.0), 10.0)
+    message = direct.next(30.0)
+    assert message.kind == "broken" and message.value.code == "upstream_timeout"
+
+
+GEVENT_HANDOVER = """
+from gevent import monkey; monkey.patch_all()
+import gevent, requests
+from gevent.pywsgi import WSGIServer
+from app.services.exchange import Direct, Exchange
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    def body():
+        for i in range(20):
+            gevent.sleep(0.005)
+            yield b"data: %d\\n\\n" % i
+    return body()
+
+server = WSGIServer(("127.0.0.1", 0), app, log=None); server.start()
+url = "http://127.0.0.1:%d/" % server.server_port
+exchange = Exchange(lambda: requests.post(url, stream=True, timeout=(5, 60)), streaming=True)
+assert exchange.next(5).kind == "status"
+exchange.take_over()
+got = []
+while (message := exchange.next(5)).kind == "event":
+    got.append(message.value)
+assert message.kind == "end", message
+assert got == [b"data: %d\\n\\n" % i for i in range(20)], got
+assert isinstance(exchange._direct, Direct)
+exchange.close()
+print("ok")
+"""
+
+
+def test_under_gevent_the_reader_hands_its_events_over_between_two_events():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(GEVENT_HANDOVER)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_chat_relay_passes_chunks_without_usage_untouched_and_hides_the_injected_usage_chunk():
+    relay = ChatRelay(hide_usage=True)
+    chunk = b'data: {"choices": [{"delta": {"content": "hi"}}], "usage": null}\n\n'
+    assert relay.feed(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n') == (
+        b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n',
+    )
+    assert relay.feed(chunk) == (chunk,)
+    assert relay.feed(b'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}\n\n') == ()
+    assert relay.usage == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert relay.feed(b"data: [DONE]\n\n") and relay.done
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (b'event: content_block_delta\ndata: {"type": "content_block_delta"}\n\n', False),
+        (b'event: content_block_delta\r\ndata: {"type": "content_block_delta"}\r\n\r\n', False),
+        (b'event: ping\ndata: {"type": "ping"}\n\n', False),
+        (b'event: message_stop\ndata: {"type": "message_stop"}\n\n', True),
+        (b'data: {"type": "message_stop"}\n\n', True),
+    ],
+)
+def test_anthropic_relay_reads_only_events_that_can_carry_usage_or_the_end(raw, read):
+    relay = AnthropicRelay()
+    assert relay.feed(raw) == (raw,)
+    assert relay.done is read
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ListExchange:
+    def __init__(self, messages) -> None:
+        self.messages = list(messages)
+
+    def next(self, timeout):
+        return self.messages.pop(0)
+
+    def close(self):
+        pass
+
+
+def test_the_client_write_bound_is_told_when_it_changes_or_is_old():
+    clock, bounds = Clock(), []
+    chunks = [Message("event", b"data: %d\n\n" % i) for i in range(4)] + [Message("event", b"data: [DONE]\n\n")]
+
+    class Accepted:
+        prefix: list[bytes] = []
+        upstream = None
+        leg = CHAT_LEG
+        exchange = ListExchange([*chunks, Message("end")])
+
+    limits = StreamLimits(heartbeat_interval=10, idle_timeout=30, deadline=clock.now + 60, drain=False)
+    body = iter(
+        StreamBody(None, Accepted(), lambda stats: None, limits=limits, clock=clock, before_write=bounds.append)
+    )
+    next(body), next(body)  # two writes within REBOUND: told once
+    clock.now += REBOUND
+    next(body)
+    assert bounds == [limits.deadline, limits.deadline]
+    assert len(list(body)) == 2
