@@ -91,7 +91,8 @@ def test_a_routed_lone_surrogate_model_still_renders(client, config):
     """Below the request parser (which may refuse such a body): the label itself stays encodable."""
     metrics.configure(config.upstreams)
     line = RequestLine(request_id="r", method="POST", path="/v1/chat/completions", route="/v1/chat/completions",
-                       model="\ud800", attempts=[SimpleNamespace(upstream="primary", status=404)], status=404)  # fmt: skip
+                       model="\ud800", attempts=[SimpleNamespace(upstream="primary", status=404)],
+                       status=404)  # fmt: skip
     observe(line)
     assert "\ud800" not in model_labels(client)  # answers 200
 

@@ -216,7 +216,8 @@ def text(index: int, value: str) -> bytes:
         ([START, block(0, "text", text=""), text(0, "a"), ev("error", error={"type": "overloaded_error"})],
          Partial("a")),
         ([START, block(0, "text", text=""), text(0, "a"), ev("content_block_stop", index=0),
-          ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 1})], Partial(None, "finished")),
+          ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 1})],
+         Partial(None, "finished")),
     ],
 )  # fmt: skip
 def test_partial(raws, partial):
