@@ -61,7 +61,9 @@ class ClientReport:
     live: int = 0
     events: int = 0
     lags: list[float] = field(default_factory=list)  # ms, events received in the window
+    opens: list[float] = field(default_factory=list)  # ms from connecting to the first event, per stream
     errors: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0  # this process's own CPU time over the window
 
 
 @dataclass
@@ -73,8 +75,11 @@ class Row:
     live: int = 0
     lag_p50: float | None = None
     lag_p99: float | None = None
+    open_p50: float | None = None
+    open_p99: float | None = None
     rss_mib: float = 0.0
     cpu_us: float | None = None
+    harness_us: float | None = None  # the mock's and the clients' CPU per event: what the gateway competes with
     busy: float = 0.0  # the machine's CPU busy share over the window, 0..1
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -95,6 +100,9 @@ class Held(StreamReader):
 
     def _event(self, data: bytes, arrived: float, wall: float) -> None:
         self.last = wall
+        if self.result.ttfb is None:
+            self.result.ttfb = arrived - self.started
+            self.report.opens.append(self.result.ttfb * 1000)
         if self.window.hold <= wall <= self.window.end:
             self.report.events += 1
             produced = self.wire.produced_at(data)
@@ -104,12 +112,13 @@ class Held(StreamReader):
 
 def hold_one(address: tuple[str, int], request: bytes, window: Window, report: ClientReport, held: list) -> None:
     """Open one stream and read it until killed; an error or an early end is counted, and it is not live."""
+    started = time.perf_counter()
     try:
         sock = gsocket.create_connection(address, timeout=CONNECT_TIMEOUT)
     except OSError as exc:
         _count(report.errors, f"connect: {type(exc).__name__}")
         return
-    reader = Held(sock, time.perf_counter(), window, report)
+    reader = Held(sock, started, window, report)
     held.append(reader)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -132,13 +141,21 @@ def run_client(address: tuple[str, int], key: str, count: int, rate: float, wind
         )
         for i in range(count)
     ]
+    gevent.sleep(max(0.0, window.hold - time.time()))
+    cpu0 = _own_cpu()
     gevent.sleep(max(0.0, window.end - time.time()))
+    report.cpu_s = _own_cpu() - cpu0
     recent = window.end - 2 * window.interval - 1
     report.live = sum(1 for r in held if r.result.status == 200 and r.last >= recent)
     gevent.killall(jobs, block=True, timeout=10)
     for reader in held:
         reader.sock.close()
     return report
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _count(errors: dict[str, int], kind: str) -> None:
@@ -195,30 +212,34 @@ def measure(system: str, streams: int, args: argparse.Namespace, workdir: Path) 
         chosen = [line for line in stack.tail(server.log_path, 200).splitlines() if "worker_connections=" in line]
         if chosen:
             print(f"{system}: {chosen[-1].split('sluice: ', 1)[-1]}", flush=True)
-        return hold_streams(server, streams, args, ramp)
+        return hold_streams(server, mock, streams, args, ramp)
     finally:
         mock.stop()  # first: the gateway's upstream streams end, so it stops at once
         server.stop()
 
 
-def hold_streams(server: stack.Server, streams: int, args: argparse.Namespace, ramp: float) -> Row:
+def hold_streams(server: stack.Server, mock: stack.Server, streams: int, args: argparse.Namespace, ramp: float) -> Row:
     start = time.time() + 2  # the clients' start-up
     window = Window(start, start + ramp + args.settle, start + ramp + args.settle + args.hold, args.interval)
     clients = launch_clients(server, streams, args, window)
     row, pgid = Row(server.name, streams), server.process.pid
     time.sleep(max(0.0, window.hold - time.time()))
-    cpu0, box0, rss = group_cpu_ticks(pgid), machine_ticks(), 0
+    cpu0, mock0, box0, rss = group_cpu_ticks(pgid), group_cpu_ticks(mock.process.pid), machine_ticks(), 0
     while time.time() < window.end:
         rss = max(rss, stack.rss_kb(pgid))
         time.sleep(min(2.0, max(0.0, window.end - time.time())))
-    cpu1, box1 = group_cpu_ticks(pgid), machine_ticks()
+    cpu1, mock1, box1 = group_cpu_ticks(pgid), group_cpu_ticks(mock.process.pid), machine_ticks()
     reports = collect(clients, window)
     row.live = sum(r.live for r in reports)
     events = sum(r.events for r in reports)
     lags = sorted(lag for r in reports for lag in r.lags)
     row.lag_p50, row.lag_p99 = percentile(lags, 50), percentile(lags, 99)
+    opens = sorted(ms for r in reports for ms in r.opens)
+    row.open_p50, row.open_p99 = percentile(opens, 50), percentile(opens, 99)
     row.rss_mib = rss / 1024
     row.cpu_us = (cpu1 - cpu0) / TICK * 1e6 / events if events else None
+    harness = (mock1 - mock0) / TICK + sum(r.cpu_s for r in reports)
+    row.harness_us = harness * 1e6 / events if events else None
     row.busy = (box1[0] - box0[0]) / max(1, box1[1] - box0[1])
     for report in reports:
         for kind, n in report.errors.items():
@@ -274,16 +295,18 @@ def _ms(value: float | None) -> str:
 def table(rows: list[Row]) -> list[str]:
     """A Markdown table: one line per N and system."""
     lines = [
-        "| streams | system | live after hold | lag p50 ms | lag p99 ms | RSS MiB | CPU us/event | "
-        "machine busy | connection errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| streams | system | live after hold | lag p50 ms | lag p99 ms | first event p50/p99 ms | RSS MiB | "
+        "CPU us/event | mock + client CPU us/event | machine busy | connection errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         errors = ", ".join(f"{kind} {n}" for kind, n in sorted(row.errors.items())) or "0"
         cpu = "-" if row.cpu_us is None else f"{row.cpu_us:.0f}"
+        harness = "-" if row.harness_us is None else f"{row.harness_us:.0f}"
         lines.append(
             f"| {row.streams:,} | {row.system} | {row.live:,} | {_ms(row.lag_p50)} | {_ms(row.lag_p99)} | "
-            f"{row.rss_mib:.0f} | {cpu} | {row.busy:.0%} | {errors} |"
+            f"{_ms(row.open_p50)}/{_ms(row.open_p99)} | "
+            f"{row.rss_mib:.0f} | {cpu} | {harness} | {row.busy:.0%} | {errors} |"
         )
     return lines
 
