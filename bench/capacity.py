@@ -147,6 +147,11 @@ def run_client(address: tuple[str, int], key: str, count: int, rate: float, wind
     report.cpu_s = _own_cpu() - cpu0
     recent = window.end - 2 * window.interval - 1
     report.live = sum(1 for r in held if r.result.status == 200 and r.last >= recent)
+    connecting = count - len(held) - sum(n for kind, n in report.errors.items() if kind.startswith("connect"))
+    unanswered = sum(1 for r in held if r.result.status == 0 and r.last >= 0)  # no status line yet, no error
+    for kind, n in (("still connecting at the end", connecting), ("no answer by the end", unanswered)):
+        if n:
+            report.errors[kind] = n
     gevent.killall(jobs, block=True, timeout=10)
     for reader in held:
         reader.sock.close()
