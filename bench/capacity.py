@@ -365,7 +365,8 @@ def describe(args: argparse.Namespace) -> str:
     ).stdout.strip()
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return (
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}; {cpu}, {os.cpu_count()} "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, load average "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {cpu}, {os.cpu_count()} "
         f"cores, Linux {platform.release()}, Python {platform.python_version()}, open-file hard limit {limit}; "
         f"{args.workers} workers per gateway; one event every {args.interval:g} s per stream, opened at "
         f"{args.rate:g}/s by {args.clients} client processes, {args.settle:g} s settle, {args.hold:g} s hold"
