@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import Server
-from tests.integration.test_slots import _admitted_within, _gateway, _key, _start_stream, _workers
+from tests.integration.conftest import Server, child_pids
+from tests.integration.test_slots import _admitted_within, _gateway, _key, _start_stream
 
 pytestmark = pytest.mark.integration
 LOCK_HELD = 2.5  # seconds at most: below the 5 s SQLite busy timeout of the reaper and of the booting worker
@@ -24,7 +24,7 @@ def _replacement(gateway: Server, dead: int, seconds: float) -> int | None:
     """The pid of a worker other than `dead`, once one runs (None: none within `seconds`)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        others = [pid for pid in _workers(gateway.process.pid) if pid != dead and _is_worker(pid)]
+        others = [pid for pid in child_pids(gateway.process.pid) if pid != dead and _is_worker(pid)]
         if others:
             return others[0]
         time.sleep(0.05)
@@ -56,7 +56,7 @@ def test_the_replacement_worker_starts_while_the_reaper_waits_for_the_database(t
     try:
         key = _key(gateway, max_parallel=1)
         _start_stream(gateway, key)
-        (worker,) = _workers(gateway.process.pid)
+        (worker,) = child_pids(gateway.process.pid)
         locker = sqlite3.connect(tmp_path / "data" / "sluice.db", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # the reaper waits for it
         try:
