@@ -5,6 +5,11 @@ exchange's queue with a timeout of its choosing, so it can send heartbeats, enfo
 first-byte, idle and whole-request deadlines, and walk away at any moment. The reader
 puts what it sees on a bounded queue (so a slow client slows the upstream read, not
 memory) and ends when the stream ends, breaks, or the exchange is closed.
+
+Once a stream is accepted there are no heartbeats left to send and every wait that passes
+ends it, so under gevent the reader hands the rest of the stream over (`take_over`): the
+request's greenlet then reads the upstream itself, with the wait as the socket's timeout,
+and no event crosses between two greenlets.
 """
 
 from __future__ import annotations
