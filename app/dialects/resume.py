@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-FOLD_EVENTS = 256  # a first attempt's raw events are parsed in batches of this many ...
+FOLD_EVENTS = 4096  # a first attempt's raw events are parsed in batches of this many (most answers never are) ...
 FOLD_BYTES = 256 * 1024  # ... or of this size, so a long stream's memory stays bounded
 
 
