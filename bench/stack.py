@@ -204,7 +204,8 @@ def start_sluice(
 
 # Hedging and resume configured but never triggered (no first event takes 60 s, no stream breaks): what they
 # cost when nothing goes wrong is part of every measurement.
-RESILIENCE = 'resume = "prefill"\nhedge_after = 60\n'
+# SLUICE_BENCH_RESILIENCE=0 leaves them off (to measure that cost).
+RESILIENCE = "" if os.environ.get("SLUICE_BENCH_RESILIENCE") == "0" else 'resume = "prefill"\nhedge_after = 60\n'
 
 
 def sluice_config(upstream: str, routed: Sequence[tuple[str, str]]) -> str:
