@@ -81,7 +81,7 @@ bench-pg: bench-deps
 		$(BIN)/python bench/pg_path.py --write $(BENCH_PG_ARGS)
 
 # N concurrent slow streams (1,000, 5,000, 10,000; one event every 2 s) through 2 workers, the bare proxy and
-# Sluice side by side: streams live after 60 s, lag, RSS, CPU per event, connection errors (~12 min).
+# Sluice side by side: streams live after 60 s, lag, RSS, CPU per event, connection errors (~9 min).
 # e.g. CAPACITY_ARGS="--streams 1000 --hold 20"; records nothing itself (docs/benchmarks.md "Capacity").
 .PHONY: bench-capacity
 bench-capacity: $(STAMP)
