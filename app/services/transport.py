@@ -20,8 +20,12 @@ from app.services.exchange import Exchange
 from app.services.headers import build_upstream_headers
 from app.services.outcomes import Failure, Outcome, classify
 
+# As many as a worker's streams can be (gunicorn.conf.py caps worker_connections at 10,000): past pool_maxsize
+# urllib3 discards each returning connection with a "pool is full" warning. Free slots cost a list entry each.
+POOL_SIZE = 10_000
 
-def build_session(trust_env: bool, pool_size: int = 1000) -> requests.Session:
+
+def build_session(trust_env: bool, pool_size: int = POOL_SIZE) -> requests.Session:
     """The per-worker session: no environment proxies/.netrc unless asked, no default headers."""
     session = requests.Session()
     session.trust_env = trust_env
