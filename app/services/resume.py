@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from app.dialects.base import Dialect, Leg
 from app.errors import ApiError
 from app.services import metrics
-from app.services.attempts import Accepted, Attempts
+from app.services.attempts import Accepted
 from app.services.calls import Hop, Route, UpstreamCall
 from app.services.lifecycle import shutdown_deadline
 from app.services.outcomes import Outcome
@@ -108,11 +108,6 @@ class Resumer:
             return built[key]
 
         return leg
-
-
-def broke(attempts: Attempts, accepted: Accepted, code: str) -> None:
-    """Note how the accepted attempt broke (its record in the request log) before a continuation."""
-    attempts.broke(accepted, BREAKS[code][1])
 
 
 def _resumable(hop: Hop, call: UpstreamCall, dialect: Dialect) -> Hop | None:

@@ -21,7 +21,6 @@ from app.services import lifecycle
 from app.services.lifecycle import SHUTDOWN_MESSAGE, shutdown_deadline
 from app.services.outcomes import Outcome
 from app.services.resume import BREAKS, Resumer
-from app.services.resume import broke as note_break
 from app.storage.db import StorageError
 
 log = logging.getLogger("sluice.streaming")
@@ -228,16 +227,14 @@ class StreamBody:
         except UNREADABLE as exc:
             log.warning("an upstream event could not be spliced: %s: %s", type(exc).__name__, exc)
             self.resumer.refused("unreadable", self.accepted.upstream.name)
-            raise StreamBroken(
-                "upstream_stream_error", "The upstream sent an event the gateway could not read."
-            ) from exc
+            raise StreamBroken("upstream_stream_error", UNREADABLE_MESSAGE) from exc
 
     def _resume(self, call: Any, code: str) -> Generator[None, None, bool]:
         """Run the continuation's retry loop behind heartbeats; True once it is accepted (it is then
         `self.accepted`), False when it failed."""
         resumer, broken = self.resumer, self.accepted
         assert resumer is not None and broken is not None
-        note_break(self.attempts, broken, code)
+        self.attempts.broke(broken, BREAKS[code][1])  # its record says how it ended
         broken.exchange.close()
         self.accepted, self.attempts = None, self.attempts.continuation(call)
         while True:
