@@ -135,18 +135,22 @@ def _legs(dialect: Dialect, client_request: ClientRequest, hop: Hop) -> tuple[Ho
             return exc
         return aliases.renamed(built_leg, asked) if hop.alias else built_leg
 
-    def prune(h: Hop) -> Hop:
-        for r in h.routes:
-            if (r.upstream.name, r.model) not in built:
-                built[r.upstream.name, r.model] = leg(r)
-        routes = tuple(r for r in h.routes if isinstance(built[r.upstream.name, r.model], Leg))
-        return replace(h, routes=routes, fallbacks=tuple(map(prune, h.fallbacks)),
-                       context_fallbacks=tuple(map(prune, h.context_fallbacks)))  # fmt: skip
-
-    pruned = prune(hop)
+    pruned = _prune(hop, built, leg)
     if not pruned.routes:
         raise next(v for v in built.values() if isinstance(v, ApiError))
     return pruned, {k: v for k, v in built.items() if isinstance(v, Leg)}
+
+
+def _prune(hop: Hop, built: dict[LegKey, Leg | ApiError], leg: Callable[[Route], Leg | ApiError]) -> Hop:
+    """`hop` and its fallbacks with only the routes whose leg could be built (each built once, into `built`).
+    A module function, not a closure calling itself: that would be a reference cycle per request, freed only
+    by a garbage collection instead of as the request ends."""
+    for r in hop.routes:
+        if (r.upstream.name, r.model) not in built:
+            built[r.upstream.name, r.model] = leg(r)
+    routes = tuple(r for r in hop.routes if isinstance(built[r.upstream.name, r.model], Leg))
+    return replace(hop, routes=routes, fallbacks=tuple(_prune(h, built, leg) for h in hop.fallbacks),
+                   context_fallbacks=tuple(_prune(h, built, leg) for h in hop.context_fallbacks))  # fmt: skip
 
 
 def _all_upstreams(hop: Hop) -> list[UpstreamConfig]:

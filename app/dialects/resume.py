@@ -57,7 +57,7 @@ class TextTranscript:
     (`_continue`), and set `_text`, `_why` (why not resumable, once) and `_finished` (the answer's end was seen)."""
 
     def __init__(self) -> None:
-        self._batch = Batch(self._observe)
+        self._batch = Batch()
         self._text: list[str] = []
         self._why = ""  # set once: why the stream cannot be resumed
         self._finished = False  # the client has seen the answer's end (a finish_reason / stop_reason)
@@ -65,17 +65,22 @@ class TextTranscript:
 
     def feed(self, raw: bytes) -> list[bytes]:
         if not self._continuing:
-            self._batch.add(raw)  # parsed later, in a batch (or never, when the stream ends well)
+            if self._batch.add(raw):  # parsed later, in a batch (or never, when the stream ends well)
+                self._fold()
             return [raw]
         return self._continue(raw)
 
     def partial(self) -> Partial:
-        self._batch.fold()
+        self._fold()
         if self._why:
             return Partial(None, self._why)
         if self._finished:  # the answer is whole; only its end is missing: nothing to continue (no second usage)
             return Partial(None, "finished")
         return Partial("".join(self._text))
+
+    def _fold(self) -> None:
+        for raw in self._batch.take():
+            self._observe(raw)
 
     def _observe(self, raw: bytes) -> None:
         raise NotImplementedError
@@ -85,24 +90,24 @@ class TextTranscript:
 
 
 class Batch:
-    """Raw events kept unparsed until `fold` hands them, in order, to a parser (at the latest every
-    FOLD_EVENTS events or FOLD_BYTES bytes)."""
+    """Raw events kept unparsed until their transcript folds them, in order, into what it knows (at the latest
+    every FOLD_EVENTS events or FOLD_BYTES bytes). It holds no reference back to the transcript: a stream's
+    objects form no cycle, so they are freed as the stream ends, not at the next full garbage collection."""
 
-    def __init__(self, parse: Callable[[bytes], None]) -> None:
-        self.parse = parse
+    def __init__(self) -> None:
         self.events: list[bytes] = []
         self.size = 0
 
-    def add(self, raw: bytes) -> None:
+    def add(self, raw: bytes) -> bool:
+        """Keep `raw`; True when the batch is full and should be folded now."""
         self.events.append(raw)
         self.size += len(raw)
-        if len(self.events) >= FOLD_EVENTS or self.size >= FOLD_BYTES:
-            self.fold()
+        return len(self.events) >= FOLD_EVENTS or self.size >= FOLD_BYTES
 
-    def fold(self) -> None:
+    def take(self) -> list[bytes]:
+        """The events kept so far, in order; the batch is empty after."""
         events, self.events, self.size = self.events, [], 0
-        for raw in events:
-            self.parse(raw)
+        return events
 
 
 def load(body: bytes) -> dict[str, Any]:

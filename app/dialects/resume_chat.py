@@ -58,7 +58,7 @@ class ChatTranscript(TextTranscript):
         return self._built
 
     def resumed(self) -> None:
-        self._batch.fold()
+        self._fold()
         self._spent = add_counts(self._spent, self._usage)
         self._usage = None
         self._continuing = True

@@ -68,7 +68,7 @@ class MessagesTranscript(TextTranscript):
         return self._built
 
     def resumed(self) -> None:
-        self._batch.fold()
+        self._fold()
         self._spent = add_counts(self._spent, self._usage)
         self._usage, self._map, self._held, self._continuing = {}, {}, {}, True
         last = max(self._kinds, default=-1)

@@ -178,7 +178,7 @@ def _words() -> list[str]:
 def test_the_first_attempt_passes_the_identical_bytes_unparsed():
     transcript = CHAT.transcript()
     seen: list[bytes] = []
-    transcript._batch.parse = seen.append  # the hot path parses nothing
+    transcript._observe = seen.append  # the hot path parses nothing
     for raw in upstream(leg_body())[:5]:
         [out] = transcript.feed(raw)
         assert out is raw
@@ -186,15 +186,19 @@ def test_the_first_attempt_passes_the_identical_bytes_unparsed():
 
 
 def test_the_batch_is_folded_every_few_hundred_events_and_at_the_end():
+    batch = Batch()
+    full = [batch.add(b"data: %d\n\n" % i) for i in range(FOLD_EVENTS)]
+    assert full == [False] * (FOLD_EVENTS - 1) + [True]
+    assert len(batch.take()) == FOLD_EVENTS and batch.events == [] and batch.size == 0
+    assert batch.add(b"data: 1\n\n") is False
+    assert batch.add(b"x" * (300 * 1024)) is True  # FOLD_BYTES
+    assert batch.take() == [b"data: 1\n\n", b"x" * (300 * 1024)] and batch.take() == []
+    transcript = CHAT.transcript()
     seen: list[bytes] = []
-    batch = Batch(seen.append)
+    transcript._observe = seen.append
     for i in range(FOLD_EVENTS + 3):
-        batch.add(b"data: %d\n\n" % i)
-    assert len(seen) == FOLD_EVENTS and len(batch.events) == 3
-    batch.add(b"x" * (300 * 1024))
-    assert len(seen) == FOLD_EVENTS + 4 and batch.events == [] and batch.size == 0
-    batch.fold()
-    assert len(seen) == FOLD_EVENTS + 4
+        transcript.feed(b"data: %d\n\n" % i)
+    assert len(seen) == FOLD_EVENTS and len(transcript._batch.events) == 3
 
 
 def test_a_long_first_attempt_keeps_its_text_across_folds():
