@@ -179,14 +179,31 @@ def on_exit(server):
     metrics_dir.remove(_metrics_dir)
 
 
+# The garbage collector's thresholds in a worker (CPython's default: 700, 10, 10). A full collection
+# walks every object the worker holds with its event loop stopped: about 0.9 s at 5,000 open streams
+# (~200 objects each) on the benchmark machine. CPython runs one every 10 young collections once the
+# objects promoted since the last reach a quarter of the old generation, and a held stream's timers and
+# waiters (alive across its 2 s waits, then dropped) are promoted too: with the default, a worker opening
+# streams stalled like that every 2-3 s (docs/benchmarks.md "Capacity"). 100 makes full collections ten
+# times rarer. What a request leaves is freed by reference counting, not by collections: its objects
+# form no cycle (tests/unit/test_no_cycles.py), so waiting longer for a full collection holds no more memory.
+GC_THRESHOLDS = (700, 10, 100)
+
+
 def post_worker_init(worker):
-    """Freeze the loaded app's objects out of the garbage collector's way."""
+    """Keep the garbage collector's pauses short on a worker holding thousands of streams."""
     import gc
+
+    import gevent
 
     # The app, its libraries and their caches (~10^5 objects) never die: without this, every
     # full collection walks them all, a stall of milliseconds on the worker's event loop.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    # gevent records each greenlet's spawning stack and tree (about 7 frame records per greenlet, two
+    # greenlets per stream) for debugging tools; Sluice reads none of it, and spawns faster without.
+    gevent.config.track_greenlet_tree = False
 
 
 def child_exit(server, worker):

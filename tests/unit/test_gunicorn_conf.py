@@ -128,3 +128,21 @@ def test_the_start_up_log_says_what_it_chose_and_why(monkeypatch, tmp_path):
         "sluice: worker_connections=9936 from the open-file hard limit 20000: 2 per stream + 128 reserve, "
         "capped at 10000"
     ]
+
+
+def test_a_worker_freezes_its_start_up_objects_and_makes_full_collections_rare(conf):
+    import gc
+
+    import gevent
+
+    before, tracked, frozen = gc.get_threshold(), gevent.config.track_greenlet_tree, gc.get_freeze_count()
+    try:
+        conf["post_worker_init"](SimpleNamespace())
+        assert gc.get_threshold() == conf["GC_THRESHOLDS"] == (700, 10, 100)
+        assert gc.get_freeze_count() > frozen  # this process's objects moved out of the collector's way
+        assert gevent.config.track_greenlet_tree is False
+        assert not gevent.Greenlet(lambda: None).spawning_stack  # nothing captured per greenlet
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        gevent.config.track_greenlet_tree = tracked
