@@ -12,6 +12,8 @@ When the master dies (SIGKILL, out of memory), gunicorn's gevent worker notices 
 [DONE] or usage record. Here that is a graceful stop like SIGTERM: the running streams get the
 grace period (ending with their error event near its end), usage is written, then it exits.
 
+A worker accepts up to ACCEPT_BATCH waiting connections per turn of its event loop, not one.
+
 Every worker also keeps a liveness record beside its max_parallel slots, beating every second
 from before its first request until it exits, and sweeps the records of the deployment: the
 slots of a worker silent for over 10 s (its whole instance crashed, so no master freed them)
@@ -30,6 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.server import StreamServer
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.aborts import BodyCut
@@ -42,6 +46,29 @@ if TYPE_CHECKING:  # the master imports this module: no database or metrics libr
 
 SWEEP = 0.5  # seconds between looks for idle connections while the worker stops
 BOOT_WAIT = 60.0  # seconds a reload signalled while the app loads waits for it
+# Connections accepted per turn of a worker's event loop at most. gunicorn's gevent worker takes one per
+# turn when there are several workers (to spread them between the workers), but a turn of a worker
+# relaying thousands of streams takes tens of milliseconds: at 10,000 streams on 2 workers, connections
+# waited in the listen queue for up to 7 s (docs/benchmarks.md "Capacity"). gevent's own default is 100;
+# a batch is taken only when that many are waiting, and the other workers keep accepting beside it.
+ACCEPT_BATCH = 64
+
+
+class AcceptingServer(StreamServer):
+    """gevent's StreamServer with `max_accept` fixed at ACCEPT_BATCH: gunicorn sets it to 1 after building
+    the server, inside GeventWorker.run, so the setting it makes is ignored here."""
+
+    @property  # type: ignore[override]  # a class attribute in gevent
+    def max_accept(self) -> int:
+        return ACCEPT_BATCH
+
+    @max_accept.setter
+    def max_accept(self, _value: int) -> None:
+        pass
+
+
+# GeventWorker.run builds its servers from this module-level name (in the worker process; the master builds none).
+ggevent.StreamServer = AcceptingServer
 
 
 class GracefulGeventWorker(HeadWaitMixin, GeventWorker):
