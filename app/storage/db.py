@@ -12,9 +12,11 @@ processing), which was about 90 % of their cost on SQLite (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections import namedtuple
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,17 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from app import process
 from app.storage import changes, notify
+
+# SQLite write transactions start with BEGIN IMMEDIATE, which waits while another process holds the
+# write lock. SQLite's own wait (busy_timeout) sleeps inside the C call: under gevent the worker's whole
+# event loop stops, every stream in it (a worker opening streams lost over a second that way in a minute,
+# docs/benchmarks.md "Capacity"). So BEGIN IMMEDIATE asks without waiting and, while the lock is taken,
+# sleeps with time.sleep (gevent's sleep in a worker: the other greenlets run) and asks again, up to
+# LOCK_WAIT seconds in all; then the transaction fails as before (a StorageError). Reads never wait in
+# WAL mode; for the rare case that does (recovery of a crashed writer's WAL), BUSY_TIMEOUT_MS stays set.
+LOCK_WAIT = 5.0
+LOCK_POLL = (0.0005, 0.02)  # the first and the longest sleep between two asks, seconds
+BUSY_TIMEOUT_MS = 5000
 
 
 class StorageError(Exception):
@@ -118,7 +131,7 @@ class Database:
             if self.is_sqlite:
                 connection, lock = self._sqlite_connection()
                 with lock:
-                    yield from _transaction(connection, "BEGIN IMMEDIATE" if write else None)
+                    yield from _transaction(connection, begin_immediate if write else None)
             else:
                 raw = self.serving.raw_connection()
                 try:
@@ -196,13 +209,13 @@ class Quick:
         return [make(row) for row in self.cursor.fetchall()]
 
 
-def _transaction(connection: Any, begin: str | None) -> Iterator[Quick]:
+def _transaction(connection: Any, begin: Callable[[Any], None] | None) -> Iterator[Quick]:
     """Yield a Quick cursor inside a transaction that commits, or rolls back on any error
     (both are no-ops on an SQLite connection that began none)."""
     cursor = connection.cursor()
     try:
         if begin is not None:
-            cursor.execute(begin)
+            begin(cursor)
         yield Quick(cursor)
         connection.commit()
     except BaseException:
@@ -210,6 +223,24 @@ def _transaction(connection: Any, begin: str | None) -> Iterator[Quick]:
         raise
     finally:
         cursor.close()
+
+
+def begin_immediate(cursor: Any) -> None:
+    """BEGIN IMMEDIATE on an SQLite cursor, waiting for another process's write lock cooperatively (LOCK_WAIT)."""
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        delay, deadline = LOCK_POLL[0], time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, LOCK_POLL[1])
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 # PostgreSQL: how long a call may wait before it fails with a StorageError instead of hanging its
@@ -246,9 +277,9 @@ def _engine(url: str, *, limited: bool) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # SQLite calls block the gevent loop of their worker while they run, including while they
-    # wait for another process's write lock: keep that wait short (transactions here last
-    # about a millisecond) and far below gunicorn's 30 s worker timeout.
+    # SQLite calls block the gevent loop of their worker while they run; a write waits for another
+    # process's lock in begin_immediate (cooperatively, LOCK_WAIT at most), far below gunicorn's 30 s
+    # worker timeout. Transactions here last about a millisecond.
     engine = create_engine(url, connect_args={"timeout": 5, "check_same_thread": False}, pool_size=10)
 
     @event.listens_for(engine, "connect")
@@ -257,12 +288,18 @@ def _engine(url: str, *, limited: bool) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("sluice_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get("sluice_write"):
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                begin_immediate(cursor)
+            finally:
+                cursor.close()
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
