@@ -146,7 +146,8 @@ def test_of_racing_takers_one_holds(db):
     holders = [f"w{i}" for i in range(6)]
     won = race(6, lambda: leases.take("prober", holders.pop(), now=100.0, ttl=10.0))
     assert won.count(True) == 1
-    won = race(6, lambda: leases.take("prober", f"late-{id(object())}", now=200.0, ttl=10.0))
+    late = iter([f"late-{i}" for i in range(6)])  # six names: id(object()) could give two threads the same one
+    won = race(6, lambda: leases.take("prober", next(late), now=200.0, ttl=10.0))
     assert won.count(True) == 1
 
 
