@@ -59,6 +59,10 @@ class Plan:
     lag_rounds: int = 5
     lag_chunks: int = 20
     lag_delay: float = 0.02
+    event_concurrency: int = 10  # per-event cost: this many streams at once ...
+    event_chunks: int = 400  # ... of this many events ...
+    event_delay: float = 0.0025  # ... this far apart: 4,000 events/s in all
+    event_rounds: int = 3
     open_streams: int = 1000
     open_timeout: float = 90.0
     hold_stall: float = 300.0  # the mock stalls each held stream this long after its first event
@@ -66,7 +70,9 @@ class Plan:
 
 
 QUICK = Plan(wrk_seconds=1, wrk_rounds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1,
-             lag_chunks=5, lag_delay=0.01, open_streams=50, open_timeout=15.0, settle=0.3)  # fmt: skip
+             lag_chunks=5, lag_delay=0.01, event_chunks=100, event_rounds=1, open_streams=50, open_timeout=15.0,
+             settle=0.3)  # fmt: skip
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -120,6 +126,7 @@ def measure_streams(server: stack.Server, plan: Plan, pgid: int | None, out: Mea
     measure_first_event(server, plan, out)
     measure_lag(server, plan, out)
     if pgid is not None:
+        measure_event_cost(server, plan, pgid, out)
         measure_rss(server, plan, pgid, out)
 
 
@@ -164,6 +171,37 @@ def measure_lag(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CH
     if not lags:
         out.notes.append("no mock_ts in the events it sends (it re-encodes them): no lag figure")
     out.values["lag_p50"], out.values["lag_p99"] = percentile(lags, 50), percentile(lags, 99)
+
+
+def measure_event_cost(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> None:
+    """Streams at 4,000 events/s through the gateway: its CPU time per event received (the process group's
+    utime + stime over the rounds, clock ticks of 10 ms, over about 12,000 events) and the lag p99 at that
+    rate. Each request's own cost is in it too, spread over its 400 events."""
+    paced = {"chunks": plan.event_chunks, "delay": plan.event_delay}
+    timeout = plan.event_chunks * plan.event_delay + 30
+    lags: list[float] = []
+    events, ticks = 0, 0
+    for _ in range(plan.event_rounds):
+        before = group_cpu_ticks(pgid)
+        results = concurrent_streams(server.address, server.key, paced, plan.event_concurrency, timeout)
+        ticks += group_cpu_ticks(pgid) - before
+        out.failures += plan.event_concurrency - sum(1 for r in results if r.status == 200 and r.done)
+        events += sum(r.events for r in results)
+        lags += [lag * 1000 for r in results for lag in r.lags]
+    out.values["event_cpu"] = ticks / TICK * 1e6 / events if events else None
+    out.values["event_lag_p99"] = percentile(lags, 99)
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """User + system CPU time of a process group's live processes, in clock ticks."""
+    total = 0
+    for pid in stack.group_pids(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total
 
 
 def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> None:
@@ -249,6 +287,7 @@ ROWS = [
     ("c10_p50", "plain p50 ms, c=10", "{:.2f}"), ("c10_p99", "plain p99 ms, c=10", "{:.2f}"),
     ("ttfb_p50", "stream first event p50 ms", "{:.2f}"), ("ttfb_p99", "stream first event p99 ms", "{:.2f}"),
     ("lag_p50", "forwarding lag p50 ms", "{:.2f}"), ("lag_p99", "forwarding lag p99 ms", "{:.2f}"),
+    ("event_cpu", "CPU us/event at 4k ev/s", "{:.0f}"), ("event_lag_p99", "lag p99 ms at 4k ev/s", "{:.2f}"),
     ("events", "events received/expected", None), ("coalesced", "client reads with 2+ events", None),
     ("streams", "streams held open", None), ("rss_idle", "RSS idle MiB", "{:.0f}"),
     ("rss_streams", "RSS with open streams MiB", "{:.0f}"), ("failures", "failed requests", None),
@@ -296,6 +335,10 @@ def targets(results: dict[str, Measured]) -> list[str]:
         ("throughput sluice/litellm, c=10", ratio(value("sluice", "c10_rps"), value("litellm", "c10_rps")), ">=", 5),
         ("first-event overhead sluice/bare p50", ratio(ttfb_over("sluice"), ttfb_over("bare")), "<=", 1.5),
         ("forwarding lag p99 sluice/bare", ratio(value("sluice", "lag_p99"), value("bare", "lag_p99")), "<=", 2),
+        ("CPU per event sluice/bare, 4k ev/s", ratio(value("sluice", "event_cpu"), value("bare", "event_cpu")),
+         "<=", 1.2),
+        ("lag p99 sluice/bare, 4k ev/s", ratio(value("sluice", "event_lag_p99"), value("bare", "event_lag_p99")),
+         "<=", 1.5),
         ("RSS with open streams sluice/bare", ratio(value("sluice", "rss_streams"), value("bare", "rss_streams")),
          "<=", 1.5),
     ]  # fmt: skip
@@ -343,7 +386,9 @@ def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
         f"plan: {workers} worker(s) per gateway; wrk -t1 at c=1 and c=10, {plan.wrk_rounds} rounds of "
         f"{plan.wrk_seconds} s per system taken in turns (medians); "
         f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
-        f"{plan.lag_chunks} events (both also as translated Responses streams); {plan.open_streams} streams held open",
+        f"{plan.lag_chunks} events (both also as translated Responses streams); {plan.event_rounds}x"
+        f"{plan.event_concurrency} streams of {plan.event_chunks} events at "
+        f"{plan.event_concurrency / plan.event_delay:.0f} events/s; {plan.open_streams} streams held open",
     ]
 
 

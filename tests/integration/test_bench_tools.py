@@ -65,10 +65,13 @@ def test_comparison_harness_quick_run(tmp_path):
     measured = {line[:28].strip(): dict(zip(COLUMNS, line[28:].split(), strict=True)) for line in table}
     for row in ("plain req/s, c=10", "stream first event p50 ms"):
         assert "-" not in [measured[row][name] for name in ("direct", "bare", "sluice")], output
+    for row in ("CPU us/event at 4k ev/s", "lag p99 ms at 4k ev/s"):  # measured on the gateways only
+        assert [measured[row][name] != "-" for name in ("direct", "bare", "sluice")] == [False, True, True], output
     assert set(measured["failed requests"].values()) == {"0"}, output
     assert [measured["streams held open"][name] for name in ("bare", "sluice")] == ["50", "50"], output
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
-                   "forwarding lag p99 sluice/bare", "RSS with open streams sluice/bare",
+                   "forwarding lag p99 sluice/bare", "CPU per event sluice/bare, 4k ev/s",
+                   "lag p99 sluice/bare, 4k ev/s", "RSS with open streams sluice/bare",
                    "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
