@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stack
 from bench.load import StreamReader, stream_request
 
-TICK = os.sysconf("SC_CLK_TCK")
 BARE_CONNECTIONS = 10_000
 SLUICE_DEFAULT = ""  # SLUICE_WORKER_CONNECTIONS empty: gunicorn.conf.py sizes it from the open-file limit
 CONNECT_TIMEOUT = 30.0  # also the longest silence a held stream's read waits
@@ -189,18 +188,6 @@ def client_main(spec: str) -> None:
 # --- the driver ----------------------------------------------------------------------------------------------
 
 
-def group_cpu_ticks(pgid: int) -> int:
-    """User + system CPU time of a process group's live processes, in clock ticks."""
-    total = 0
-    for pid in stack.group_pids(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total
-
-
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -240,11 +227,11 @@ def hold_streams(server: stack.Server, mock: stack.Server, streams: int, args: a
     clients = launch_clients(server, streams, args, window)
     row, pgid = Row(server.name, streams), server.process.pid
     time.sleep(max(0.0, window.hold - time.time()))
-    cpu0, mock0, box0, rss = group_cpu_ticks(pgid), group_cpu_ticks(mock.process.pid), machine_ticks(), 0
+    cpu0, mock0, box0, rss = stack.group_cpu_ticks(pgid), stack.group_cpu_ticks(mock.process.pid), machine_ticks(), 0
     while time.time() < window.end:
         rss = max(rss, stack.rss_kb(pgid))
         time.sleep(min(2.0, max(0.0, window.end - time.time())))
-    cpu1, mock1, box1 = group_cpu_ticks(pgid), group_cpu_ticks(mock.process.pid), machine_ticks()
+    cpu1, mock1, box1 = stack.group_cpu_ticks(pgid), stack.group_cpu_ticks(mock.process.pid), machine_ticks()
     reports = collect(clients, window)
     row.live = sum(r.live for r in reports)
     events = sum(r.events for r in reports)
@@ -253,8 +240,8 @@ def hold_streams(server: stack.Server, mock: stack.Server, streams: int, args: a
     opens = sorted(ms for r in reports for ms in r.opens)
     row.open_p50, row.open_p99 = percentile(opens, 50), percentile(opens, 99)
     row.rss_mib = rss / 1024
-    row.cpu_us = (cpu1 - cpu0) / TICK * 1e6 / events if events else None
-    harness = (mock1 - mock0) / TICK + sum(r.cpu_s for r in reports)
+    row.cpu_us = (cpu1 - cpu0) / stack.TICK * 1e6 / events if events else None
+    harness = (mock1 - mock0) / stack.TICK + sum(r.cpu_s for r in reports)
     row.harness_us = harness * 1e6 / events if events else None
     row.busy = (box1[0] - box0[0]) / max(1, box1[1] - box0[1])
     for report in reports:

@@ -72,7 +72,6 @@ class Plan:
 QUICK = Plan(wrk_seconds=1, wrk_rounds=1, warmup_seconds=1, ttfb_requests=20, lag_concurrency=3, lag_rounds=1,
              lag_chunks=5, lag_delay=0.01, event_chunks=100, event_rounds=1, open_streams=50, open_timeout=15.0,
              settle=0.3)  # fmt: skip
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -182,26 +181,14 @@ def measure_event_cost(server: stack.Server, plan: Plan, pgid: int, out: Measure
     lags: list[float] = []
     events, ticks = 0, 0
     for _ in range(plan.event_rounds):
-        before = group_cpu_ticks(pgid)
+        before = stack.group_cpu_ticks(pgid)
         results = concurrent_streams(server.address, server.key, paced, plan.event_concurrency, timeout)
-        ticks += group_cpu_ticks(pgid) - before
+        ticks += stack.group_cpu_ticks(pgid) - before
         out.failures += plan.event_concurrency - sum(1 for r in results if r.status == 200 and r.done)
         events += sum(r.events for r in results)
         lags += [lag * 1000 for r in results for lag in r.lags]
-    out.values["event_cpu"] = ticks / TICK * 1e6 / events if events else None
+    out.values["event_cpu"] = ticks / stack.TICK * 1e6 / events if events else None
     out.values["event_lag_p99"] = percentile(lags, 99)
-
-
-def group_cpu_ticks(pgid: int) -> int:
-    """User + system CPU time of a process group's live processes, in clock ticks."""
-    total = 0
-    for pid in stack.group_pids(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total
 
 
 def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+TICK = os.sysconf("SC_CLK_TCK")  # clock ticks per second, the unit of /proc/<pid>/stat times
 PEERS_VENV = ROOT / ".venv-peers"
 UPSTREAM_TOKEN = "bench-token-000000001"
 LITELLM_MASTER = "sk-bench-litellm-master-0123456789"
@@ -96,6 +97,18 @@ def stop_group(process: subprocess.Popen, grace: float = 3.0) -> None:
             continue
         if not group_pids(process.pid):
             break
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """User + system CPU time of a process group's live processes, in clock ticks."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total
 
 
 def group_pids(pgid: int) -> list[int]:
