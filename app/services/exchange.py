@@ -200,13 +200,14 @@ class Exchange:
 
 
 class Direct:
-    """The rest of an event stream, read by whoever calls next(): the reader's suspended event iterator, with
-    the upstream socket's timeout set to each wait's (a timed-out read leaves the HTTP framing undefined, so
-    it ends the stream: next() answers None from then on)."""
+    """The rest of an event stream, read by whoever calls next(): the reader's suspended event iterator, each
+    read bounded by that call's wait (a timed-out read leaves the HTTP framing undefined, so it ends the stream:
+    next() answers None from then on). `bound` bounds the reads: by default the socket's timeout, set when the
+    wait changes; under gevent `over` gives it a Clock instead."""
 
-    def __init__(self, events: Iterator[bytes], sock: Any, backstop: float | None) -> None:
-        self.events, self.sock, self.backstop = events, sock, backstop
-        self.timeout: float | None = backstop  # what the socket has now
+    def __init__(self, events: Iterator[bytes], sock: Any, backstop: float | None, bound: Any = None) -> None:
+        self.events, self.backstop = events, backstop
+        self.bound = bound if bound is not None else SocketBound(sock, backstop)
         self.ended = False
         self.last: Message | None = None  # what ended the stream (None: a wait passed), given again if asked
 
@@ -214,7 +215,7 @@ class Direct:
     def over(cls, response: requests.Response, events: Iterator[bytes]) -> Direct | None:
         """None when the upstream socket cannot be reached (the reader then goes on as before)."""
         sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-        return None if sock is None else cls(events, sock, sock.gettimeout())
+        return None if sock is None else cls(events, sock, sock.gettimeout(), Clock(sock))
 
     def next(self, timeout: float) -> Message | None:
         if self.ended:
@@ -222,11 +223,13 @@ class Direct:
         wait = timeout if self.backstop is None else min(timeout, self.backstop)  # the read timeout still holds
         if wait <= 0:
             return None
-        if wait != self.timeout:
-            self.sock.settimeout(wait)
-            self.timeout = wait
+        bound = self.bound
         try:
-            return Message("event", next(self.events))
+            bound.arm(wait)
+            try:
+                return Message("event", next(self.events))
+            finally:
+                bound.disarm()
         except StopIteration:
             self.last = Message("end")
         except StreamBroken as exc:
@@ -238,7 +241,61 @@ class Direct:
             log.exception("upstream reader failed: %s", type(exc).__name__)
             self.last = Message("broken", StreamBroken("upstream_stream_error", "The upstream exchange failed."))
         self.ended = True
+        bound.close()
         return self.last
+
+
+class SocketBound:
+    """Bounds each read by the socket's own timeout, set only when the wait changes."""
+
+    def __init__(self, sock: Any, timeout: float | None) -> None:
+        self.sock, self.timeout = sock, timeout  # what the socket has now
+
+    def arm(self, wait: float) -> None:
+        if wait != self.timeout:
+            self.sock.settimeout(wait)
+            self.timeout = wait
+
+    def disarm(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    """Bounds each read with one timer of the event loop, restarted around every read: with a timeout on the
+    socket, gevent builds a Timeout, its timer and a timeout exception for every wait of every read (about a
+    tenth of a worker's time at 4,000 events/s, and objects that live across each wait: docs/benchmarks.md).
+    When the timer fires, the read gets the socket timeout the socket's own would have raised."""
+
+    def __init__(self, sock: Any) -> None:
+        sock.settimeout(None)  # gevent waits without a timer of its own; urllib3 sets it again for the next request
+        self.timer: Any = None
+        self.after: float | None = None
+
+    def arm(self, wait: float) -> None:
+        from gevent import get_hub, getcurrent
+
+        if wait != self.after:
+            if self.timer is not None:
+                self.timer.close()
+            self.timer, self.after = get_hub().loop.timer(wait), wait
+        self.timer.start(_expire, getcurrent())
+
+    def disarm(self) -> None:
+        self.timer.stop()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+
+
+def _expire(reader: Any) -> None:
+    """The read's time is up: raise the socket timeout in the greenlet waiting in it (the only place it can
+    be: the event loop runs timers only while that greenlet waits, and it waits only in the socket read)."""
+    reader.throw(TimeoutError("timed out"))
 
 
 def iter_events(raw_read: Callable[[int], bytes]) -> Iterator[bytes]:

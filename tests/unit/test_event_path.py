@@ -124,6 +124,47 @@ print("ok")
 """
 
 
+GEVENT_STALL = """
+from gevent import monkey; monkey.patch_all()
+import time, gevent, requests
+from gevent.pywsgi import WSGIServer
+from app.services.exchange import Clock, Exchange
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    def body():
+        for i in range(3):
+            gevent.sleep(0.005)
+            yield b"data: %d\\n\\n" % i
+        gevent.sleep(30)  # then nothing: a stalled upstream
+    return body()
+
+server = WSGIServer(("127.0.0.1", 0), app, log=None); server.start()
+url = "http://127.0.0.1:%d/" % server.server_port
+exchange = Exchange(lambda: requests.post(url, stream=True, timeout=(5, 60)), streaming=True)
+assert exchange.next(5).kind == "status"
+exchange.take_over()
+got = [exchange.next(5).value for _ in range(3)]
+assert got == [b"data: %d\\n\\n" % i for i in range(3)], got
+direct = exchange._direct
+assert isinstance(direct.bound, Clock) and exchange.response.raw.connection.sock.gettimeout() is None
+started = time.monotonic()
+assert exchange.next(0.3) is None  # the wait passed: the loop's timer ended the read, not a socket timeout
+waited = time.monotonic() - started
+assert 0.25 < waited < 2.0, waited
+assert exchange.next(5) is None and direct.bound.timer is None  # ended for good; its timer closed
+exchange.close()
+print("ok")
+"""
+
+
+def test_under_gevent_a_direct_read_is_bounded_by_one_loop_timer_not_the_sockets_timeout():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(GEVENT_STALL)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def test_under_gevent_the_reader_hands_its_events_over_between_two_events():
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(GEVENT_HANDOVER)], capture_output=True, text=True, timeout=60
