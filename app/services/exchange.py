@@ -280,8 +280,11 @@ class Clock:
         if wait != self.after:
             if self.timer is not None:
                 self.timer.close()
-            self.timer, self.after = get_hub().loop.timer(wait), wait
-        self.timer.start(_expire, getcurrent())
+            # Repeating, for again(): it starts the timer afresh with the whole `repeat`, from the loop's
+            # current time. start() after stop() would go on from where the last read left it (libev keeps
+            # the time left on stop), so the reads of a stream would share one wait between them.
+            self.timer, self.after = get_hub().loop.timer(wait, wait), wait
+        self.timer.again(_expire, getcurrent())
 
     def disarm(self) -> None:
         self.timer.stop()
