@@ -94,18 +94,21 @@ def test_the_read_timeout_passing_in_a_direct_read_is_the_upstreams():
     assert message.kind == "broken" and message.value.code == "upstream_timeout"
 
 
-GEVENT_HANDOVER = """
+# A gevent-patched process serving `EVENTS` events PACE s apart (then STALL s of nothing) and an Exchange on
+# them, its status read and take_over() asked; each test script goes on from there.
+GEVENT_PRELUDE = """
 from gevent import monkey; monkey.patch_all()
-import gevent, requests
+import time, gevent, requests
 from gevent.pywsgi import WSGIServer
-from app.services.exchange import Direct, Exchange
+from app.services.exchange import Clock, Direct, Exchange
 
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/event-stream")])
     def body():
-        for i in range(20):
-            gevent.sleep(0.005)
+        for i in range(EVENTS):
+            gevent.sleep(PACE)
             yield b"data: %d\\n\\n" % i
+        gevent.sleep(STALL)
     return body()
 
 server = WSGIServer(("127.0.0.1", 0), app, log=None); server.start()
@@ -113,39 +116,22 @@ url = "http://127.0.0.1:%d/" % server.server_port
 exchange = Exchange(lambda: requests.post(url, stream=True, timeout=(5, 60)), streaming=True)
 assert exchange.next(5).kind == "status"
 exchange.take_over()
+"""
+
+GEVENT_HANDOVER = """
 got = []
 while (message := exchange.next(5)).kind == "event":
     got.append(message.value)
 assert message.kind == "end", message
-assert got == [b"data: %d\\n\\n" % i for i in range(20)], got
+assert got == [b"data: %d\\n\\n" % i for i in range(EVENTS)], got
 assert isinstance(exchange._direct, Direct)
 exchange.close()
 print("ok")
 """
 
-
 GEVENT_STALL = """
-from gevent import monkey; monkey.patch_all()
-import time, gevent, requests
-from gevent.pywsgi import WSGIServer
-from app.services.exchange import Clock, Exchange
-
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/event-stream")])
-    def body():
-        for i in range(6):
-            gevent.sleep(0.1)
-            yield b"data: %d\\n\\n" % i
-        gevent.sleep(30)  # then nothing: a stalled upstream
-    return body()
-
-server = WSGIServer(("127.0.0.1", 0), app, log=None); server.start()
-url = "http://127.0.0.1:%d/" % server.server_port
-exchange = Exchange(lambda: requests.post(url, stream=True, timeout=(5, 60)), streaming=True)
-assert exchange.next(5).kind == "status"
-exchange.take_over()
-got = [exchange.next(0.35).value for _ in range(6)]  # each read gets the whole wait, not what the last left
-assert got == [b"data: %d\\n\\n" % i for i in range(6)], got
+got = [exchange.next(0.35).value for _ in range(EVENTS)]  # each read gets the whole wait, not what the last left
+assert got == [b"data: %d\\n\\n" % i for i in range(EVENTS)], got
 direct = exchange._direct
 assert isinstance(direct.bound, Clock) and exchange.response.raw.connection.sock.gettimeout() is None
 started = time.monotonic()
@@ -158,18 +144,20 @@ print("ok")
 """
 
 
-def test_under_gevent_a_direct_read_is_bounded_by_one_loop_timer_not_the_sockets_timeout():
+def run_under_gevent(script: str, events: int, pace: float, stall: float) -> None:
+    prelude = f"EVENTS, PACE, STALL = {events}, {pace}, {stall}\n" + textwrap.dedent(GEVENT_PRELUDE)
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(GEVENT_STALL)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_under_gevent_a_direct_read_is_bounded_by_one_loop_timer_not_the_sockets_timeout():
+    run_under_gevent(GEVENT_STALL, events=6, pace=0.1, stall=30)  # six events 0.1 s apart, then a stalled upstream
 
 
 def test_under_gevent_the_reader_hands_its_events_over_between_two_events():
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(GEVENT_HANDOVER)], capture_output=True, text=True, timeout=60
-    )
-    assert done.stdout.strip() == "ok", done.stderr
+    run_under_gevent(GEVENT_HANDOVER, events=20, pace=0.005, stall=0)
 
 
 def test_chat_relay_passes_chunks_without_usage_untouched_and_hides_the_injected_usage_chunk():
