@@ -202,12 +202,10 @@ class Exchange:
 class Direct:
     """The rest of an event stream, read by whoever calls next(): the reader's suspended event iterator, each
     read bounded by that call's wait (a timed-out read leaves the HTTP framing undefined, so it ends the stream:
-    next() answers None from then on). `bound` bounds the reads: by default the socket's timeout, set when the
-    wait changes; under gevent `over` gives it a Clock instead."""
+    next() answers None from then on). `bound` arms the wait around each read (a Clock)."""
 
-    def __init__(self, events: Iterator[bytes], sock: Any, backstop: float | None, bound: Any = None) -> None:
-        self.events, self.backstop = events, backstop
-        self.bound = bound if bound is not None else SocketBound(sock, backstop)
+    def __init__(self, events: Iterator[bytes], backstop: float | None, bound: Any) -> None:
+        self.events, self.backstop, self.bound = events, backstop, bound
         self.ended = False
         self.last: Message | None = None  # what ended the stream (None: a wait passed), given again if asked
 
@@ -215,7 +213,7 @@ class Direct:
     def over(cls, response: requests.Response, events: Iterator[bytes]) -> Direct | None:
         """None when the upstream socket cannot be reached (the reader then goes on as before)."""
         sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-        return None if sock is None else cls(events, sock, sock.gettimeout(), Clock(sock))
+        return None if sock is None else cls(events, sock.gettimeout(), Clock(sock))
 
     def next(self, timeout: float) -> Message | None:
         if self.ended:
@@ -243,24 +241,6 @@ class Direct:
         self.ended = True
         bound.close()
         return self.last
-
-
-class SocketBound:
-    """Bounds each read by the socket's own timeout, set only when the wait changes."""
-
-    def __init__(self, sock: Any, timeout: float | None) -> None:
-        self.sock, self.timeout = sock, timeout  # what the socket has now
-
-    def arm(self, wait: float) -> None:
-        if wait != self.timeout:
-            self.sock.settimeout(wait)
-            self.timeout = wait
-
-    def disarm(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Clock:

@@ -13,22 +13,36 @@ import requests
 from app.dialects.anthropic_wire import AnthropicRelay
 from app.dialects.openai_chat import ChatRelay
 from app.errors import StreamBroken
+from app.services.exchange import Clock as LoopClock
 from app.services.exchange import Direct, Exchange, Message
 from app.services.streaming import REBOUND, StreamBody, StreamLimits
 from tests.unit.test_streaming import CHAT_LEG, FakeResponse
 
 
 class FakeSocket:
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-        self.set: list[float] = []
+    def __init__(self) -> None:
+        self.set: list[float | None] = []
 
-    def gettimeout(self) -> float | None:
-        return self.timeout
-
-    def settimeout(self, value: float) -> None:
-        self.timeout = value
+    def settimeout(self, value: float | None) -> None:
         self.set.append(value)
+
+
+class FakeBound:
+    """Records the waits armed around each direct read."""
+
+    def __init__(self) -> None:
+        self.armed: list[float] = []
+        self.disarmed = 0
+        self.closed = False
+
+    def arm(self, wait: float) -> None:
+        self.armed.append(wait)
+
+    def disarm(self) -> None:
+        self.disarmed += 1
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def events(*items):
@@ -66,21 +80,37 @@ def test_take_over_outside_gevent_changes_nothing():
     ],
 )
 def test_direct_reads_give_the_messages_the_reader_would_have_queued(items, kinds):
-    direct = Direct(events(*items), FakeSocket(600.0), 600.0)
+    direct = Direct(events(*items), 600.0, FakeBound())
     assert [direct.next(30.0).kind for _ in kinds] == kinds
 
 
-def test_direct_sets_the_socket_timeout_only_when_the_wait_changes():
-    sock = FakeSocket(600.0)
-    direct = Direct(events(b"a\n\n", b"b\n\n", b"c\n\n", b"d\n\n"), sock, 600.0)
+def test_each_direct_read_is_bounded_by_its_wait_within_the_read_timeout():
+    bound = FakeBound()
+    direct = Direct(events(b"a\n\n", b"b\n\n", b"c\n\n", b"d\n\n"), 600.0, bound)
     for wait in (30.0, 30.0, 29.5, 900.0):
         assert direct.next(wait).kind == "event"
-    assert sock.set == [30.0, 29.5, 600.0]  # the read timeout (backstop) still bounds each wait
+    assert bound.armed == [30.0, 30.0, 29.5, 600.0]  # the read timeout (backstop) still bounds each wait
+    assert bound.disarmed == 4 and not bound.closed
+    assert direct.next(30.0).kind == "end" and bound.closed
+
+
+def test_the_clock_clears_the_sockets_timeout_and_makes_a_timer_only_when_the_wait_changes():
+    sock = FakeSocket()
+    clock = LoopClock(sock)
+    timers = []
+    for wait in (30.0, 30.0, 29.5, 29.5):
+        clock.arm(wait)
+        timers.append(clock.timer)
+        clock.disarm()
+    assert sock.set == [None]  # gevent then waits in the read without a Timeout of its own
+    assert timers[0] is timers[1] and timers[1] is not timers[2] and timers[2] is timers[3]
+    clock.close()
+    assert clock.timer is None
 
 
 def test_a_direct_wait_that_passes_ends_the_exchange():
     timeout = StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).")
-    direct = Direct(events(b"a\n\n", timeout, b"never\n\n"), FakeSocket(600.0), 600.0)
+    direct = Direct(events(b"a\n\n", timeout, b"never\n\n"), 600.0, FakeBound())
     assert direct.next(30.0).kind == "event"
     assert direct.next(0) is None  # no time left: nothing read
     assert direct.next(30.0) is None  # the caller's wait passed
@@ -89,7 +119,7 @@ def test_a_direct_wait_that_passes_ends_the_exchange():
 
 def test_the_read_timeout_passing_in_a_direct_read_is_the_upstreams():
     timeout = StreamBroken("upstream_timeout", "The upstream stopped sending events (read timeout).")
-    direct = Direct(events(timeout), FakeSocket(10.0), 10.0)
+    direct = Direct(events(timeout), 10.0, FakeBound())
     message = direct.next(30.0)
     assert message.kind == "broken" and message.value.code == "upstream_timeout"
 
