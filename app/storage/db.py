@@ -120,7 +120,7 @@ class Database:
         return Prepared(statement, self.serving.dialect)
 
     @contextmanager
-    def quick(self, *, write: bool = False) -> Iterator[Quick]:
+    def quick(self, *, write: bool = False, lock_wait: float = LOCK_WAIT) -> Iterator[Quick]:
         """A transaction for `Prepared` statements on a DBAPI connection, committed at the end.
 
         On SQLite each process keeps one connection for these (SQLite calls never yield to
@@ -131,11 +131,11 @@ class Database:
             if self.is_sqlite:
                 connection, lock = self._sqlite_connection()
                 with lock:
-                    yield from _transaction(connection, begin_immediate if write else None)
+                    yield from _transaction(connection, begin_immediate if write else None, lock_wait)
             else:
                 raw = self.serving.raw_connection()
                 try:
-                    yield from _transaction(raw.driver_connection, None)
+                    yield from _transaction(raw.driver_connection, None, lock_wait)
                 finally:
                     raw.close()
         except self._dbapi.IntegrityError as exc:
@@ -209,13 +209,13 @@ class Quick:
         return [make(row) for row in self.cursor.fetchall()]
 
 
-def _transaction(connection: Any, begin: Callable[[Any], None] | None) -> Iterator[Quick]:
+def _transaction(connection: Any, begin: Callable[[Any, float], None] | None, lock_wait: float) -> Iterator[Quick]:
     """Yield a Quick cursor inside a transaction that commits, or rolls back on any error
-    (both are no-ops on an SQLite connection that began none)."""
+    (both are no-ops on an SQLite connection that began none); `begin` waits `lock_wait` s at most for the lock."""
     cursor = connection.cursor()
     try:
         if begin is not None:
-            begin(cursor)
+            begin(cursor, lock_wait)
         yield Quick(cursor)
         connection.commit()
     except BaseException:
@@ -225,11 +225,12 @@ def _transaction(connection: Any, begin: Callable[[Any], None] | None) -> Iterat
         cursor.close()
 
 
-def begin_immediate(cursor: Any) -> None:
-    """BEGIN IMMEDIATE on an SQLite cursor, waiting for another process's write lock cooperatively (LOCK_WAIT)."""
+def begin_immediate(cursor: Any, lock_wait: float = LOCK_WAIT) -> None:
+    """BEGIN IMMEDIATE on an SQLite cursor, waiting for another process's write lock cooperatively, `lock_wait` s
+    at most."""
     cursor.execute("PRAGMA busy_timeout=0")
     try:
-        delay, deadline = LOCK_POLL[0], time.monotonic() + LOCK_WAIT
+        delay, deadline = LOCK_POLL[0], time.monotonic() + lock_wait
         while True:
             try:
                 cursor.execute("BEGIN IMMEDIATE")

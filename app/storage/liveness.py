@@ -14,9 +14,10 @@ the slots stayed taken until their requests' deadlines (up to an hour). So every
 
 A worker sweeps only while its own beats land steadily (for the last STALE seconds, no gap over
 STALE / 2): after an outage of the store every record is old, and sweeping before the others
-have beaten again would free the slots of live workers. On SQLite the records use a connection
-of their own that waits at most LOCK_WAIT for the write lock: SQLite calls block the worker's
-event loop, and a beat every second waiting 5 s behind a long transaction would starve it.
+have beaten again would free the slots of live workers. On SQLite a beat's or sweep's write waits
+at most LOCK_WAIT for another process's write lock (cooperatively, as every write does: db.py
+`begin_immediate`), not the 5 s of a request's: a beat that cannot land soon fails, and the next
+one comes a second later.
 
 "Now" is always the store's clock (the database's, or Redis's TIME), never the worker's, so
 clock skew between hosts cannot make a live worker look stale. A live worker is only taken for
@@ -29,15 +30,13 @@ versions during a rolling upgrade, tools) is never swept: its slots expire as be
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from sqlalchemy import Float, bindparam, cast, delete, extract, func, literal, select
 
-from app import process
 from app.storage import schema
 from app.storage.db import Database, Quick, StorageError
 from app.storage.limits import Limiter, SqlLimiter
@@ -46,7 +45,9 @@ BEAT = 1.0  # seconds between a worker's beats
 STALE = 10.0  # a worker silent this long is dead (ten missed beats: a busy store or loop is not death)
 SWEEP_EVERY = 2.0  # seconds between sweeps: a crashed instance's slots free STALE to STALE + 2 s after its last beat
 SWEEP_LIMIT = 50  # dead workers freed per sweep (bounded work; the next sweep takes the rest)
-LOCK_WAIT = 0.1  # seconds an SQLite beat or sweep waits for the write lock (transactions take ms)
+# Seconds an SQLite beat or sweep waits for another process's write lock (transactions take ms), instead of
+# the 5 s of a request's: a beat that cannot land soon fails, and the next one comes a second later.
+LOCK_WAIT = 0.1
 
 
 class Liveness(Protocol):
@@ -90,8 +91,6 @@ class SqlLiveness:
         self._claim = db.prepare(delete(schema.worker_liveness).where(_L.worker == _WORKER, _L.seen_at < now - _STALE))
         self._free = db.prepare(delete(schema.inflight).where(_INF.worker == _WORKER))
 
-        self._held: tuple[int, sqlite3.Connection] | None = None  # SQLite: (pid, this process's connection)
-
     def beat(self, worker: str) -> None:
         """Record that `worker` is alive now (StorageError if the database fails)."""
         with self._quick(write=True) as q:
@@ -119,40 +118,11 @@ class SqlLiveness:
         return freed
 
     def close(self) -> None:
-        """Close this process's SQLite connection (a later call opens another)."""
-        held, self._held = self._held, None
-        if held is not None and held[0] == process.pid():
-            held[1].close()
+        """Nothing of its own to close: it works on the database's connections."""
 
-    @contextmanager
-    def _quick(self, write: bool = False) -> Iterator[Quick]:
-        """The database's quick transaction; on SQLite one on a connection that waits LOCK_WAIT at most."""
-        if not self.db.is_sqlite:
-            with self.db.quick(write=write) as q:
-                yield q
-            return
-        connection = self._connection()
-        cursor = connection.cursor()
-        try:
-            if write:
-                cursor.execute("BEGIN IMMEDIATE")
-            yield Quick(cursor)
-            if connection.in_transaction:
-                cursor.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if connection.in_transaction:
-                connection.rollback()
-            raise StorageError(f"database {'write' if write else 'read'} failed: {type(exc).__name__}") from exc
-        finally:
-            cursor.close()
-
-    def _connection(self) -> sqlite3.Connection:
-        held = self._held
-        if held is None or held[0] != process.pid():  # a forked child opens its own
-            path = self.db.serving.url.database or ""
-            connection = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False)
-            held = self._held = (process.pid(), connection)
-        return held[1]
+    def _quick(self, write: bool = False) -> AbstractContextManager[Quick]:
+        """The database's quick transaction, a write waiting LOCK_WAIT at most for SQLite's write lock."""
+        return self.db.quick(write=write, lock_wait=LOCK_WAIT)
 
 
 class Keeper:
