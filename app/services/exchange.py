@@ -82,7 +82,8 @@ class Exchange:
             except queue.Empty:
                 return None
         if message.kind == "direct":
-            self._direct = message.value
+            # The reader has ended: its greenlet and the queue (2-3 KiB a stream) are let go while the stream lives.
+            self._direct, self._reader, self._queue = message.value, None, _HANDED_OVER
             return self._direct.next(timeout)
         return message
 
@@ -104,7 +105,10 @@ class Exchange:
             return
         self._closed.set()
         response = self.response
-        if hasattr(self._reader, "kill"):
+        if self._reader is None:  # handed over: the caller's greenlet reads, the response is closed from here
+            if response is not None:
+                response.close()
+        elif hasattr(self._reader, "kill"):
             if self._reader.dead:
                 if response is not None:
                     response.close()  # e.g. a status message nobody read
@@ -199,6 +203,16 @@ class Exchange:
             self._put(Message("broken", exc))
         except requests.RequestException as exc:
             self._put(Message("error", exc))
+
+
+class _HandedOver:
+    """The queue of an exchange whose reader handed the stream over: always empty, as nothing is put any more."""
+
+    def get_nowait(self) -> Message:
+        raise queue.Empty
+
+
+_HANDED_OVER: Any = _HandedOver()
 
 
 class Direct:

@@ -18,7 +18,7 @@ from app.dialects.chat_events import DONE, is_done
 from app.dialects.openai_chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatRelay, chat_usage
 from app.dialects.openai_responses import RESPONSES, TranslatedRelay
 from app.dialects.responses_chat_stream import ChatStreamTranslator
-from app.dialects.resume import FOLD_EVENTS, Batch, Partial, add_counts, with_prefill
+from app.dialects.resume import FOLD_EVENTS, PACK_BYTES, Batch, Partial, add_counts, with_prefill
 from app.dialects.resume_chat import ChatTranscript
 from app.dialects.resume_messages import MessagesTranscript
 from app.mock_chat import chunks
@@ -189,7 +189,7 @@ def test_the_batch_is_folded_every_few_hundred_events_and_at_the_end():
     batch = Batch()
     full = [batch.add(b"data: %d\n\n" % i) for i in range(FOLD_EVENTS)]
     assert full == [False] * (FOLD_EVENTS - 1) + [True]
-    assert len(batch.take()) == FOLD_EVENTS and batch.events == [] and batch.size == 0
+    assert len(batch.take()) == FOLD_EVENTS and batch.count == 0 and batch.size == 0
     assert batch.add(b"data: 1\n\n") is False
     assert batch.add(b"x" * (300 * 1024)) is True  # FOLD_BYTES
     assert batch.take() == [b"data: 1\n\n", b"x" * (300 * 1024)] and batch.take() == []
@@ -198,7 +198,17 @@ def test_the_batch_is_folded_every_few_hundred_events_and_at_the_end():
     transcript._observe = seen.append
     for i in range(FOLD_EVENTS + 3):
         transcript.feed(b"data: %d\n\n" % i)
-    assert len(seen) == FOLD_EVENTS and len(transcript._batch.events) == 3
+    assert len(seen) == FOLD_EVENTS and transcript._batch.count == 3
+
+
+def test_the_batch_keeps_its_events_deflated_in_packs_and_gives_them_back_exactly():
+    batch = Batch()
+    events = [chunk({"content": f"piece {i} " * (i % 7)}) for i in range(300)] + [b"x" * 70_000, b"data: [DONE]\n\n"]
+    for raw in events:
+        assert batch.add(raw) is False
+    assert batch.loose < PACK_BYTES and len(batch.lengths) == len(events) - len(batch.events)
+    assert sum(map(len, batch.packed)) < (batch.size - batch.loose) / 5  # what a held stream's backlog costs
+    assert batch.take() == events and batch.take() == []
 
 
 def test_a_long_first_attempt_keeps_its_text_across_folds():
@@ -206,7 +216,7 @@ def test_a_long_first_attempt_keeps_its_text_across_folds():
     pieces = [f"w{i} " for i in range(FOLD_EVENTS * 2 + 5)]
     for piece in pieces:
         transcript.feed(frame({"id": "c", "choices": [{"index": 0, "delta": {"content": piece}}]}))
-    assert len(transcript._batch.events) < FOLD_EVENTS
+    assert transcript._batch.count < FOLD_EVENTS
     assert transcript.partial() == Partial("".join(pieces))
 
 
