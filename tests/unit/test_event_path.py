@@ -155,6 +155,7 @@ while (message := exchange.next(5)).kind == "event":
 assert message.kind == "end", message
 assert got == [b"data: %d\\n\\n" % i for i in range(EVENTS)], got
 assert isinstance(exchange._direct, Direct)
+assert exchange._reader is None and type(exchange._queue).__name__ == "_HandedOver"  # let go while the stream lives
 exchange.close()
 print("ok")
 """
@@ -170,6 +171,7 @@ waited = time.monotonic() - started
 assert 0.25 < waited < 2.0, waited
 assert exchange.next(5) is None and direct.bound.timer is None  # ended for good; its timer closed
 exchange.close()
+assert exchange.response.raw.closed  # closed by close(), though the reader that opened it is gone
 print("ok")
 """
 
