@@ -158,7 +158,8 @@ class Database:
     def dispose(self) -> None:
         held, self._held = self._held, None
         if held is not None and held[0] == process.pid():
-            held[1].close()
+            with held[2]:  # after a transaction another thread runs on it (closed mid-call, SQLite crashes)
+                held[1].close()
         self.changes.close()
         self.serving.dispose()
         if self.__dict__.get("engine") not in (None, self.serving):

@@ -4,6 +4,7 @@ so the worker's other streams go on), not inside SQLite's C call, and gives up a
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from types import SimpleNamespace
 
@@ -84,3 +85,27 @@ def test_the_sleeps_grow_to_the_longest_and_the_wait_ends_with_a_storage_error(s
     with sqlite_db.quick(write=True) as q:  # nothing was left half-done: the next write goes through at once
         q.cursor.execute("INSERT INTO worker_liveness (worker, seen_at) VALUES ('w3', 3.0)")
         assert q.cursor.execute("PRAGMA busy_timeout").fetchone() == (BUSY_TIMEOUT_MS,)
+
+
+def test_dispose_waits_for_a_transaction_another_thread_runs_on_the_shared_connection(sqlite_db):
+    """A background chore's transaction (the scheduler's thread) still running when the app is disposed: the
+    connection is closed after it, not in the middle of an SQLite call (which crashed the process)."""
+    inside, errors = threading.Event(), []
+
+    def chore() -> None:
+        try:
+            with sqlite_db.quick(write=True) as quick:
+                inside.set()
+                time.sleep(0.3)
+                quick.cursor.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever the thread met
+            errors.append(exc)
+
+    thread = threading.Thread(target=chore)
+    thread.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    sqlite_db.dispose()
+    assert time.monotonic() - started >= 0.2
+    thread.join(5)
+    assert errors == []
