@@ -53,7 +53,10 @@ def run_wrk(url: str, key: str, connections: int, seconds: int, workdir: Path) -
     script.write_text(WRK_LUA % {"body": body, "key": key})
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
            f"{url}/v1/chat/completions"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if done.returncode != 0:  # say why (wrk writes it to its output), not only the exit status
+        output = f"{done.stdout[-800:]} {done.stderr[-800:]}"
+        raise RuntimeError(f"wrk against {url} exited with {done.returncode}: {output}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     seconds_run = summary["duration_us"] / 1e6
     return WrkResult(
