@@ -11,25 +11,36 @@ import base64
 import re
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 
 class SecretsUnavailable(Exception):
     """No usable SLUICE_SECRET_KEY, or a ciphertext that none of the keys opens."""
 
 
-def _fernet(secret: str) -> Fernet:
+def _fernet(secret: str) -> Any:
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"sluice", info=b"upstream-tokens").derive(secret.encode())
     return Fernet(base64.urlsafe_b64encode(key))
 
 
 class SecretBox:
+    """Fernet under the keys given. Built on first use: a gateway whose upstream tokens all come from its config
+    never loads cryptography (about 6 MiB of mapped library in every process)."""
+
     def __init__(self, current: str | None, previous: str | None = None) -> None:
-        keys = [_fernet(s) for s in (current, previous) if s]
-        self._box = MultiFernet(keys) if keys else None
+        self._secrets = [s for s in (current, previous) if s]
+        self._built: Any = None
         self.has_current = current is not None
+
+    @property
+    def _box(self) -> Any:
+        if self._built is None and self._secrets:
+            from cryptography.fernet import MultiFernet
+
+            self._built = MultiFernet([_fernet(s) for s in self._secrets])
+        return self._built
 
     def encrypt(self, plain: str) -> str:
         if self._box is None or not self.has_current:
@@ -41,6 +52,8 @@ class SecretBox:
     def decrypt(self, cipher: str) -> str:
         if self._box is None:
             raise SecretsUnavailable("SLUICE_SECRET_KEY is not set: stored upstream tokens cannot be read")
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._box.decrypt(cipher.encode()).decode()
         except InvalidToken:
@@ -50,6 +63,8 @@ class SecretBox:
         """Re-encrypt under the current key (readable with the current or previous key)."""
         if self._box is None or not self.has_current:
             raise SecretsUnavailable("set SLUICE_SECRET_KEY (and SLUICE_SECRET_KEY_PREVIOUS) to rotate")
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._box.rotate(cipher.encode()).decode()
         except InvalidToken:
