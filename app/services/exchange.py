@@ -104,19 +104,16 @@ class Exchange:
         if self._closed.is_set():
             return
         self._closed.set()
-        response = self.response
-        if self._reader is None:  # handed over: the caller's greenlet reads, the response is closed from here
+        response, reader = self.response, self._reader
+        if reader is None or (hasattr(reader, "kill") and reader.dead):
+            # No reader any more (it handed the stream over, or ended, e.g. with a status message nobody read).
             if response is not None:
                 response.close()
-        elif hasattr(self._reader, "kill"):
-            if self._reader.dead:
-                if response is not None:
-                    response.close()  # e.g. a status message nobody read
-            else:
-                self._reader.kill(block=False)
+        elif hasattr(reader, "kill"):
+            reader.kill(block=False)
         elif response is not None:
             _shutdown(response)  # a plain thread blocked in a read wakes up and closes it itself
-            if not self._reader.is_alive():
+            if not reader.is_alive():
                 response.close()
         while True:  # unblock a reader waiting on a full queue
             try:
