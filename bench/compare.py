@@ -178,19 +178,19 @@ def measure_event_costs(servers: dict[str, tuple[stack.Server, int]], plan: Plan
     Each request's own cost is in it too, spread over its 400 events."""
     paced = {"chunks": plan.event_chunks, "delay": plan.event_delay}
     timeout = plan.event_chunks * plan.event_delay + 30
-    tally = {name: ([], [0], [0]) for name in servers}  # lags, events, ticks
+    lags: dict[str, list[float]] = {name: [] for name in servers}
+    events, ticks = dict.fromkeys(servers, 0), dict.fromkeys(servers, 0)
     for _ in range(plan.event_rounds):
         for name, (server, pgid) in servers.items():
-            lags, events, ticks = tally[name]
             before = stack.group_cpu_ticks(pgid)
             results = concurrent_streams(server.address, server.key, paced, plan.event_concurrency, timeout)
-            ticks[0] += stack.group_cpu_ticks(pgid) - before
+            ticks[name] += stack.group_cpu_ticks(pgid) - before
             out[name].failures += plan.event_concurrency - sum(1 for r in results if r.status == 200 and r.done)
-            events[0] += sum(r.events for r in results)
-            lags += [lag * 1000 for r in results for lag in r.lags]
-    for name, (lags, events, ticks) in tally.items():
-        out[name].values["event_cpu"] = ticks[0] / stack.TICK * 1e6 / events[0] if events[0] else None
-        out[name].values["event_lag_p99"] = percentile(lags, 99)
+            events[name] += sum(r.events for r in results)
+            lags[name] += [lag * 1000 for r in results for lag in r.lags]
+    for name in servers:
+        out[name].values["event_cpu"] = ticks[name] / stack.TICK * 1e6 / events[name] if events[name] else None
+        out[name].values["event_lag_p99"] = percentile(lags[name], 99)
 
 
 def measure_rss(server: stack.Server, plan: Plan, pgid: int, out: Measured) -> None:
