@@ -322,7 +322,8 @@ class Chunked:
         fp = getattr(message, "fp", None)
         fresh = getattr(message, "chunk_left", 0) is None and not getattr(raw, "_fp_bytes_read", 1)
         coded = response.headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", "")
-        if fp is None or not getattr(message, "chunked", False) or not fresh or coded or raw._decoder is not None:
+        decoder = getattr(raw, "_decoder", True)  # urllib3's content decoder; an unknown urllib3: its own path
+        if fp is None or not getattr(message, "chunked", False) or not fresh or coded or decoder is not None:
             return None
         return cls(response, fp)
 
