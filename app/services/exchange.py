@@ -190,7 +190,11 @@ class Exchange:
                 for event in events:
                     if not self._put(Message("event", event)):
                         return
-                    if self._handing_over and (direct := Direct.over(response, events)) is not None:
+                    if not self._handing_over:
+                        # The waiting side takes this event before the reader reads on: a first event reaches
+                        # the client without waiting behind the read of the events that came with it.
+                        _pass()
+                    elif (direct := Direct.over(response, events)) is not None:
                         self._put(Message("direct", direct))  # `events` is left suspended between two events
                         return
                 self._put(Message("end"))
@@ -459,6 +463,14 @@ def _gevent_patched() -> bool:
     except ImportError:  # pragma: no cover - gevent is a dependency
         return False
     return bool(monkey.is_module_patched("socket"))
+
+
+def _pass() -> None:
+    """Let the other greenlets that are ready run first (gevent), as a thread's scheduler would."""
+    if _gevent_patched():
+        import gevent
+
+        gevent.sleep(0)
 
 
 def _spawn(target: Callable[[], None]) -> Any:

@@ -175,6 +175,18 @@ assert exchange.response.raw.closed  # closed by close(), though the reader that
 print("ok")
 """
 
+GEVENT_FIRST_EVENT = """
+burst = Exchange(lambda: requests.post(url, stream=True, timeout=(5, 60)), streaming=True)
+assert burst.next(5).kind == "status"
+first = burst.next(5)
+assert first.kind == "event" and first.value == b"data: 0\\n\\n", first
+assert burst._queue.qsize() == 0, burst._queue.qsize()  # taken before the reader read the events that came with it
+rest = [burst.next(5) for _ in range(EVENTS)]
+assert [m.value for m in rest[:-1]] == [b"data: %d\\n\\n" % i for i in range(1, EVENTS)] and rest[-1].kind == "end"
+burst.close(); exchange.close()
+print("ok")
+"""
+
 
 def run_under_gevent(script: str, events: int, pace: float, stall: float) -> None:
     prelude = f"EVENTS, PACE, STALL = {events}, {pace}, {stall}\n" + textwrap.dedent(GEVENT_PRELUDE)
@@ -190,6 +202,10 @@ def test_under_gevent_a_direct_read_is_bounded_by_one_loop_timer_not_the_sockets
 
 def test_under_gevent_the_reader_hands_its_events_over_between_two_events():
     run_under_gevent(GEVENT_HANDOVER, events=20, pace=0.005, stall=0)
+
+
+def test_under_gevent_the_waiting_side_takes_an_event_before_the_reader_reads_the_ones_that_came_with_it():
+    run_under_gevent(GEVENT_FIRST_EVENT, events=20, pace=0, stall=0)  # twenty events written at once
 
 
 def test_chat_relay_passes_chunks_without_usage_untouched_and_hides_the_injected_usage_chunk():
