@@ -3,11 +3,15 @@ configured proxy, and the environment's proxy only when trusted (cookies: test_r
 
 from __future__ import annotations
 
+import http.client
+import io
+
 import pytest
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
-from app.services.transport import build_session, send_prepared
+from app.services.transport import CookielessAdapter, build_session, send_prepared
 
 
 class Capture(HTTPAdapter):
@@ -46,3 +50,37 @@ def test_a_configured_proxy_is_used_whatever_the_environment(monkeypatch):
     proxies = {"http": "http://mine:8080", "https": "http://mine:8080"}
     send_prepared(session, "POST", "https://up.example/v1/chat", b"{}", {}, timeout=(1, 2), proxies=proxies)
     assert adapter.seen[1]["proxies"] == proxies
+
+
+class FakeSocket:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *args, **kwargs):
+        return io.BytesIO(self.data)
+
+
+def test_the_cookieless_adapter_builds_requests_response_without_parsing_its_cookies():
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json; charset=latin-1\r\nSet-Cookie: s=1; Path=/\r\n"
+    original = http.client.HTTPResponse(FakeSocket(head + b"Content-Length: 2\r\n\r\n{}"))  # type: ignore[arg-type]
+    original.begin()
+    raw = urllib3.HTTPResponse(
+        body=original, headers=list(original.getheaders()), status=original.status, reason=original.reason,
+        original_response=original, preload_content=False,
+    )  # fmt: skip
+    request = requests.Request("POST", "https://up.example/v1/chat", data=b"{}").prepare()
+    ours, theirs = CookielessAdapter(), HTTPAdapter()
+    mine, reference = ours.build_response(request, raw), theirs.build_response(request, raw)
+    fields = ("status_code", "encoding", "reason", "url", "request", "raw")
+    assert [getattr(mine, f) for f in fields] == [getattr(reference, f) for f in fields]
+    assert mine.status_code == 201 and mine.encoding == "latin-1" and mine.reason == "Created"
+    assert dict(mine.headers) == dict(reference.headers) and mine.headers["set-cookie"] == "s=1; Path=/"
+    assert mine.connection is ours and reference.cookies.get("s") == "1" and not mine.cookies  # only requests parses
+
+
+def test_credentials_in_the_upstream_url_are_sent_as_requests_would():
+    session = build_session(trust_env=False)
+    adapter = capture(session)
+    send_prepared(session, "POST", "https://user:pw@up.example/v1/chat", b"{}", {}, timeout=(1, 2))
+    request, _ = adapter.seen
+    assert request.headers["Authorization"] == "Basic dXNlcjpwdw==" and "Cookie" not in request.headers
