@@ -12,7 +12,8 @@ When the master dies (SIGKILL, out of memory), gunicorn's gevent worker notices 
 [DONE] or usage record. Here that is a graceful stop like SIGTERM: the running streams get the
 grace period (ending with their error event near its end), usage is written, then it exits.
 
-A worker accepts up to ACCEPT_BATCH waiting connections per turn of its event loop, not one.
+A worker accepts up to ACCEPT_BATCH waiting connections per turn of its event loop, not one, and sends a
+response's head with its first body bytes (app/firstwrite.py).
 
 Every worker also keeps a liveness record beside its max_parallel slots, beating every second
 from before its first request until it exits, and sweeps the records of the deployment: the
@@ -33,11 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.server import StreamServer
+from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.aborts import BodyCut
 from app.config import ConfigError
+from app.firstwrite import FirstWriteResponse
 from app.headwait import HeadWaitMixin
 from app.services.lifecycle import begin_shutdown
 
@@ -69,6 +72,8 @@ class AcceptingServer(StreamServer):
 
 # GeventWorker.run builds its servers from this module-level name (in the worker process; the master builds none).
 ggevent.StreamServer = AcceptingServer
+# And gunicorn's request handling builds each response from this one (app/firstwrite.py).
+wsgi.Response = FirstWriteResponse  # type: ignore[misc]
 
 
 class GracefulGeventWorker(HeadWaitMixin, GeventWorker):

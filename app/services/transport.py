@@ -79,17 +79,33 @@ def send_prepared(
     bundle are still honoured when the session trusts the environment."""
     prepared = requests.PreparedRequest()
     prepared.prepare_method(method)
-    prepared.prepare_url(url, None)
+    _prepare_url(prepared, url)
     prepared.prepare_headers(headers)
     prepared.prepare_body(body, None)
-    prepared.prepare_auth(None, url)  # credentials in the URL, as requests would send them
-    prepared.prepare_hooks(None)
+    if "@" in url:  # credentials in the URL, sent as requests would
+        prepared.prepare_auth(None, url)
     proxies = options.pop("proxies", None) or {}
     if session.trust_env:
         settings = session.merge_environment_settings(url, proxies, True, None, None)
     else:
         settings = {"proxies": proxies, "stream": True, "verify": session.verify, "cert": session.cert}
     return session.get_adapter(url).send(prepared, **settings, **options)
+
+
+def _prepare_url(prepared: requests.PreparedRequest, url: str) -> None:
+    """requests' checked and quoted form of `url`, worked out once per URL: an upstream's URLs are its base
+    and a few paths (a client's query string, passed on by some endpoints, makes more: the memo is bounded)."""
+    known = _PREPARED_URLS.get(url)
+    if known is None:
+        prepared.prepare_url(url, None)
+        if len(_PREPARED_URLS) < PREPARED_URLS_MAX:
+            _PREPARED_URLS[url] = prepared.url  # type: ignore[assignment]
+    else:
+        prepared.url = known
+
+
+PREPARED_URLS_MAX = 1024
+_PREPARED_URLS: dict[str, str] = {}
 
 
 class Transport:
