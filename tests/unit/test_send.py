@@ -11,6 +11,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from app.services import transport
 from app.services.transport import CookielessAdapter, build_session, send_prepared
 
 
@@ -84,3 +85,15 @@ def test_credentials_in_the_upstream_url_are_sent_as_requests_would():
     send_prepared(session, "POST", "https://user:pw@up.example/v1/chat", b"{}", {}, timeout=(1, 2))
     request, _ = adapter.seen
     assert request.headers["Authorization"] == "Basic dXNlcjpwdw==" and "Cookie" not in request.headers
+
+
+def test_each_url_is_prepared_as_requests_would_once_and_the_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(transport, "_PREPARED_URLS", {})
+    monkeypatch.setattr(transport, "PREPARED_URLS_MAX", 3)
+    session = build_session(trust_env=False)
+    adapter = capture(session)
+    urls = [f"https://up.example/v1/a b?q={i}" for i in range(5)] * 2
+    for url in urls:
+        send_prepared(session, "POST", url, b"{}", {}, timeout=(1, 2))
+        assert adapter.seen[0].url == requests.Request("POST", url).prepare().url  # quoted: a%20b
+    assert list(transport._PREPARED_URLS) == urls[:3]
