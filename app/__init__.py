@@ -22,20 +22,20 @@ def create_app(
     config: Config | None = None, settings: Settings | None = None, session: requests.Session | None = None
 ) -> Flask:
     """Build the app from the environment, or from `config`/`settings`/`session` (tests)."""
-    from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     from app.admin.login import setup_sessions
     from app.bodylimit import register_body_limits
     from app.config import load_config, load_settings
     from app.errors import register_error_handlers
+    from app.flaskapp import SluiceFlask
     from app.requestlog import register_request_line
     from app.state import announce
     from app.textguard import register_text_guard
 
     settings = settings or load_settings()
     config = config or load_config(settings.config_path, accepted=True)  # what gunicorn's master accepted
-    app = Flask(__name__, static_folder=None)
+    app = SluiceFlask(__name__, static_folder=None)
     if settings.trusted_proxies:
         # Trust X-Forwarded-For/-Proto only as far as the configured number of hops.
         n = settings.trusted_proxies

@@ -85,6 +85,7 @@ class TokenPool:
         self._lock = threading.Lock()
         self._successes: dict[str, tuple[int, int | None, float]] = {}
         self._overrides: tuple[float, Mapping[str, tuple]] = (float("-inf"), {})
+        self._candidates: dict[str, tuple[list[TokenRow], int, list[tuple[Token, TokenRow]]]] = {}
 
     def secrets(self) -> list[str]:
         """Token values and the config file's secret-looking header values (for the log redactor)."""
@@ -92,13 +93,25 @@ class TokenPool:
         return [v for v in self._values.values() if v] + headers
 
     def candidates(self, upstream: str) -> list[tuple[Token, TokenRow]]:
-        """Enabled tokens of `upstream` whose value is known, in a stable order."""
-        result = []
-        for row in self._sorted(self.repo.states(upstream)):
+        """Enabled tokens of `upstream` whose value is known, in a stable order (not to be changed by the caller).
+
+        Worked out again only when the stored rows are new (SQLite's cache hands out the same list until a
+        token changes: app/storage/changes.py) or a value was learnt since; a value that could not be read
+        is tried again on the next call, as before."""
+        rows, known = self.repo.states(upstream), len(self._values)
+        memo = self._candidates.get(upstream)
+        if memo is not None and memo[0] is rows and memo[1] == known:
+            return memo[2]
+        result, whole = [], True
+        for row in self._sorted(rows):
             if row.enabled and not row.removed:
                 value = self._value(row)
                 if value is not False:
                     result.append((Token(row.id, upstream, value), row))  # type: ignore[arg-type]
+                else:
+                    whole = False
+        if whole:
+            self._candidates[upstream] = (rows, len(self._values), result)
         return result
 
     def rows(self, upstream: str | None = None) -> list[TokenRow]:

@@ -195,7 +195,7 @@ def test_a_loser_gives_a_lower_bound_sample_to_the_latency_figures(loop):
     attempts, _ = loop({A: Script(body=NEVER), B: Script()})
     run(attempts)
     load, route = attempts.selector.load, attempts.call.hop.routes[0]
-    assert load.ttfe(f"token:{token_id('primary', A)}") == pytest.approx(0.1, abs=0.08)  # its time when it lost
+    assert 0.09 < load.ttfe(f"token:{token_id('primary', A)}") < 0.5  # its time when it lost: the hedge's start, ~0.1 s
     assert load.ttfe_p95(route.load_key) is None  # two samples (the loser's and the winner's): too few
 
 
