@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from flask import request
+
 from app.errors import ApiError
 
 if TYPE_CHECKING:
@@ -139,21 +141,23 @@ def limit_for(path: str, signed_in: Callable[[], bool]) -> int | None:
 
 def _bound_body() -> None:
     """Before any view or form parser: refuse a declared length over the limit, cap the rest."""
-    from flask import request
-
-    from app.admin.login import signed_in
-    from app.state import gateway
-
     stream = request.environ["wsgi.input"]
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if not isinstance(stream, BoundedInput) or (not request.content_length and not chunked):
         return  # no body to bound
-    limit = limit_for(request.path, lambda: signed_in(gateway()))
+    limit = limit_for(request.path, _signed_in)
     if limit is None:
         return
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
     stream.limit = limit
+
+
+def _signed_in() -> bool:
+    from app.admin.login import signed_in
+    from app.state import gateway
+
+    return signed_in(gateway())
 
 
 def register_body_limits(app: Flask) -> None:

@@ -103,6 +103,8 @@ class RequestLine:
 
 def _clean(value: str, limit: int = 120) -> str:
     """Client-supplied text in a log line: printable, no spaces or newlines, bounded."""
+    if len(value) <= limit and value.isprintable() and value.split() == [value]:
+        return value  # the usual case, checked in C
     cleaned = "".join(c if c.isprintable() and not c.isspace() else "?" for c in value[:limit])
     return cleaned + ("..." if len(value) > limit else "")
 

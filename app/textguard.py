@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flask import request
+
 from app.errors import ApiError
 
 if TYPE_CHECKING:
@@ -20,15 +22,13 @@ _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def _refuse_nul() -> None:
-    from flask import request
-
     if "\x00" in request.path:
         raise _nul("path")
     if request.path.startswith("/dashboard"):
         # Pages read their query through fixed choices and render whatever else (no lookup by it).
         if request.mimetype in _FORMS and _has_nul(request.form):  # bounded by app/bodylimit.py
             raise _nul("form")
-    elif _has_nul(request.args):
+    elif request.query_string and _has_nul(request.args):
         raise _nul("query")
 
 
