@@ -55,7 +55,9 @@ def write_response(
         before_write=client.bound, keepalive=keepalive,
         on_accept=on_accept if outcome is None else None,
     )  # fmt: skip
-    return Response(body, status=200, headers=_stream_headers(outcome, attempts, events))
+    # Passed through as it is: gunicorn iterates the body's own generator (its bytes need no encoding, and it
+    # closes itself), not werkzeug's two wrappers around it, a generator step and a call fewer per event.
+    return Response(body, status=200, headers=_stream_headers(outcome, attempts, events), direct_passthrough=True)
 
 
 def _stream_headers(outcome: Accepted | None, attempts: Attempts, events: bool) -> dict[str, str]:

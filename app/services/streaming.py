@@ -267,12 +267,12 @@ class StreamBody:
             take_over()  # accepted: from here every wait ends the stream, so it may read in this greenlet
         upstream = self.accepted.upstream
         idle = (upstream.idle_timeout if upstream is not None else None) or self.limits.idle_timeout
+        deadline = self.limits.deadline
         while True:
-            now = self.clock()
-            if now >= self.limits.deadline or now >= shutdown_deadline():
-                raise _timeout(now, self.limits.deadline)  # also for a client too slow to keep up
-            limit = min(now + idle, self.limits.deadline, shutdown_deadline())
-            message = exchange.next(limit - now)
+            now, stop = self.clock(), min(deadline, shutdown_deadline())
+            if now >= stop:
+                raise _timeout(now, deadline)  # also for a client too slow to keep up
+            message = exchange.next(min(idle, stop - now))
             if message is None:
                 raise _timeout(self.clock(), self.limits.deadline)
             if message.kind == "event":
