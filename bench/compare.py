@@ -46,7 +46,7 @@ from bench.load import CHAT, RESPONSES, OpenStreams, Wire, concurrent_streams, o
 SYSTEMS = ("direct", "bare", "sluice", "litellm")
 TRANSLATED = "sluice-responses"  # a column, not a system: Sluice's /v1/responses streams, translated
 # The models Sluice routes to bench/stamped_mock.py, which paces by path (a translated body carries no "mock").
-SHORT_MODEL, PACED_MODEL = "bench-responses-short", "bench-responses-paced"
+SHORT_MODEL, PACED_MODEL, EVENTS_MODEL = "bench-responses-short", "bench-responses-paced", "bench-responses-events"
 
 
 @dataclass(frozen=True)
@@ -171,19 +171,22 @@ def measure_lag(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CH
     out.values["lag_p50"], out.values["lag_p99"] = percentile(lags, 50), percentile(lags, 99)
 
 
-def measure_event_costs(servers: dict[str, tuple[stack.Server, int]], plan: Plan, out: dict[str, Measured]) -> None:
+def measure_event_costs(
+    servers: dict[str, tuple[stack.Server, int, Wire]], plan: Plan, out: dict[str, Measured]
+) -> None:
     """Streams at 4,000 events/s through each gateway, rounds taken in turns (as the throughput rounds, so a slow
     spell of the machine lands on every system alike): its CPU time per event received (the process group's
     utime + stime over its rounds, clock ticks of 10 ms, over about 12,000 events) and the lag p99 at that rate.
-    Each request's own cost is in it too, spread over its 400 events."""
+    Each request's own cost is in it too, spread over its 400 events. Sluice's translated column takes the same
+    streams as Responses streams (its upstream: the stamped mock's /events pacing; a text delta per chunk)."""
     paced = {"chunks": plan.event_chunks, "delay": plan.event_delay}
     timeout = plan.event_chunks * plan.event_delay + 30
     lags: dict[str, list[float]] = {name: [] for name in servers}
     events, ticks = dict.fromkeys(servers, 0), dict.fromkeys(servers, 0)
     for _ in range(plan.event_rounds):
-        for name, (server, pgid) in servers.items():
+        for name, (server, pgid, wire) in servers.items():
             before = stack.group_cpu_ticks(pgid)
-            results = concurrent_streams(server.address, server.key, paced, plan.event_concurrency, timeout)
+            results = concurrent_streams(server.address, server.key, paced, plan.event_concurrency, timeout, wire)
             ticks[name] += stack.group_cpu_ticks(pgid) - before
             out[name].failures += plan.event_concurrency - sum(1 for r in results if r.status == 200 and r.done)
             events[name] += sum(r.events for r in results)
@@ -225,8 +228,10 @@ def start_system(
         if name == "bare":
             return mocks, stack.start_bare(workdir, upstream, workers, connections)
         if name == "sluice":
-            mocks.append(stack.start_stamped_mock(workdir, plan.lag_chunks, plan.lag_delay))
-            routed = [(SHORT_MODEL, f"{mocks[1].url}/short/v1"), (PACED_MODEL, f"{mocks[1].url}/paced/v1")]
+            mocks.append(stack.start_stamped_mock(workdir, plan.lag_chunks, plan.lag_delay, plan.event_chunks,
+                                                  plan.event_delay))  # fmt: skip
+            routed = [(SHORT_MODEL, f"{mocks[1].url}/short/v1"), (PACED_MODEL, f"{mocks[1].url}/paced/v1"),
+                      (EVENTS_MODEL, f"{mocks[1].url}/events/v1")]  # fmt: skip
             return mocks, stack.start_sluice(workdir, upstream, workers, connections, key_limits, routed)
         return mocks, stack.start_litellm(workdir, upstream, workers, connections)
     except BaseException:
@@ -255,8 +260,10 @@ def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limit
             measure_streams(targets_[name], plan, server.process.pid if server else None, results[name])
             print(f"measured {name}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
         clock = time.monotonic()
-        measure_event_costs({name: (server, server.process.pid) for name, (_m, server) in started.items() if server},
-                            plan, results)  # fmt: skip
+        costed = {name: (server, server.process.pid, CHAT) for name, (_m, server) in started.items() if server}
+        if "sluice" in costed:
+            costed[TRANSLATED] = (costed["sluice"][0], costed["sluice"][1], RESPONSES.for_model(EVENTS_MODEL))
+        measure_event_costs(costed, plan, results)
         print(f"measured the cost per event in {time.monotonic() - clock:.0f} s", flush=True)
         if "sluice" in started:
             clock = time.monotonic()
@@ -331,6 +338,8 @@ def targets(results: dict[str, Measured]) -> list[str]:
         ("CPU per event sluice/bare, 4k ev/s", ratio(value("sluice", "event_cpu"), value("bare", "event_cpu")),
          "<=", 1.2),
         ("lag p99 sluice/bare, 4k ev/s", ratio(value("sluice", "event_lag_p99"), value("bare", "event_lag_p99")),
+         "<=", 1.5),
+        ("CPU per event translated/bare, 4k ev/s", ratio(value(TRANSLATED, "event_cpu"), value("bare", "event_cpu")),
          "<=", 1.5),
         ("RSS with open streams sluice/bare", ratio(value("sluice", "rss_streams"), value("bare", "rss_streams")),
          "<=", 1.5),

@@ -168,12 +168,16 @@ def start_bare(workdir: Path, upstream: str, workers: int, connections: int) -> 
     return Server("bare", url, process, log_path, "unused-by-the-bare-proxy")
 
 
-def start_stamped_mock(workdir: Path, paced_chunks: int, paced_delay: float) -> Server:
-    """bench/stamped_mock.py: the mock paced by path (/short, /paced), its chunks' text stamped with mock_ts."""
+def start_stamped_mock(
+    workdir: Path, paced_chunks: int, paced_delay: float, events_chunks: int = 400, events_delay: float = 0.0025
+) -> Server:
+    """bench/stamped_mock.py: the mock paced by path (/short, /paced, /events), its chunks' text stamped with
+    mock_ts."""
     port = free_port()
     log_path = workdir / f"stamped-mock-{port}.log"
     cmd = [sys.executable, "-m", "bench.stamped_mock", "--port", str(port), "--paced-chunks", str(paced_chunks),
-           "--paced-delay", str(paced_delay)]  # fmt: skip
+           "--paced-delay", str(paced_delay), "--events-chunks", str(events_chunks),
+           "--events-delay", str(events_delay)]  # fmt: skip
     process = launch("stamped-mock", cmd, clean_env(), log_path)
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/short/_mock/stats", process, log_path, 30)

@@ -1,6 +1,7 @@
 """The bundled mock upstream for requests that cannot carry `"mock": {...}`: pacing by path, time in the text.
 
     python -m bench.stamped_mock --port N --paced-chunks 20 --paced-delay 0.02
+        [--events-chunks 400 --events-delay 0.0025]
 
 A translated Responses request reaches its upstream as a chat body that Sluice built, with no
 unknown field passed on, so the bench cannot pace it with `"mock": {...}`; and the Responses
@@ -9,7 +10,8 @@ mock (app.mock_upstream.MockUpstream, unchanged) so that:
 
 - the path picks the pacing: `/short/v1/...` streams 2 chunks at once (as the first-event
   measurement asks the plain mock for), `/paced/v1/...` streams `--paced-chunks` chunks
-  `--paced-delay` s apart (as the forwarding-lag measurement does);
+  `--paced-delay` s apart (as the forwarding-lag measurement does), `/events/v1/...` `--events-chunks`
+  chunks `--events-delay` s apart (as the per-event cost measurement does);
 - every streamed chat chunk with text gets its own `mock_ts` at the head of that text
   (`"content": "ts=<mock_ts> Hello "`), which a translation copies into the
   `response.output_text.delta` it makes, so the client reads when the mock produced each delta.
@@ -45,10 +47,11 @@ def stamp(event: bytes) -> bytes:
 class StampedMock:
     """WSGI: `/<pacing>/v1/...` to a MockUpstream with that pacing's defaults; stream events stamped."""
 
-    def __init__(self, paced_chunks: int, paced_delay: float) -> None:
+    def __init__(self, paced_chunks: int, paced_delay: float, events_chunks: int = 400, events_delay: float = 0.0025):
         self.mocks = {
             "short": MockUpstream(Options(chunks=2, delay=0.0)),
             "paced": MockUpstream(Options(chunks=paced_chunks, delay=paced_delay)),
+            "events": MockUpstream(Options(chunks=events_chunks, delay=events_delay)),
         }
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -56,7 +59,7 @@ class StampedMock:
         mock = self.mocks.get(pacing)
         if mock is None:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"use /short/v1/... or /paced/v1/...\n"]
+            return [b"use /short/v1/..., /paced/v1/... or /events/v1/...\n"]
         environ["PATH_INFO"] = "/" + rest
         return _stamped(mock(environ, start_response))
 
@@ -88,10 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--paced-chunks", type=int, default=20)
     parser.add_argument("--paced-delay", type=float, default=0.02)
+    parser.add_argument("--events-chunks", type=int, default=400)
+    parser.add_argument("--events-delay", type=float, default=0.0025)
     args = parser.parse_args(argv)
-    app = StampedMock(args.paced_chunks, args.paced_delay)
+    app = StampedMock(args.paced_chunks, args.paced_delay, args.events_chunks, args.events_delay)
     server = WSGIServer(("127.0.0.1", args.port), app, handler_class=_Handler, log=None)
-    print(f"stamped mock listening on http://127.0.0.1:{args.port}/{{short,paced}}/v1", flush=True)
+    print(f"stamped mock listening on http://127.0.0.1:{args.port}/{{short,paced,events}}/v1", flush=True)
     server.serve_forever()
 
 

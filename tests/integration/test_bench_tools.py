@@ -71,7 +71,8 @@ def test_comparison_harness_quick_run(tmp_path):
     assert [measured["streams held open"][name] for name in ("bare", "sluice")] == ["50", "50"], output
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
                    "forwarding lag p99 sluice/bare", "CPU per event sluice/bare, 4k ev/s",
-                   "lag p99 sluice/bare, 4k ev/s", "RSS with open streams sluice/bare",
+                   "lag p99 sluice/bare, 4k ev/s", "CPU per event translated/bare, 4k ev/s",
+                   "RSS with open streams sluice/bare",
                    "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
@@ -83,7 +84,7 @@ def test_comparison_harness_quick_run(tmp_path):
 def _check_translated_column(cells: dict[str, str], output: str) -> None:
     """Sluice's translated Responses streams: streams only, every text delta received and timed against its chunk."""
     for row in ("stream first event p50 ms", "stream first event p99 ms", "forwarding lag p50 ms",
-                "forwarding lag p99 ms"):  # fmt: skip
+                "forwarding lag p99 ms", "CPU us/event at 4k ev/s", "lag p99 ms at 4k ev/s"):  # fmt: skip
         assert cells[row] != "-", output
     assert cells["plain req/s, c=10"] == "-" and cells["streams held open"] == "-", output
     received, expected = cells["events received/expected"].split("/")
