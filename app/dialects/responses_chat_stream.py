@@ -130,6 +130,7 @@ class _Item:
     call_id: str = ""
     name: str = ""
     done: dict | None = field(default=None)
+    template: tuple[str, str, str] | None = None  # its delta event's text around the sequence number and delta
 
     def final(self, status: str) -> dict:
         if self.kind == "function_call":
@@ -253,11 +254,22 @@ class ChatStreamTranslator:
             out += opened
         item = self._text
         item.text += text
-        _, text_event, index_key = _PART_EVENTS[kind]
-        extra = {"logprobs": []} if kind == "message" else {}
-        out.append(self._event(f"{text_event}.delta", item_id=item.id, output_index=item.index,
-                               **{index_key: 0}, delta=text, **extra))  # fmt: skip
+        out.append(self._delta_event(item, text))
         return out
+
+    def _delta_event(self, item: _Item, text: str) -> bytes:
+        """The text delta event, as `_event` writes it (key order, compact JSON, ASCII escapes), from a template
+        made once per item: the one event of nearly every chunk, so only the delta's text is encoded for it."""
+        if item.template is None:
+            _, text_event, index_key = _PART_EVENTS[item.kind]
+            kind = f"{text_event}.delta"
+            head = f'event: {kind}\ndata: {{"type":{json.dumps(kind)},"sequence_number":'
+            middle = f',"item_id":{json.dumps(item.id)},"output_index":{item.index},"{index_key}":0,"delta":'
+            tail = ',"logprobs":[]}\n\n' if item.kind == "message" else "}\n\n"
+            item.template = (head, middle, tail)
+        head, middle, tail = item.template
+        seq, self._seq = self._seq, self._seq + 1
+        return f"{head}{seq}{middle}{json.dumps(text)}{tail}".encode()
 
     def _call_delta(self, call: dict) -> list[bytes]:
         key = tool_call_key(call, self._calls, len(self._items))
