@@ -29,7 +29,8 @@ class FromChatRelay:
             self.done = True
             return self._counted(self.translator.finish())
         try:
-            chunk = sse.parse(raw).json()
+            text = sse.single_data(raw)
+            chunk = json.loads(text) if text is not None else sse.parse(raw).json()
         except ValueError:
             return ()
         return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()

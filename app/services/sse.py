@@ -59,6 +59,14 @@ def parse(raw: bytes) -> Event:
     return Event(name, "\n".join(data) if data else None, event_id, tuple(comments))
 
 
+def single_data(raw: bytes) -> str | None:
+    """The data of an event that is one `data: ` line and nothing else (how upstreams send nearly every chunk),
+    as `parse(raw).data` gives it; None for any other shape (then `parse` it)."""
+    if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2 and b"\r" not in raw:
+        return raw[6:-2].decode("utf-8", "replace")
+    return None
+
+
 def event_name(raw: bytes) -> str | None:
     """The `event:` field when it is the first line, as servers write it (cheaper than `parse`), else None."""
     if not raw.startswith(b"event:"):

@@ -104,3 +104,20 @@ def test_a_read_that_is_one_whole_event_is_passed_on_as_it_came():
     chunk = b'data: {"choices": []}\n\n'
     [event] = sse.Splitter().feed(chunk)
     assert event is chunk
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'data: {"a":1}\n\n', b"data:  two spaces\n\n", b"data: : colon\n\n", b"data: \xff\xfe bad utf-8\n\n",
+        b"data: [DONE]\n\n", b"data: \n\n", b"data:no-space\n\n", b'data: {"a":1}\r\n\r\n', b"data: a\ndata: b\n\n",
+        b"event: x\ndata: y\n\n", b": comment\n\n", b"data: a\n", b'id: 1\ndata: {"a":1}\n\n',
+    ],
+)  # fmt: skip
+def test_a_single_data_line_reads_as_parse_reads_it_and_other_shapes_are_left_to_parse(raw):
+    single = sse.single_data(raw)
+    event = sse.parse(raw)
+    if single is not None:
+        assert single == event.data and event.name is None and event.id is None and not event.comments
+    else:
+        assert not (raw.startswith(b"data: ") and raw.count(b"\n") == 2 and raw.endswith(b"\n\n") and b"\r" not in raw)
