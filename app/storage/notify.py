@@ -119,6 +119,8 @@ class _Listener:
         self._stopping = True
         try:
             os.write(self._wake_w, b"x")
+        except OSError as exc:  # the thread has ended and closed its end: nothing to wake, and no reason to fail
+            log.warning("change listener: already stopped when asked to (%s)", exc)
         finally:
             os.close(self._wake_w)
         self._thread.join(STOP_WAIT)
@@ -132,12 +134,14 @@ class _Listener:
                 try:
                     self._listen()
                     delay = FIRST_DELAY
-                except (psycopg.Error, OSError) as exc:
+                except Exception as exc:  # psycopg's errors and OSError, and anything else: the listener never dies
                     self._owner.marks = {}
                     if self._stopping:
                         break
+                    expected = isinstance(exc, (psycopg.Error, OSError))
                     log.warning("change listener: %s (%s); every request reads the rows until it listens again "
-                                "(retry in %.1f s)", type(exc).__name__, _first_line(exc), delay)  # fmt: skip
+                                "(retry in %.1f s)", type(exc).__name__, _first_line(exc), delay,
+                                exc_info=not expected)  # fmt: skip
                     self._wait([], delay)
                     delay = min(delay * 2, MAX_DELAY)
         finally:

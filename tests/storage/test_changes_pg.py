@@ -6,11 +6,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, text, update
 
-from app.storage import schema
+from app.storage import notify, schema
 from app.storage.changes import MAX_AGE, TOPICS
 from app.storage.db import Database
 from app.storage.keys import KeyRepo
@@ -165,6 +166,33 @@ def test_an_entry_still_expires_after_max_age(pair):
     assert mine.by_secret(secret).rpm == 9
 
 
+def test_an_unexpected_error_in_the_listener_is_logged_and_retried_and_stop_never_raises(caplog, monkeypatch):
+    monkeypatch.setattr(notify, "FIRST_DELAY", 0.02)
+    calls: list[float] = []
+
+    def connect():
+        calls.append(time.monotonic())
+        raise RuntimeError("not a psycopg error")
+
+    owner = SimpleNamespace(marks={"keys": object()}, moved=lambda topic: None)
+    listener = notify._Listener(owner, connect)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="sluice.storage"):
+        assert until(lambda: len(calls) >= 3, 5)  # tried again, not ended
+        assert listener._thread.is_alive() and owner.marks == {}
+        listener.stop()
+    assert not listener._thread.is_alive()
+    assert "RuntimeError (not a psycopg error)" in caplog.text and "Traceback" in caplog.text
+
+
+def test_stop_of_a_listener_whose_thread_has_ended_does_not_raise(caplog):
+    listener = notify._Listener(SimpleNamespace(marks={}, moved=lambda topic: None), lambda: None)  # type: ignore[arg-type]
+    listener._stopping = True  # its thread ends at once and closes its end of the pipe
+    listener._thread.join(5)
+    assert not listener._thread.is_alive()
+    listener.stop()
+    assert "already stopped" in caplog.text
+
+
 def test_the_listener_works_above_descriptor_1024():
     """A worker holding thousands of streams opens the listener's connection on a high descriptor."""
     import os
@@ -174,18 +202,23 @@ def test_the_listener_works_above_descriptor_1024():
     if hard != resource.RLIM_INFINITY and hard < 1200:
         pytest.skip(f"the open-file limit ({hard}) is below 1200")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    url = postgres_url()
     spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
-    a, b = Database(postgres_url()), Database(postgres_url())
-    try:
-        for db in (a, b):
-            db.changes.mark("keys")
-            assert until(lambda db=db: db.changes.mark("keys") is not None, 5)
-        before = b.changes.mark("keys")
-        a.changes.signal("keys")
-        assert until(lambda: b.changes.mark("keys") != before, SOON)
+    try:  # the spare descriptors are closed whatever happens: left open, they break later tests' select()
+        a, b = Database(url), Database(url)
+        try:
+            for db in (a, b):
+                db.changes.mark("keys")
+                assert until(lambda db=db: db.changes.mark("keys") is not None, 5)
+            before = b.changes.mark("keys")
+            a.changes.signal("keys")
+            assert until(lambda: b.changes.mark("keys") != before, SOON)
+        finally:
+            try:
+                a.dispose()
+            finally:
+                b.dispose()
     finally:
-        a.dispose()
-        b.dispose()
         for fd in spare:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
