@@ -29,8 +29,7 @@ class FromChatRelay:
             self.done = True
             return self._counted(self.translator.finish())
         try:
-            text = sse.single_data(raw)
-            chunk = json.loads(text) if text is not None else sse.parse(raw).json()
+            chunk = sse.parse(raw).json()
         except ValueError:
             return ()
         return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()

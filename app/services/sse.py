@@ -38,6 +38,13 @@ class Event:
 
 def parse(raw: bytes) -> Event:
     """The fields of one raw event (undecodable bytes are replaced, as browsers do)."""
+    if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2 and b"\r" not in raw:
+        return Event(data=raw[6:-2].decode("utf-8", "replace"))  # one data line: how upstreams send nearly every event
+    return _parse_fields(raw)
+
+
+def _parse_fields(raw: bytes) -> Event:
+    """`parse`, line by line, for any event."""
     name = event_id = None
     data: list[str] = []
     comments: list[str] = []
@@ -57,14 +64,6 @@ def parse(raw: bytes) -> Event:
         elif field == "id" and "\0" not in value:
             event_id = value
     return Event(name, "\n".join(data) if data else None, event_id, tuple(comments))
-
-
-def single_data(raw: bytes) -> str | None:
-    """The data of an event that is one `data: ` line and nothing else (how upstreams send nearly every chunk),
-    as `parse(raw).data` gives it; None for any other shape (then `parse` it)."""
-    if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2 and b"\r" not in raw:
-        return raw[6:-2].decode("utf-8", "replace")
-    return None
 
 
 def event_name(raw: bytes) -> str | None:

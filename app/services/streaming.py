@@ -274,7 +274,7 @@ class StreamBody:
                 raise _timeout(now, deadline)  # also for a client too slow to keep up
             message = exchange.next(min(idle, stop - now))
             if message is None:
-                raise _timeout(self.clock(), self.limits.deadline)
+                raise _timeout(self.clock(), deadline)
             if message.kind == "event":
                 yield message.value
             elif message.kind == "end":
