@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from app.dialects.chat_events import tool_call_key
+from app.dialects.chat_events import more_text, tool_call_key
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -106,6 +106,7 @@ class _Block:
     pending: str = ""  # arguments that came before the call's name (the block cannot start without it)
     started: bool = False
     stopped: bool = False
+    template: tuple[str, str] | None = None  # a text block's delta event around the text (see _text_event)
 
 
 class ChatToMessagesStream:
@@ -133,6 +134,11 @@ class ChatToMessagesStream:
         """Events for one parsed chat chunk; an `{"error": ...}` chunk ends the stream like fail()."""
         if self._ended:
             return []
+        block = self._open
+        if block is not None and block.kind == "text":  # the open text block's next text: nearly every chunk
+            text = more_text(chunk, self._model is not None)
+            if text:
+                return [self._text_event(block, text)]
         if chunk.get("error"):
             return self.fail(*upstream_error(chunk["error"]))
         if isinstance(chunk.get("model"), str) and self._model is None:
@@ -196,8 +202,19 @@ class ChatToMessagesStream:
             out += self._stop_open()
             block = self._new_block(kind)
             out += self._start_block(block)
-        delta = {"type": "text_delta", "text": text} if kind == "text" else {"type": "thinking_delta", "thinking": text}
+        if kind == "text":
+            return out + [self._text_event(block, text)]
+        delta = {"type": "thinking_delta", "thinking": text}
         return out + [sse({"type": "content_block_delta", "index": block.index, "delta": delta})]
+
+    def _text_event(self, block: _Block, text: str) -> bytes:
+        """The text delta event, as `sse` writes it, from a template made once per block: the one event of nearly
+        every chunk, so only its text is encoded for it."""
+        if block.template is None:
+            head = f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{block.index},'
+            block.template = (head + '"delta":{"type":"text_delta","text":', "}}\n\n")
+        head, tail = block.template
+        return f"{head}{json.dumps(text)}{tail}".encode()
 
     def _call_delta(self, call: dict) -> list[bytes]:
         key = tool_call_key(call, self._calls, len(self._blocks))

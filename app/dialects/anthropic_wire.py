@@ -90,7 +90,7 @@ class AnthropicWire(Dialect):
 
 def _is_error(raw: bytes) -> bool:
     try:
-        data = sse.parse(raw).json()
+        data = sse.data_json(raw)
     except ValueError:
         return False
     return isinstance(data, dict) and data.get("type") == "error"
@@ -115,7 +115,7 @@ class AnthropicRelay:
 
     def _observe(self, raw: bytes) -> None:
         try:
-            data = sse.parse(raw).json()
+            data = sse.data_json(raw)
         except ValueError:
             return
         if not isinstance(data, dict):

@@ -22,6 +22,28 @@ def is_done(raw: bytes) -> bool:
     return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in raw.splitlines())
 
 
+def more_text(chunk: dict, model_known: bool) -> str:
+    """The text of a chunk that only adds text to choice 0's answer, the shape of nearly every chunk; "" for
+    any other (an error, usage, a finish_reason, reasoning, a tool call, another choice, or a model name not
+    yet known). A translator's shortcut: what its general path would do with such a chunk, done directly."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or chunk.get("error") or isinstance(chunk.get("usage"), dict):
+        return ""
+    if not model_known and isinstance(chunk.get("model"), str):
+        return ""
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.get("index", 0) != 0 or choice.get("finish_reason"):
+        return ""
+    delta = choice.get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    if not isinstance(content, str) or len(delta) > 1 and any(delta.get(key) for key in MORE_THAN_TEXT):
+        return ""
+    return content
+
+
+MORE_THAN_TEXT = ("reasoning_content", "reasoning", "tool_calls")  # delta members the general path reads
+
+
 def tool_call_key(call: dict, open_calls: Mapping[int, Any], opened: int) -> int:
     """Which tool call a chat delta fragment belongs to: its `index`, or for servers that leave the index out,
     its id among `open_calls` (key -> something with a `call_id`); `opened` counts what the translator has

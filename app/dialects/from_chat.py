@@ -29,7 +29,7 @@ class FromChatRelay:
             self.done = True
             return self._counted(self.translator.finish())
         try:
-            chunk = sse.parse(raw).json()
+            chunk = sse.data_json(raw)
         except ValueError:
             return ()
         return self._counted(self.translator.feed(chunk)) if isinstance(chunk, dict) else ()

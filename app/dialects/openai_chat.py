@@ -147,7 +147,7 @@ def is_error_event(raw: bytes) -> bool:
     if b'"error"' not in raw:
         return False
     try:
-        data = sse.parse(raw).json()
+        data = sse.data_json(raw)
     except ValueError:
         return False
     return isinstance(data, dict) and "error" in data and not data.get("choices")
@@ -158,7 +158,7 @@ def usage_event(raw: bytes) -> tuple[Usage | None, bool]:
     if b'"usage"' not in raw or b'"usage":null' in raw or b'"usage": null' in raw:
         return None, False
     try:
-        data = sse.parse(raw).json()
+        data = sse.data_json(raw)
     except ValueError:
         return None, False
     usage = chat_usage(data)

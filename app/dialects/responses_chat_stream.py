@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from app.dialects.chat_events import tool_call_key
+from app.dialects.chat_events import more_text, tool_call_key
 
 ENDED = {"length": "max_output_tokens", "content_filter": "content_filter"}  # chat finish_reason -> incomplete
 # The codes the SDK accepts in a response's `error`; the `error` event carries the exact code either way.
@@ -126,11 +126,18 @@ class _Item:
     index: int
     id: str
     kind: str  # "message", "reasoning" or "function_call"
-    text: str = ""
     call_id: str = ""
     name: str = ""
     done: dict | None = field(default=None)
     template: tuple[str, str, str] | None = None  # its delta event's text around the sequence number and delta
+    pieces: list[str] = field(default_factory=list)  # its text (a call's arguments) as it came: joined when read,
+    # as appending to one string copies all of it each time (quadratic in a long answer)
+
+    @property
+    def text(self) -> str:
+        if len(self.pieces) > 1:
+            self.pieces[:] = ["".join(self.pieces)]
+        return self.pieces[0] if self.pieces else ""
 
     def final(self, status: str) -> dict:
         if self.kind == "function_call":
@@ -169,6 +176,12 @@ class ChatStreamTranslator:
         """Events for one parsed chat chunk; an `{"error": ...}` chunk ends the stream like fail()."""
         if self._ended:
             return []
+        item = self._text
+        if item is not None and item.kind == "message":  # the open message's next text: nearly every chunk
+            text = more_text(chunk, self._model is not None)
+            if text:
+                item.pieces.append(text)
+                return [self._delta_event(item, text)]
         if chunk.get("error"):
             return self.fail(*_upstream_error(chunk["error"]))
         if isinstance(chunk.get("model"), str) and self._model is None:
@@ -253,7 +266,7 @@ class ChatStreamTranslator:
             self._text, opened = self._open(kind)
             out += opened
         item = self._text
-        item.text += text
+        item.pieces.append(text)
         out.append(self._delta_event(item, text))
         return out
 
@@ -296,7 +309,7 @@ class ChatStreamTranslator:
     def _arguments(self, item: _Item, arguments: object) -> list[bytes]:
         if not isinstance(arguments, str) or not arguments:
             return []
-        item.text += arguments
+        item.pieces.append(arguments)
         return [self._event("response.function_call_arguments.delta", item_id=item.id, output_index=item.index,
                             delta=arguments)]  # fmt: skip
 

@@ -74,7 +74,7 @@ class ChatTranscript(TextTranscript):
         if not sse.has_data(raw) or is_done(raw):
             return
         try:
-            chunk = sse.parse(raw).json()
+            chunk = sse.data_json(raw)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
@@ -109,7 +109,7 @@ class ChatTranscript(TextTranscript):
         """A continuation's event as the first stream's next one (none when nothing is left of it)."""
         if not sse.has_data(raw) or is_done(raw) or self._is_error(raw):
             return [raw]
-        chunk = sse.parse(raw).json()  # ValueError: unreadable, the stream breaks
+        chunk = sse.data_json(raw)  # ValueError: unreadable, the stream breaks
         if not isinstance(chunk, dict):
             raise ValueError("a chat chunk is not a JSON object")
         usage = chunk.get("usage")

@@ -44,7 +44,7 @@ class MessagesTranscript(TextTranscript):
         if not sse.has_data(raw) or b'"error"' not in raw:
             return False
         try:
-            data = sse.parse(raw).json()
+            data = sse.data_json(raw)
         except ValueError:
             return False
         return isinstance(data, dict) and data.get("type") == "error"

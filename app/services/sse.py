@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+# The C scanner behind json.loads, called without loads' per-call work (type and BOM checks, the decoder's
+# whitespace regexes); it reads exactly what json.loads reads from text with no whitespace around it.
+_SCAN = json.JSONDecoder().scan_once
 LF = (b"\n\n",)  # the only separator a buffer without CR can hold
 
 
@@ -41,6 +44,23 @@ def parse(raw: bytes) -> Event:
     if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2 and b"\r" not in raw:
         return Event(data=raw[6:-2].decode("utf-8", "replace"))  # one data line: how upstreams send nearly every event
     return _parse_fields(raw)
+
+
+def data_json(raw: bytes) -> Any:
+    """`parse(raw).json()`: the event's data as JSON (ValueError when it has none or it is not JSON), read
+    straight from the bytes when the event is one `data: {...}` line, perhaps after an `event:` line: the
+    shape of nearly every chat chunk and Messages event."""
+    start = raw.find(b"\n") + 1 if raw.startswith(b"event:") else 0
+    one_line = raw.endswith(b"}\n\n") and raw.count(b"\n", start) == 2 and b"\r" not in raw
+    if one_line and raw.startswith(b"data: {", start):
+        text = raw[start + 6 : -2].decode("utf-8", "replace")
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration as exc:
+            raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+        if end == len(text):
+            return value
+    return parse(raw).json()  # anything else, and text after the object (json.loads says what is wrong)
 
 
 def _parse_fields(raw: bytes) -> Event:

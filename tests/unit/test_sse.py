@@ -116,3 +116,27 @@ def test_a_read_that_is_one_whole_event_is_passed_on_as_it_came():
 )  # fmt: skip
 def test_a_single_data_line_is_read_as_the_line_by_line_parser_reads_it(raw):
     assert sse.parse(raw) == sse._parse_fields(raw)  # the shortcut for one `data: ` line changes nothing
+
+
+def _json_or_error(read, raw):
+    try:
+        return ("value", read(raw))
+    except ValueError as exc:
+        return ("error", type(exc))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'data: {"a":1}\n\n', b'data: {"a": [1, 2.5, null, true], "b": {"c": "\\u00e9"}}\n\n',
+        b'event: message_start\ndata: {"type":"message_start"}\n\n', b'data: {"a":1} \n\n', b'data: {"a":1}}\n\n',
+        b'data: {"a":1}{"b":2}\n\n', b'data: {"a":\n\n', b"data: {}\n\n", b'data: {"a":1}\r\n\r\n',
+        b'data: {"a":NaN}\n\n', b'data: {"t":"\xff"}\n\n', b'data: {"a":1}\ndata: {"b":2}\n\n', b"data: [DONE]\n\n",
+        b"data: 7\n\n", b": comment\n\n", b'event: x\r\ndata: {"a":1}\n\n', b'event: x\ndata:{"a":1}\n\n',
+        b'id: 1\ndata: {"a":1}\n\n', b'data: {"a":"x\\ny"}\n\n', b'data: {"a":"\x01"}\n\n', b'data:  {"a":1}\n\n',
+        b'data: {"a":1,}\n\n', b'data: {"a":01}\n\n', b'event: e\nevent: f\ndata: {"a":1}\n\n',
+    ],
+)  # fmt: skip
+def test_data_json_reads_what_parse_then_json_reads(raw):
+    # The shortcut for a one-line `data: {...}` event gives the same value, or fails as json.loads does.
+    assert _json_or_error(sse.data_json, raw) == _json_or_error(lambda r: sse.parse(r).json(), raw)

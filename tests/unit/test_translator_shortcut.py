@@ -1,0 +1,108 @@
+"""The chat-stream translators' shortcut for a chunk that only adds text (`chat_events.more_text`): every event
+they write with it is byte for byte what their general path writes, whatever the chunks around it; and a long
+answer's text is kept whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.dialects import anthropic_chat_stream, responses_chat_stream
+from app.dialects.anthropic_chat_stream import ChatToMessagesStream
+from app.dialects.chat_events import more_text
+from app.dialects.responses_chat_stream import ChatStreamTranslator
+
+
+def chunk(delta: dict | None = None, **fields) -> dict:
+    choice = {"index": 0, "delta": {} if delta is None else delta, "finish_reason": None}
+    return {"id": "c1", "object": "chat.completion.chunk", "choices": [choice], **fields}
+
+
+TEXT = [chunk({"content": t}) for t in ("Hel", "lo", ' "quo\\ted"', " é 中文 🚀", "\n\t\x01")]
+CHUNKS = [
+    chunk({"role": "assistant", "content": ""}),
+    *TEXT,
+    chunk({"content": "late model"}, model="m-late"),  # a model name not yet known: the general path keeps it
+    *TEXT,
+    chunk({"content": "x", "reasoning_content": None, "tool_calls": None, "refusal": None}),  # null members: text
+    chunk({"content": "y", "tool_calls": []}),
+    chunk({"reasoning_content": "thinking"}),  # reasoning closes the message
+    chunk({"content": "after reasoning", "reasoning": "more"}),
+    *TEXT,
+    chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": '{"a"'}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+    *TEXT,
+    {"choices": [{"index": 1, "delta": {"content": "second choice"}}]},
+    {"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]},
+    {"choices": ["not a choice"]},
+    {"choices": [{"delta": {"content": "no index"}}]},
+    {"choices": [{"index": 0, "delta": "not a delta"}]},
+    chunk({"content": 7}),
+    chunk({"content": "with usage"}, usage={"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}),
+    chunk({"content": "usage null"}, usage=None),
+    {"choices": [{"index": 0, "delta": {"content": "the end"}, "finish_reason": "stop"}]},
+    chunk(usage={"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13}),
+]  # fmt: skip
+
+
+def responses() -> ChatStreamTranslator:
+    return ChatStreamTranslator({"model": "m", "input": "hi", "stream": True}, response_id="resp_1", created_at=1)
+
+
+def messages() -> ChatToMessagesStream:
+    request = {"model": "m", "max_tokens": 9, "messages": [], "thinking": {"type": "enabled", "budget_tokens": 9}}
+    return ChatToMessagesStream(request, message_id="msg_1")
+
+
+CASES = [(responses_chat_stream, responses), (anthropic_chat_stream, messages)]
+
+
+def run(make, chunks: list[dict], end: str = "finish") -> list[bytes]:
+    translator = make()
+    out = [event for c in chunks for event in translator.feed(json.loads(json.dumps(c)))]
+    return out + (translator.finish() if end == "finish" else translator.fail("server_error", "broke"))
+
+
+@pytest.mark.parametrize(("module", "make"), CASES)
+@pytest.mark.parametrize("end", ["finish", "fail"])
+@pytest.mark.parametrize("start", range(0, len(CHUNKS), 3))
+def test_the_shortcut_writes_what_the_general_path_writes(monkeypatch, module, make, end, start):
+    chunks = CHUNKS[start:] + CHUNKS[:start]  # every kind of chunk before and after the plain text ones
+    with_shortcut = run(make, chunks, end)
+    monkeypatch.setattr(module, "more_text", lambda chunk, model_known: "")
+    assert with_shortcut == run(make, chunks, end)
+
+
+@pytest.mark.parametrize(
+    ("chunk_", "model_known", "text"),
+    [
+        (chunk({"content": "hi"}), True, "hi"),
+        (chunk({"content": "hi"}, model="m"), True, "hi"),
+        (chunk({"content": "hi"}, model="m"), False, ""),
+        (chunk({"content": "hi"}), False, "hi"),
+        (chunk({"content": "hi"}, usage={"total_tokens": 1}), True, ""),
+        (chunk({"content": "hi"}, error={"message": "x"}), True, ""),
+        (chunk({"content": "hi", "reasoning_content": "r"}), True, ""),
+        (chunk({"content": "hi", "tool_calls": [{"index": 0}]}), True, ""),
+        (chunk({"content": "hi", "role": "assistant"}), True, "hi"),
+        (chunk({"content": ""}), True, ""),
+        ({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}, True, ""),
+        ({"choices": []}, True, ""),
+        ({"choices": "x"}, True, ""),
+    ],
+)
+def test_more_text_reads_only_a_chunk_that_adds_text(chunk_, model_known, text):
+    assert more_text(chunk_, model_known) == text
+
+
+def test_a_long_answer_keeps_its_whole_text():
+    pieces = [f"t{i} " for i in range(50_000)]  # kept as pieces: appending to one string would copy it each time
+    translator = responses()
+    for text in pieces:
+        translator.feed({"model": "m", "choices": [{"index": 0, "delta": {"content": text}}]})
+    done = [json.loads(e.split(b"data: ", 1)[1]) for e in translator.finish()]
+    [text_done] = [e for e in done if e["type"] == "response.output_text.done"]
+    assert text_done["text"] == "".join(pieces)
+    completed = done[-1]["response"]["output"][0]["content"][0]["text"]
+    assert completed == "".join(pieces)
