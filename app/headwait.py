@@ -91,6 +91,12 @@ class WatchedSocket:
             self.wait.data_arrived()
         return data
 
+    def send(self, data: Any, *flags: int) -> int:  # every body write: named, not found by __getattr__
+        return self._sock.send(data, *flags)
+
+    def sendall(self, data: Any, *flags: int) -> None:
+        self._sock.sendall(data, *flags)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 

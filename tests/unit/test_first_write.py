@@ -13,23 +13,32 @@ from app.firstwrite import FirstWriteResponse
 
 
 class Sock:
-    """A client socket that keeps each sendall."""
+    """A client socket that keeps each send (one of `takes` bytes at most) and sendall."""
 
-    def __init__(self) -> None:
+    def __init__(self, takes: int | None = None) -> None:
         self.sends: list[bytes] = []
+        self.calls: list[str] = []
+        self.takes = takes
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[: self.takes])
+        self.sends.append(taken)
+        self.calls.append("send")
+        return len(taken)
 
     def sendall(self, data: bytes) -> None:
         self.sends.append(bytes(data))
+        self.calls.append("sendall")
 
 
-def response(method: str = "POST") -> tuple[FirstWriteResponse, Sock]:
+def response(method: str = "POST", takes: int | None = None) -> tuple[FirstWriteResponse, Sock]:
     cfg = Config()
     req = Request(
         cfg,
         IterUnreader([f"{method} /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()]),
         ("127.0.0.1", 1),
     )
-    sock = Sock()
+    sock = Sock(takes)
     resp, _ = wsgi.create(req, sock, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg)
     assert isinstance(resp, FirstWriteResponse)  # what gunicorn builds in a worker
     return resp, sock
@@ -69,3 +78,23 @@ def test_the_head_is_sent_even_when_the_body_write_fails():
     with pytest.raises(TypeError):
         resp.write("not bytes")  # type: ignore[arg-type]
     assert len(sock.sends) == 1 and sock.sends[0].startswith(b"HTTP/1.1 200 OK") and resp.sock is sock
+
+
+def test_a_later_event_leaves_in_one_send_framed_as_gunicorn_frames_it():
+    resp, sock = response()
+    resp.start_response("200 OK", [("Content-Type", "text/event-stream")])
+    resp.write(b"data: 1\n\n")
+    resp.write(b"x" * 300)
+    assert sock.calls == ["sendall", "send"]  # the first write gathered; the next one sent, not sendall'd
+    assert sock.sends[1] == b"12C\r\n" + b"x" * 300 + b"\r\n"
+
+
+def test_what_one_send_does_not_take_goes_by_sendall():
+    resp, sock = response(takes=5)
+    resp.start_response("200 OK", [("Content-Type", "text/event-stream")])
+    resp.write(b"data: 1\n\n")
+    resp.write(b"data: 2\n\n")
+    resp.close()
+    assert sock.calls[1:3] == ["send", "sendall"]
+    assert b"".join(sock.sends[1:3]) == b"9\r\ndata: 2\n\n\r\n"
+    assert sock.calls[3:] == ["sendall"] and sock.sends[3] == b"0\r\n\r\n"  # gunicorn's own last chunk
