@@ -10,6 +10,7 @@ COLOURS = {
     "sluice": "#f58518",
     "litellm": "#54a24b",
     "sluice-responses": "#e45756",
+    "sluice-messages": "#b279a2",
 }
 # (panel title, [(row key, bar label)], unit); the mock alone is ~10x any gateway, so the
 # throughput panel leaves it out (its figures go in the title) to keep the gateways readable.

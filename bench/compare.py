@@ -5,10 +5,10 @@
 Measures, on 127.0.0.1 against the bundled mock upstream (a fresh one per system):
 (a) the mock directly, (b) the bare Flask+requests+gevent proxy (bench/bare_proxy.py),
 (c) Sluice under gunicorn.conf.py with a managed key (limits, usage records, metrics on),
-(d) LiteLLM proxy when .venv-peers has it (`make bench-peers`), and (e) "sluice-responses": the
-same Sluice instance answering `POST /v1/responses` streams translated from chat completions
-(streams only; its upstream is bench/stamped_mock.py). Every gateway gets the same
-worker count, and all run at once. Non-streaming requests/s and latency come from wrk
+(d) LiteLLM proxy when .venv-peers has it (`make bench-peers`), and (e) "sluice-responses" and
+"sluice-messages": the same Sluice instance answering `POST /v1/responses` and `POST /v1/messages`
+streams translated from chat completions (streams only; their upstream is bench/stamped_mock.py).
+Every gateway gets the same worker count, and all run at once. Non-streaming requests/s and latency come from wrk
 (-t1, c=1 and c=10), in rounds taken in turns by every system (the median is kept), so a
 slow spell of the shared 2-core machine falls on all of them alike;
 streams from a raw-socket client: time to the first event (sequential), forwarding lag
@@ -41,10 +41,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stack
 from bench.chart import write_chart
-from bench.load import CHAT, RESPONSES, OpenStreams, Wire, concurrent_streams, one_stream, run_wrk
+from bench.load import ANTHROPIC, CHAT, RESPONSES, OpenStreams, Wire, concurrent_streams, one_stream, run_wrk
 
 SYSTEMS = ("direct", "bare", "sluice", "litellm")
-TRANSLATED = "sluice-responses"  # a column, not a system: Sluice's /v1/responses streams, translated
+# Columns, not systems: Sluice's /v1/responses and /v1/messages streams, translated from chat completions.
+TRANSLATED = {"sluice-responses": RESPONSES, "sluice-messages": ANTHROPIC}
 # The models Sluice routes to bench/stamped_mock.py, which paces by path (a translated body carries no "mock").
 SHORT_MODEL, PACED_MODEL, EVENTS_MODEL = "bench-responses-short", "bench-responses-paced", "bench-responses-events"
 
@@ -128,15 +129,15 @@ def measure_streams(server: stack.Server, plan: Plan, pgid: int | None, out: Mea
         measure_rss(server, plan, pgid, out)
 
 
-def measure_translated(server: stack.Server, plan: Plan, out: Measured) -> None:
-    """Sluice's translated Responses streams: the first text delta, and each delta's lag behind its chunk."""
-    measure_first_event(server, plan, out, RESPONSES.for_model(SHORT_MODEL))
-    measure_lag(server, plan, out, RESPONSES.for_model(PACED_MODEL))
+def measure_translated(server: stack.Server, plan: Plan, out: Measured, wire: Wire) -> None:
+    """Sluice's translated streams: the first text delta, and each delta's lag behind its chunk."""
+    measure_first_event(server, plan, out, wire.for_model(SHORT_MODEL))
+    measure_lag(server, plan, out, wire.for_model(PACED_MODEL))
 
 
 def measure_first_event(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CHAT) -> None:
     """Sequential short streams: time from sending the request to the first counted event (chat: the
-    first data event; Responses: the first response.output_text.delta, made from the same first chunk)."""
+    first data event; Responses, Messages: the first text delta, made from the same first chunk)."""
     short = {"chunks": 2, "delay": 0}
     for _ in range(max(3, plan.ttfb_requests // 20)):  # warm the streaming path
         one_stream(server.address, server.key, short, wire=wire)
@@ -177,8 +178,9 @@ def measure_event_costs(
     """Streams at 4,000 events/s through each gateway, rounds taken in turns (as the throughput rounds, so a slow
     spell of the machine lands on every system alike): its CPU time per event received (the process group's
     utime + stime over its rounds, clock ticks of 10 ms, over about 12,000 events) and the lag p99 at that rate.
-    Each request's own cost is in it too, spread over its 400 events. Sluice's translated column takes the same
-    streams as Responses streams (its upstream: the stamped mock's /events pacing; a text delta per chunk)."""
+    Each request's own cost is in it too, spread over its 400 events. Sluice's translated columns take the same
+    streams as Responses and Messages streams (their upstream: the stamped mock's /events pacing; a text delta
+    per chunk)."""
     paced = {"chunks": plan.event_chunks, "delay": plan.event_delay}
     timeout = plan.event_chunks * plan.event_delay + 30
     lags: dict[str, list[float]] = {name: [] for name in servers}
@@ -245,7 +247,7 @@ def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limit
     started: dict[str, tuple[list[stack.Server], stack.Server | None]] = {}
     results = {name: Measured() for name in names}
     if "sluice" in names:
-        results[TRANSLATED] = Measured()
+        results.update({column: Measured() for column in TRANSLATED})
     try:
         for name in names:
             started[name] = start_system(name, workdir, plan, workers, key_limits)
@@ -262,13 +264,15 @@ def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limit
         clock = time.monotonic()
         costed = {name: (server, server.process.pid, CHAT) for name, (_m, server) in started.items() if server}
         if "sluice" in costed:
-            costed[TRANSLATED] = (costed["sluice"][0], costed["sluice"][1], RESPONSES.for_model(EVENTS_MODEL))
+            for column, wire in TRANSLATED.items():
+                costed[column] = (costed["sluice"][0], costed["sluice"][1], wire.for_model(EVENTS_MODEL))
         measure_event_costs(costed, plan, results)
         print(f"measured the cost per event in {time.monotonic() - clock:.0f} s", flush=True)
         if "sluice" in started:
-            clock = time.monotonic()
-            measure_translated(targets_["sluice"], plan, results[TRANSLATED])
-            print(f"measured {TRANSLATED}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
+            for column, wire in TRANSLATED.items():
+                clock = time.monotonic()
+                measure_translated(targets_["sluice"], plan, results[column], wire)
+                print(f"measured {column}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
             time.sleep(1.5)  # usage records are written in batches, about once a second
             records, counted = stack.sluice_bookkeeping(targets_["sluice"])
             results["sluice"].notes.append(f"{records} usage records written, /metrics counting requests: {counted}")
@@ -339,8 +343,8 @@ def targets(results: dict[str, Measured]) -> list[str]:
          "<=", 1.2),
         ("lag p99 sluice/bare, 4k ev/s", ratio(value("sluice", "event_lag_p99"), value("bare", "event_lag_p99")),
          "<=", 1.5),
-        ("CPU per event translated/bare, 4k ev/s", ratio(value(TRANSLATED, "event_cpu"), value("bare", "event_cpu")),
-         "<=", 1.5),
+        *[(f"CPU per event {column.removeprefix('sluice-')}/bare, 4k ev/s",
+           ratio(value(column, "event_cpu"), value("bare", "event_cpu")), "<=", 1.5) for column in TRANSLATED],
         ("RSS with open streams sluice/bare", ratio(value("sluice", "rss_streams"), value("bare", "rss_streams")),
          "<=", 1.5),
     ]  # fmt: skip
@@ -362,16 +366,18 @@ def targets(results: dict[str, Measured]) -> list[str]:
 
 
 def translated_ratios(results: dict[str, Measured]) -> list[str]:
-    """Translated Responses over native chat, same Sluice, same measurements: lines 'name  value' (no target)."""
-    if TRANSLATED not in results or "sluice" not in results:
+    """Translated streams over native chat, same Sluice, same measurements: lines 'name  value' (no target)."""
+    if "sluice" not in results:
         return []
-    translated, native = results[TRANSLATED].values, results["sluice"].values
+    native = results["sluice"].values
     lines = []
-    for key, label in (("ttfb_p50", "first event p50"), ("ttfb_p99", "first event p99"),
-                       ("lag_p50", "forwarding lag p50"), ("lag_p99", "forwarding lag p99")):  # fmt: skip
-        measured = ratio(translated.get(key), native.get(key))
-        shown = "-" if measured is None else f"{measured:6.3f}"
-        lines.append(f"{label + ' responses/chat':<38} {shown:>6}")
+    for column in (c for c in TRANSLATED if c in results):
+        translated, dialect = results[column].values, column.removeprefix("sluice-")
+        for key, label in (("ttfb_p50", "first event p50"), ("ttfb_p99", "first event p99"),
+                           ("lag_p50", "forwarding lag p50"), ("lag_p99", "forwarding lag p99")):  # fmt: skip
+            measured = ratio(translated.get(key), native.get(key))
+            shown = "-" if measured is None else f"{measured:6.3f}"
+            lines.append(f"{f'{label} {dialect}/chat':<38} {shown:>6}")
     return lines
 
 
@@ -388,7 +394,7 @@ def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
         f"plan: {workers} worker(s) per gateway; wrk -t1 at c=1 and c=10, {plan.wrk_rounds} rounds of "
         f"{plan.wrk_seconds} s per system taken in turns (medians); "
         f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
-        f"{plan.lag_chunks} events (both also as translated Responses streams); {plan.event_rounds}x"
+        f"{plan.lag_chunks} events (both also as translated Responses and Messages streams); {plan.event_rounds}x"
         f"{plan.event_concurrency} streams of {plan.event_chunks} events at "
         f"{plan.event_concurrency / plan.event_delay:.0f} events/s, taken in turns; "
         f"{plan.open_streams} streams held open",
@@ -441,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = targets(results)
     print("\ntargets (ratios from this run):")
     print("\n".join(verdicts))
-    print(f"\ntranslated Responses stream / native chat stream, same Sluice ({TRANSLATED} / sluice, no target):")
+    print(f"\ntranslated streams / native chat stream, same Sluice ({', '.join(TRANSLATED)} / sluice, no target):")
     print("\n".join(translated_ratios(results)))
     print(f"load average at the end: {_load()}")
     when = header[0].split(";")[0].removeprefix("date: ")

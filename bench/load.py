@@ -3,9 +3,10 @@
 The stream client uses gevent's sockets (no monkey-patching), so holding 1,000 open
 streams costs 1,000 greenlets and sockets. It parses HTTP/1.1 itself (chunked or not) so
 it sees every read: the time each event arrives, and whether a read carried several.
-It speaks chat completions (`CHAT`: every data event counts, `data: [DONE]` ends it) and
-the Responses API (`RESPONSES`: each `response.output_text.delta` counts, one per chat
-chunk on a translating upstream, and `response.completed` ends it).
+It speaks chat completions (`CHAT`: every data event counts, `data: [DONE]` ends it), the
+Responses API (`RESPONSES`: each `response.output_text.delta` counts, one per chat chunk on
+a translating upstream, and `response.completed` ends it) and Anthropic Messages
+(`ANTHROPIC`: each `content_block_delta` counts, `message_stop` ends it).
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ class Wire:
     final: bytes | None = None  # the event name that ends the stream well (None: data: [DONE])
 
     def body(self, mock: dict) -> dict:
-        """The request body; a Responses body carries no `mock` (a translation passes no unknown field on)."""
+        """The request body; a translated body carries no `mock` (a translation passes no unknown field on)."""
         if self.path.endswith("/responses"):
             return {"model": self.model, "stream": True, "input": MESSAGES[0]["content"]}
+        if self.path.endswith("/messages"):
+            return {"model": self.model, "stream": True, "max_tokens": 1024, "messages": MESSAGES}
         return {"model": self.model, "stream": True, "messages": MESSAGES, "mock": mock}
 
     def for_model(self, model: str) -> Wire:
@@ -91,7 +94,9 @@ class Wire:
         (bench/stamped_mock.py); None when it carries neither."""
         if self.counted is None:
             return json.loads(data)["mock_ts"] if b'"mock_ts"' in data else None
-        head = str(json.loads(data).get("delta", "")).split(" ", 1)[0]
+        delta = json.loads(data).get("delta", "")
+        text = delta.get("text", "") if isinstance(delta, dict) else delta  # Messages: {"type": "text_delta", ...}
+        head = str(text).split(" ", 1)[0]
         try:
             return float(head.removeprefix(STAMP_PREFIX)) if head.startswith(STAMP_PREFIX) else None
         except ValueError:
@@ -100,6 +105,7 @@ class Wire:
 
 CHAT = Wire("/v1/chat/completions")
 RESPONSES = Wire("/v1/responses", counted=b"response.output_text.delta", final=b"response.completed")
+ANTHROPIC = Wire("/v1/messages", counted=b"content_block_delta", final=b"message_stop")
 
 
 @dataclass
@@ -110,7 +116,7 @@ class StreamResult:
     lags: list[float] = field(default_factory=list)  # receive time minus mock_ts, seconds, per event
     arrivals: list[float] = field(default_factory=list)  # perf_counter() at each counted event's arrival
     coalesced: int = 0  # reads that completed more than one counted event
-    done: bool = False  # saw data: [DONE] (chat) or response.completed (Responses)
+    done: bool = False  # saw data: [DONE] (chat), response.completed (Responses) or message_stop (Messages)
 
 
 def stream_request(address: tuple[str, int], key: str, mock: dict, wire: Wire = CHAT) -> bytes:

@@ -1,6 +1,6 @@
 """The benchmark tools work: the floor (bench/bare_proxy.py) really proxies, and the comparison
-harness (bench/compare.py) runs end to end, printing every row (the translated Responses column
-included) and writing its chart."""
+harness (bench/compare.py) runs end to end, printing every row (the translated Responses and Messages
+columns included) and writing its chart."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import requests
 from tests.integration.conftest import ROOT, Server, free_port, start
 
 pytestmark = pytest.mark.integration
-COLUMNS = ["direct", "bare", "sluice", "sluice-responses"]  # the quick run's table (no LiteLLM)
+COLUMNS = ["direct", "bare", "sluice", "sluice-responses", "sluice-messages"]  # the quick run's table (no LiteLLM)
+TRANSLATED = {"sluice-responses": "responses", "sluice-messages": "messages"}
 
 
 def test_bare_proxy_streams_through(tmp_path, mock):
@@ -71,18 +72,19 @@ def test_comparison_harness_quick_run(tmp_path):
     assert [measured["streams held open"][name] for name in ("bare", "sluice")] == ["50", "50"], output
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
                    "forwarding lag p99 sluice/bare", "CPU per event sluice/bare, 4k ev/s",
-                   "lag p99 sluice/bare, 4k ev/s", "CPU per event translated/bare, 4k ev/s",
-                   "RSS with open streams sluice/bare",
+                   "lag p99 sluice/bare, 4k ev/s", "CPU per event responses/bare, 4k ev/s",
+                   "CPU per event messages/bare, 4k ev/s", "RSS with open streams sluice/bare",
                    "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
-    _check_translated_column({row: cells["sluice-responses"] for row, cells in measured.items()}, output)
-    _check_translated_ratios(lines, output)
+    for column, dialect in TRANSLATED.items():
+        _check_translated_column({row: cells[column] for row, cells in measured.items()}, output)
+        _check_translated_ratios(lines, dialect, output)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _check_translated_column(cells: dict[str, str], output: str) -> None:
-    """Sluice's translated Responses streams: streams only, every text delta received and timed against its chunk."""
+    """Sluice's translated streams: streams only, every text delta received and timed against its chunk."""
     for row in ("stream first event p50 ms", "stream first event p99 ms", "forwarding lag p50 ms",
                 "forwarding lag p99 ms", "CPU us/event at 4k ev/s", "lag p99 ms at 4k ev/s"):  # fmt: skip
         assert cells[row] != "-", output
@@ -91,10 +93,10 @@ def _check_translated_column(cells: dict[str, str], output: str) -> None:
     assert received == expected != "0", output
 
 
-def _check_translated_ratios(lines: list[str], output: str) -> None:
+def _check_translated_ratios(lines: list[str], dialect: str, output: str) -> None:
     """Translated / native chat ratios, printed as numbers (no target, so no verdict)."""
-    ratios = [line for line in lines if " responses/chat " in line]
-    assert [line.split(" responses/chat")[0] for line in ratios] == [
+    ratios = [line for line in lines if f" {dialect}/chat " in line]
+    assert [line.split(f" {dialect}/chat")[0] for line in ratios] == [
         "first event p50", "first event p99", "forwarding lag p50", "forwarding lag p99"], output  # fmt: skip
     assert all(float(line.split()[-1]) > 0 for line in ratios), output
 
@@ -124,9 +126,13 @@ def test_stamped_mock_puts_the_chunks_time_at_the_head_of_its_text(event, expect
         (True, b'{"type": "response.output_text.delta", "delta": "ts=1795853934.25 Hi "}', 1795853934.25),
         (True, b'{"type": "response.output_text.delta", "delta": "Hi "}', None),  # not from the stamped mock
         (True, b'{"type": "response.output_text.delta", "delta": "ts=soon Hi "}', None),
+        ("messages", b'{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "ts=1795853934.25 Hi"}}',
+         1795853934.25),
+        ("messages", b'{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi "}}', None),
     ],
-)
+)  # fmt: skip
 def test_the_stream_client_reads_when_the_mock_produced_an_event(responses, data, produced):
-    from bench.load import CHAT, RESPONSES
+    from bench.load import ANTHROPIC, CHAT, RESPONSES
 
-    assert (RESPONSES if responses else CHAT).produced_at(data) == produced
+    wire = ANTHROPIC if responses == "messages" else RESPONSES if responses else CHAT
+    assert wire.produced_at(data) == produced
