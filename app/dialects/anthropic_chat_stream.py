@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as quoted  # json.dumps(a str), without its set-up
 
 from app.dialects.chat_events import more_text, tool_call_key
 
@@ -214,7 +215,7 @@ class ChatToMessagesStream:
             head = f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{block.index},'
             block.template = (head + '"delta":{"type":"text_delta","text":', "}}\n\n")
         head, tail = block.template
-        return f"{head}{json.dumps(text)}{tail}".encode()
+        return f"{head}{quoted(text)}{tail}".encode()
 
     def _call_delta(self, call: dict) -> list[bytes]:
         key = tool_call_key(call, self._calls, len(self._blocks))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as quoted  # json.dumps(a str), without its set-up
 
 from app.dialects.chat_events import more_text, tool_call_key
 
@@ -282,7 +283,7 @@ class ChatStreamTranslator:
             item.template = (head, middle, tail)
         head, middle, tail = item.template
         seq, self._seq = self._seq, self._seq + 1
-        return f"{head}{seq}{middle}{json.dumps(text)}{tail}".encode()
+        return f"{head}{seq}{middle}{quoted(text)}{tail}".encode()
 
     def _call_delta(self, call: dict) -> list[bytes]:
         key = tool_call_key(call, self._calls, len(self._items))

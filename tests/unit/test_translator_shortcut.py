@@ -19,7 +19,7 @@ def chunk(delta: dict | None = None, **fields) -> dict:
     return {"id": "c1", "object": "chat.completion.chunk", "choices": [choice], **fields}
 
 
-TEXT = [chunk({"content": t}) for t in ("Hel", "lo", ' "quo\\ted"', " é 中文 🚀", "\n\t\x01")]
+TEXT = [chunk({"content": t}) for t in ("Hel", "lo", ' "quo\\ted"', " é 中文 🚀", "\n\t\x01", "\ud800 lone")]
 CHUNKS = [
     chunk({"role": "assistant", "content": ""}),
     *TEXT,
