@@ -120,12 +120,22 @@ return 0
 )
 
 
+# A worker's connections to Redis, at most (`?max_connections=N` in SLUICE_REDIS_URL sets it): a request past them
+# waits up to POOL_WAIT seconds for one to come back. redis-py's own pool would fail it at once ("Too many
+# connections", at 100), and a gevent worker starting a burst of streams runs that many scripts at a time.
+POOL_SIZE = 32
+POOL_WAIT = 5.0
+
+
 class RedisLimiter:
     def __init__(self, url: str, db: Database, *, caller_clock: bool = False) -> None:
         """`caller_clock`: count on the `now` each call is given, as SqlLimiter does (for tests)."""
         import redis  # lazy: only with SLUICE_REDIS_URL
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT, socket_timeout=5, socket_connect_timeout=5
+        )
+        self.redis = redis.Redis.from_pool(pool)  # closing the client closes the pool
         self.db, self.sql = db, Statements(db)
         self._admit = self.redis.register_script(ADMIT)
         self._release = self.redis.register_script(RELEASE)

@@ -190,3 +190,66 @@ def test_tokens_released_after_their_window_record_nothing(limiter):
     assert redis_limiter.peek(key, now).remaining_tokens == 500
     assert 29 <= redis_limiter.redis.ttl(f"sluice:rl:{key.id}:tokens:released:{recent.admission_id}") <= 31
     assert 29 <= redis_limiter.redis.ttl(f"sluice:rl:{key.id}:tokens") <= 61
+
+
+def _paused(url: str, milliseconds: int):
+    """Redis answers no command from any client for `milliseconds` (CLIENT PAUSE, from a connection of its own)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
+    return client
+
+
+def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(tmp_path):
+    # redis-py's default pool fails the 101st concurrent command at once ("Too many connections"); a gevent worker
+    # starting a burst of streams runs that many scripts together. Here 3 connections serve 30 admissions that
+    # all start while Redis is paused: 27 wait for a connection, none fails, no fourth connection is opened.
+    url = redis_url()
+    reset_redis(url)
+    db = Database(f"sqlite:///{tmp_path}/pool.db")
+    upgrade(db)
+    redis_limiter = RedisLimiter(f"{url}?max_connections=3", db)
+    key, _ = KeyRepo(db).create("k", now=0.0, rpm=1000)
+    pausing = _paused(url, 300)
+    try:
+        results = race(30, lambda: redis_limiter.admit(key, time.time()))
+        assert [type(r).__name__ for r in results] == ["Admission"] * 30
+        own, db_index = pausing.client_id(), pausing.connection_pool.connection_kwargs.get("db", 0)
+        clients = [c for c in pausing.client_list() if int(c["db"]) == db_index and int(c["id"]) != own]
+        assert 1 <= len(clients) <= 3, clients
+    finally:
+        pausing.close()
+        redis_limiter.redis.close()
+        db.dispose()
+
+
+def test_a_request_that_waits_past_the_pool_wait_is_a_storage_error(tmp_path, monkeypatch):
+    from app.storage import redis_limits
+    from app.storage.db import StorageError
+
+    monkeypatch.setattr(redis_limits, "POOL_WAIT", 0.2)
+    url = redis_url()
+    reset_redis(url)
+    db = Database(f"sqlite:///{tmp_path}/pool.db")
+    upgrade(db)
+    redis_limiter = RedisLimiter(f"{url}?max_connections=1", db)
+    key, _ = KeyRepo(db).create("k", now=0.0, rpm=1000)
+    pausing = _paused(url, 1500)
+    try:
+        results = race(3, lambda: _admit_or_error(redis_limiter, key))
+        assert sorted(type(r).__name__ for r in results) == ["Admission", "StorageError", "StorageError"]
+        assert all("redis admission failed" in str(r) for r in results if isinstance(r, StorageError))
+    finally:
+        pausing.close()
+        redis_limiter.redis.close()
+        db.dispose()
+
+
+def _admit_or_error(redis_limiter, key):
+    from app.storage.db import StorageError
+
+    try:
+        return redis_limiter.admit(key, time.time())
+    except StorageError as exc:
+        return exc
