@@ -11,6 +11,7 @@ COLOURS = {
     "litellm": "#54a24b",
     "sluice-responses": "#e45756",
     "sluice-messages": "#b279a2",
+    "sluice-from-anthropic": "#9d755d",
 }
 # (panel title, [(row key, bar label)], unit); the mock alone is ~10x any gateway, so the
 # throughput panel leaves it out (its figures go in the title) to keep the gateways readable.

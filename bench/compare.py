@@ -7,7 +7,8 @@ Measures, on 127.0.0.1 against the bundled mock upstream (a fresh one per system
 (c) Sluice under gunicorn.conf.py with a managed key (limits, usage records, metrics on),
 (d) LiteLLM proxy when .venv-peers has it (`make bench-peers`), and (e) "sluice-responses" and
 "sluice-messages": the same Sluice instance answering `POST /v1/responses` and `POST /v1/messages`
-streams translated from chat completions (streams only; their upstream is bench/stamped_mock.py).
+streams translated from chat completions, and "sluice-from-anthropic": its chat completions streams
+translated from an Anthropic Messages upstream (streams only; their upstream is bench/stamped_mock.py).
 Every gateway gets the same worker count, and all run at once. Non-streaming requests/s and latency come from wrk
 (-t1, c=1 and c=10), in rounds taken in turns by every system (the median is kept), so a
 slow spell of the shared 2-core machine falls on all of them alike;
@@ -41,13 +42,27 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stack
 from bench.chart import write_chart
-from bench.load import ANTHROPIC, CHAT, RESPONSES, OpenStreams, Wire, concurrent_streams, one_stream, run_wrk
+from bench.load import (
+    ANTHROPIC,
+    CHAT,
+    CHAT_TRANSLATED,
+    RESPONSES,
+    OpenStreams,
+    Wire,
+    concurrent_streams,
+    one_stream,
+    run_wrk,
+)
 
 SYSTEMS = ("direct", "bare", "sluice", "litellm")
-# Columns, not systems: Sluice's /v1/responses and /v1/messages streams, translated from chat completions.
-TRANSLATED = {"sluice-responses": RESPONSES, "sluice-messages": ANTHROPIC}
-# The models Sluice routes to bench/stamped_mock.py, which paces by path (a translated body carries no "mock").
-SHORT_MODEL, PACED_MODEL, EVENTS_MODEL = "bench-responses-short", "bench-responses-paced", "bench-responses-events"
+# The models Sluice routes to bench/stamped_mock.py, which paces by path (a translated body carries no "mock"):
+# (short, paced, events) on its chat completions, and the same on its Anthropic Messages API.
+CHAT_MODELS = ("bench-responses-short", "bench-responses-paced", "bench-responses-events")
+ANTHROPIC_MODELS = ("bench-anthropic-short", "bench-anthropic-paced", "bench-anthropic-events")
+# Columns, not systems: Sluice's /v1/responses and /v1/messages streams translated from chat completions, and
+# its chat completions streams translated from Anthropic Messages; each a wire and the models it asks for.
+TRANSLATED = {"sluice-responses": (RESPONSES, CHAT_MODELS), "sluice-messages": (ANTHROPIC, CHAT_MODELS),
+              "sluice-from-anthropic": (CHAT_TRANSLATED, ANTHROPIC_MODELS)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,10 +144,10 @@ def measure_streams(server: stack.Server, plan: Plan, pgid: int | None, out: Mea
         measure_rss(server, plan, pgid, out)
 
 
-def measure_translated(server: stack.Server, plan: Plan, out: Measured, wire: Wire) -> None:
+def measure_translated(server: stack.Server, plan: Plan, out: Measured, wire: Wire, models: tuple[str, ...]) -> None:
     """Sluice's translated streams: the first text delta, and each delta's lag behind its chunk."""
-    measure_first_event(server, plan, out, wire.for_model(SHORT_MODEL))
-    measure_lag(server, plan, out, wire.for_model(PACED_MODEL))
+    measure_first_event(server, plan, out, wire.for_model(models[0]))
+    measure_lag(server, plan, out, wire.for_model(models[1]))
 
 
 def measure_first_event(server: stack.Server, plan: Plan, out: Measured, wire: Wire = CHAT) -> None:
@@ -232,8 +247,9 @@ def start_system(
         if name == "sluice":
             mocks.append(stack.start_stamped_mock(workdir, plan.lag_chunks, plan.lag_delay, plan.event_chunks,
                                                   plan.event_delay))  # fmt: skip
-            routed = [(SHORT_MODEL, f"{mocks[1].url}/short/v1"), (PACED_MODEL, f"{mocks[1].url}/paced/v1"),
-                      (EVENTS_MODEL, f"{mocks[1].url}/events/v1")]  # fmt: skip
+            paths = [f"{mocks[1].url}/{pacing}/v1" for pacing in ("short", "paced", "events")]
+            routed = [(model, url, api) for models, api in ((CHAT_MODELS, "openai"), (ANTHROPIC_MODELS, "anthropic"))
+                      for model, url in zip(models, paths, strict=True)]  # fmt: skip
             return mocks, stack.start_sluice(workdir, upstream, workers, connections, key_limits, routed)
         return mocks, stack.start_litellm(workdir, upstream, workers, connections)
     except BaseException:
@@ -264,14 +280,14 @@ def run_all(names: list[str], workdir: Path, plan: Plan, workers: int, key_limit
         clock = time.monotonic()
         costed = {name: (server, server.process.pid, CHAT) for name, (_m, server) in started.items() if server}
         if "sluice" in costed:
-            for column, wire in TRANSLATED.items():
-                costed[column] = (costed["sluice"][0], costed["sluice"][1], wire.for_model(EVENTS_MODEL))
+            for column, (wire, models) in TRANSLATED.items():
+                costed[column] = (costed["sluice"][0], costed["sluice"][1], wire.for_model(models[2]))
         measure_event_costs(costed, plan, results)
         print(f"measured the cost per event in {time.monotonic() - clock:.0f} s", flush=True)
         if "sluice" in started:
-            for column, wire in TRANSLATED.items():
+            for column, (wire, models) in TRANSLATED.items():
                 clock = time.monotonic()
-                measure_translated(targets_["sluice"], plan, results[column], wire)
+                measure_translated(targets_["sluice"], plan, results[column], wire, models)
                 print(f"measured {column}'s streams in {time.monotonic() - clock:.0f} s", flush=True)
             time.sleep(1.5)  # usage records are written in batches, about once a second
             records, counted = stack.sluice_bookkeeping(targets_["sluice"])
@@ -351,17 +367,17 @@ def targets(results: dict[str, Measured]) -> list[str]:
     lines = []
     for label, measured, op, goal in checks:
         if measured is None:
-            lines.append(f"{label:<38} {'-':>6}  {op} {goal:<4} not measured")
+            lines.append(f"{label:<43} {'-':>6}  {op} {goal:<4} not measured")
             continue
         ok = measured >= goal if op == ">=" else measured <= goal
-        lines.append(f"{label:<38} {measured:6.3f}  {op} {goal:<4} {'PASS' if ok else 'MISS'}")
+        lines.append(f"{label:<43} {measured:6.3f}  {op} {goal:<4} {'PASS' if ok else 'MISS'}")
     if "sluice" in results:
         # One SSE event out per event in: none merged, split or lost. (Reads that carried two
         # events are in the table: they show events arriving together after a stall.)
         s = results["sluice"]
         ok = s.events == s.events_expected
         label = "events forwarded one for one (sluice)"
-        lines.append(f"{label:<38} {s.events:>6}  == {s.events_expected:<4} {'PASS' if ok else 'MISS'}")
+        lines.append(f"{label:<43} {s.events:>6}  == {s.events_expected:<4} {'PASS' if ok else 'MISS'}")
     return lines
 
 
@@ -377,7 +393,7 @@ def translated_ratios(results: dict[str, Measured]) -> list[str]:
                            ("lag_p50", "forwarding lag p50"), ("lag_p99", "forwarding lag p99")):  # fmt: skip
             measured = ratio(translated.get(key), native.get(key))
             shown = "-" if measured is None else f"{measured:6.3f}"
-            lines.append(f"{f'{label} {dialect}/chat':<38} {shown:>6}")
+            lines.append(f"{f'{label} {dialect}/chat':<43} {shown:>6}")
     return lines
 
 
@@ -394,8 +410,8 @@ def describe_machine(workers: int, plan: Plan, names: list[str]) -> list[str]:
         f"plan: {workers} worker(s) per gateway; wrk -t1 at c=1 and c=10, {plan.wrk_rounds} rounds of "
         f"{plan.wrk_seconds} s per system taken in turns (medians); "
         f"{plan.ttfb_requests} sequential streams; {plan.lag_rounds}x{plan.lag_concurrency} paced streams of "
-        f"{plan.lag_chunks} events (both also as translated Responses and Messages streams); {plan.event_rounds}x"
-        f"{plan.event_concurrency} streams of {plan.event_chunks} events at "
+        f"{plan.lag_chunks} events (both also as translated Responses, Messages and from-Anthropic streams); "
+        f"{plan.event_rounds}x{plan.event_concurrency} streams of {plan.event_chunks} events at "
         f"{plan.event_concurrency / plan.event_delay:.0f} events/s, taken in turns; "
         f"{plan.open_streams} streams held open",
     ]

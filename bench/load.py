@@ -6,7 +6,9 @@ it sees every read: the time each event arrives, and whether a read carried seve
 It speaks chat completions (`CHAT`: every data event counts, `data: [DONE]` ends it), the
 Responses API (`RESPONSES`: each `response.output_text.delta` counts, one per chat chunk on
 a translating upstream, and `response.completed` ends it) and Anthropic Messages
-(`ANTHROPIC`: each `content_block_delta` counts, `message_stop` ends it).
+(`ANTHROPIC`: each `content_block_delta` counts, `message_stop` ends it). A chat stream Sluice
+translated from an Anthropic upstream (`CHAT_TRANSLATED`) carries the mock's time at the head of
+each chunk's text instead of in `mock_ts`.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Wire:
     model: str = "mock-gpt"
     counted: bytes | None = None  # the SSE event name that counts (None: every data event)
     final: bytes | None = None  # the event name that ends the stream well (None: data: [DONE])
+    stamped: bool = False  # a chat stream whose chunks carry the mock's time in their text (bench/stamped_mock.py)
 
     def body(self, mock: dict) -> dict:
         """The request body; a translated body carries no `mock` (a translation passes no unknown field on)."""
@@ -92,27 +95,35 @@ class Wire:
     def produced_at(self, data: bytes) -> float | None:
         """When the mock produced a counted event: its `mock_ts`, or the stamp at the head of a delta's text
         (bench/stamped_mock.py); None when it carries neither."""
-        if self.counted is None:
+        if self.counted is None and not self.stamped:
             return json.loads(data)["mock_ts"] if b'"mock_ts"' in data else None
-        delta = json.loads(data).get("delta", "")
-        text = delta.get("text", "") if isinstance(delta, dict) else delta  # Messages: {"type": "text_delta", ...}
-        head = str(text).split(" ", 1)[0]
+        head = str(_text(json.loads(data))).split(" ", 1)[0]
         try:
             return float(head.removeprefix(STAMP_PREFIX)) if head.startswith(STAMP_PREFIX) else None
         except ValueError:
             return None
 
 
+def _text(event: dict) -> object:
+    """The text of a counted event: a chat chunk's content, a Responses delta, a Messages text delta's text."""
+    if "choices" in event:
+        choices = event["choices"]
+        return choices[0].get("delta", {}).get("content") or "" if choices else ""
+    delta = event.get("delta", "")
+    return delta.get("text", "") if isinstance(delta, dict) else delta
+
+
 CHAT = Wire("/v1/chat/completions")
 RESPONSES = Wire("/v1/responses", counted=b"response.output_text.delta", final=b"response.completed")
 ANTHROPIC = Wire("/v1/messages", counted=b"content_block_delta", final=b"message_stop")
+CHAT_TRANSLATED = Wire("/v1/chat/completions", stamped=True)
 
 
 @dataclass
 class StreamResult:
     status: int = 0
     ttfb: float | None = None  # seconds from sending the request to the first complete counted event
-    events: int = 0  # counted events ([DONE] and, on Responses, every event but the text deltas excluded)
+    events: int = 0  # counted events ([DONE] excluded; on Responses, Messages and translated chat: text ones only)
     lags: list[float] = field(default_factory=list)  # receive time minus mock_ts, seconds, per event
     arrivals: list[float] = field(default_factory=list)  # perf_counter() at each counted event's arrival
     coalesced: int = 0  # reads that completed more than one counted event
@@ -201,6 +212,8 @@ class StreamReader:
                 continue
             if self.wire.counted is not None and name != self.wire.counted:
                 continue  # a Responses event around the text (created, output_item.added, ...)
+            if self.wire.stamped and not _text(json.loads(data)):
+                continue  # a translated chat stream's role, finish or usage chunk: only the text ones count
             completed += 1
             self._event(data, arrived, wall)
         if completed > 1:

@@ -193,12 +193,13 @@ def start_sluice(
     workers: int,
     connections: int,
     limits: tuple[str, ...] = tuple(KEY_LIMITS),
-    routed: Sequence[tuple[str, str]] = (),
+    routed: Sequence[tuple[str, str, str]] = (),
 ) -> Server:
     """Sluice under gunicorn.conf.py, SQLite, default settings, with a managed key made by the CLI.
 
-    `upstream` serves every model; each (model, base_url) in `routed` is an upstream of its own for that
-    one model (listed first, so it is the one tried), translating /v1/responses onto chat completions.
+    `upstream` serves every model; each (model, base_url, api) in `routed` is an upstream of its own for that
+    one model (listed first, so it is the one tried) speaking `api` ("openai": chat completions, /v1/responses
+    translated onto them; "anthropic": Messages, chat completions translated onto it).
     """
     port = free_port()
     config = workdir / f"sluice-{port}.toml"
@@ -225,9 +226,10 @@ def start_sluice(
 RESILIENCE = "" if os.environ.get("SLUICE_BENCH_RESILIENCE") == "0" else 'resume = "prefill"\nhedge_after = 60\n'
 
 
-def sluice_config(upstream: str, routed: Sequence[tuple[str, str]]) -> str:
+def sluice_config(upstream: str, routed: Sequence[tuple[str, str, str]]) -> str:
     tables = [f'[[upstreams]]\nname = "{model}"\nbase_url = "{url}"\ntokens = ["{UPSTREAM_TOKEN}"]\n'
-              f'models = ["{model}"]\nresponses = "translate"\n{RESILIENCE}' for model, url in routed]  # fmt: skip
+              f'models = ["{model}"]\napi = "{api}"\nresponses = "translate"\n{RESILIENCE}'
+              for model, url, api in routed]  # fmt: skip
     main = f'[[upstreams]]\nname = "mock"\nbase_url = "{upstream}/v1"\ntokens = ["{UPSTREAM_TOKEN}"]\n{RESILIENCE}'
     return "\n".join([*tables, main])
 

@@ -14,7 +14,9 @@ mock (app.mock_upstream.MockUpstream, unchanged) so that:
   chunks `--events-delay` s apart (as the per-event cost measurement does);
 - every streamed chat chunk with text gets its own `mock_ts` at the head of that text
   (`"content": "ts=<mock_ts> Hello "`), which a translation copies into the
-  `response.output_text.delta` it makes, so the client reads when the mock produced each delta.
+  `response.output_text.delta` it makes, so the client reads when the mock produced each delta;
+  likewise the text of every Messages `text_delta` (the mock's `/v1/messages`, for Sluice's chat
+  streams translated from an Anthropic upstream).
 
 The stamp is a byte substitution on the event the mock is about to send, after it set
 `mock_ts`: its few microseconds count against the translated stream, never for it.
@@ -33,15 +35,17 @@ from app.mock_upstream import MockUpstream, Options
 
 STAMP_PREFIX = "ts="  # the text of a stamped delta starts "ts=<mock_ts> "
 _MOCK_TS = re.compile(rb'"mock_ts": ([0-9.]+)')
-_CONTENT = b'"content": "'
+_TEXTS = (b'"content": "', b'"type": "text_delta", "text": "')  # a chat chunk's text, a Messages text delta's
 
 
 def stamp(event: bytes) -> bytes:
-    """A chat chunk event with its `mock_ts` at the head of its text; anything else unchanged."""
+    """A chat chunk or Messages text delta event with its `mock_ts` at the head of its text; anything else
+    unchanged."""
     found = _MOCK_TS.search(event)
-    if found is None or _CONTENT not in event:
+    text = next((marker for marker in _TEXTS if marker in event), None)
+    if found is None or text is None:
         return event
-    return event.replace(_CONTENT, _CONTENT + STAMP_PREFIX.encode() + found.group(1) + b" ", 1)
+    return event.replace(text, text + STAMP_PREFIX.encode() + found.group(1) + b" ", 1)
 
 
 class StampedMock:

@@ -1,6 +1,6 @@
 """The benchmark tools work: the floor (bench/bare_proxy.py) really proxies, and the comparison
-harness (bench/compare.py) runs end to end, printing every row (the translated Responses and Messages
-columns included) and writing its chart."""
+harness (bench/compare.py) runs end to end, printing every row (the translated Responses, Messages and
+from-Anthropic columns included) and writing its chart."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import requests
 from tests.integration.conftest import ROOT, Server, free_port, start
 
 pytestmark = pytest.mark.integration
-COLUMNS = ["direct", "bare", "sluice", "sluice-responses", "sluice-messages"]  # the quick run's table (no LiteLLM)
-TRANSLATED = {"sluice-responses": "responses", "sluice-messages": "messages"}
+TRANSLATED = {"sluice-responses": "responses", "sluice-messages": "messages", "sluice-from-anthropic": "from-anthropic"}
+COLUMNS = ["direct", "bare", "sluice", *TRANSLATED]  # the quick run's table (no LiteLLM)
 
 
 def test_bare_proxy_streams_through(tmp_path, mock):
@@ -73,7 +73,8 @@ def test_comparison_harness_quick_run(tmp_path):
     for target in ("throughput sluice/bare, c=10", "first-event overhead sluice/bare p50",
                    "forwarding lag p99 sluice/bare", "CPU per event sluice/bare, 4k ev/s",
                    "lag p99 sluice/bare, 4k ev/s", "CPU per event responses/bare, 4k ev/s",
-                   "CPU per event messages/bare, 4k ev/s", "RSS with open streams sluice/bare",
+                   "CPU per event messages/bare, 4k ev/s", "CPU per event from-anthropic/bare, 4k ev/s",
+                   "RSS with open streams sluice/bare",
                    "events forwarded one for one (sluice)"):  # fmt: skip
         verdict = next(line for line in lines if line.startswith(target))
         assert verdict.endswith(("PASS", "MISS")), output
@@ -110,6 +111,14 @@ def _check_translated_ratios(lines: list[str], dialect: str, output: str) -> Non
         (b'data: {"choices": [], "usage": {"total_tokens": 3}, "mock_ts": 1795853934.25}\n\n',
          b'data: {"choices": [], "usage": {"total_tokens": 3}, "mock_ts": 1795853934.25}\n\n'),  # no text
         (b"data: [DONE]\n\n", b"data: [DONE]\n\n"),
+        (b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": '
+         b'"text_delta", "text": "Hi "}, "mock_seq": 3, "mock_ts": 1795853934.25}\n\n',
+         b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": '
+         b'"text_delta", "text": "ts=1795853934.25 Hi "}, "mock_seq": 3, "mock_ts": 1795853934.25}\n\n'),
+        (b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, "content_block": '
+         b'{"type": "text", "text": ""}, "mock_seq": 2, "mock_ts": 1795853934.25}\n\n',
+         b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, "content_block": '
+         b'{"type": "text", "text": ""}, "mock_seq": 2, "mock_ts": 1795853934.25}\n\n'),  # no text yet
     ],
 )  # fmt: skip
 def test_stamped_mock_puts_the_chunks_time_at_the_head_of_its_text(event, expected):
@@ -129,10 +138,14 @@ def test_stamped_mock_puts_the_chunks_time_at_the_head_of_its_text(event, expect
         ("messages", b'{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "ts=1795853934.25 Hi"}}',
          1795853934.25),
         ("messages", b'{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi "}}', None),
+        ("translated", b'{"choices": [{"delta": {"content": "ts=1795853934.25 Hi "}}], "mock_ts": 1.5}', 1795853934.25),
+        ("translated", b'{"choices": [{"delta": {"content": "Hi "}}]}', None),
+        ("translated", b'{"choices": [], "usage": {"total_tokens": 3}}', None),
     ],
 )  # fmt: skip
 def test_the_stream_client_reads_when_the_mock_produced_an_event(responses, data, produced):
-    from bench.load import ANTHROPIC, CHAT, RESPONSES
+    from bench.load import ANTHROPIC, CHAT, CHAT_TRANSLATED, RESPONSES
 
-    wire = ANTHROPIC if responses == "messages" else RESPONSES if responses else CHAT
+    wires = {"messages": ANTHROPIC, "translated": CHAT_TRANSLATED, True: RESPONSES, False: CHAT}
+    wire = wires[responses]
     assert wire.produced_at(data) == produced
