@@ -14,11 +14,11 @@ prompt_tokens_details.cache_write_tokens (0 when absent), output_tokens = comple
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as quoted  # json.dumps(a str), without its set-up
 
 from app.dialects.chat_events import more_text, tool_call_key
+from app.services.sse import compact_json
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -88,7 +88,7 @@ def tool_use_id(message_id: str, index: int) -> str:
 
 
 def sse(event: dict) -> bytes:
-    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+    return f"event: {event['type']}\ndata: {compact_json(event)}\n\n".encode()
 
 
 def error_event(error_type: str, message: str) -> bytes:

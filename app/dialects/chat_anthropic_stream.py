@@ -13,8 +13,10 @@ prompt_tokens_details.cached_tokens = cache_read_input_tokens, completion_tokens
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii as quoted  # json.dumps(a str), without its set-up
 
 from app.dialects.chat_events import DONE, error_event
+from app.services.sse import compact_json
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -55,7 +57,7 @@ def include_usage(request: dict) -> bool:
 
 
 def frame(chunk: dict) -> bytes:
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + compact_json(chunk).encode() + b"\n\n"
 
 
 class MessagesToChatStream:
@@ -76,6 +78,7 @@ class MessagesToChatStream:
         self._model = request.get("model") if isinstance(request.get("model"), str) else ""
         self._started = self._finished = self._ended = False
         self._calls: dict[int, int] = {}  # Messages block index -> chat tool_calls index
+        self._template: tuple[str, str, str] | None = None  # a text chunk around its text, for the model it names
 
     def feed(self, name: str, data: dict) -> list[bytes]:
         if self._ended:
@@ -142,7 +145,7 @@ class MessagesToChatStream:
         delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
         kind = delta.get("type")
         if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
-            return self._start() + [self._chunk({"content": delta["text"]})]
+            return self._start() + [self._text_chunk(delta["text"])]
         if kind == "thinking_delta" and isinstance(delta.get("thinking"), str) and delta["thinking"]:
             return self._start() + [self._chunk({"reasoning_content": delta["thinking"]})]
         index = self._calls.get(data.get("index"))  # type: ignore[arg-type]
@@ -175,6 +178,16 @@ class MessagesToChatStream:
     def _head(self) -> dict:
         return {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self._model}  # fmt: skip
+
+    def _text_chunk(self, text: str) -> bytes:
+        """`_chunk({"content": text})`, from a template made once per model name: the chunk of nearly every
+        event, so only its text is encoded for it."""
+        if self._template is None or self._template[0] != self._model:
+            head = compact_json({**self._head(), "choices": [{"index": 0, "delta": {"content": ""}}]})
+            tail = '},"finish_reason":null,"logprobs":null}]}\n\n'
+            self._template = (self._model, "data: " + head.removesuffix('""}}]}'), tail)
+        _, head, tail = self._template
+        return f"{head}{quoted(text)}{tail}".encode()
 
     def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}

@@ -48,14 +48,13 @@ class ChatFromMessagesRelay:
     def feed(self, raw: bytes) -> Sequence[bytes]:
         if not sse.has_data(raw):
             return ()  # Anthropic pings: the chat stream keeps itself alive with comments
-        event = sse.parse(raw)
         try:
-            data = event.json()
+            name, data = sse.named_json(raw)
         except ValueError:
             return ()
         if not isinstance(data, dict):
             return ()
-        name = event.name or str(data.get("type") or "")
+        name = name or str(data.get("type") or "")
         out = self.translator.feed(name, data)
         self.done = self.done or name in ("message_stop", "error")
         self._read_usage()

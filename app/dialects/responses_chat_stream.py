@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as quoted  # json.dumps(a str), without its set-up
 
 from app.dialects.chat_events import more_text, tool_call_key
+from app.services.sse import compact_json
 
 ENDED = {"length": "max_output_tokens", "content_filter": "content_filter"}  # chat finish_reason -> incomplete
 # The codes the SDK accepts in a response's `error`; the `error` event carries the exact code either way.
@@ -117,7 +118,7 @@ def reasoning_text(message: dict) -> str:
 
 
 def sse(event: dict) -> bytes:
-    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+    return f"event: {event['type']}\ndata: {compact_json(event)}\n\n".encode()
 
 
 @dataclass

@@ -15,6 +15,8 @@ SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 # The C scanner behind json.loads, called without loads' per-call work (type and BOM checks, the decoder's
 # whitespace regexes); it reads exactly what json.loads reads from text with no whitespace around it.
 _SCAN = json.JSONDecoder().scan_once
+# json.dumps(value, separators=(",", ":")), with its encoder built once (dumps builds one per call when given options).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 LF = (b"\n\n",)  # the only separator a buffer without CR can hold
 
 
@@ -61,6 +63,17 @@ def data_json(raw: bytes) -> Any:
         if end == len(text):
             return value
     return parse(raw).json()  # anything else, and text after the object (json.loads says what is wrong)
+
+
+def named_json(raw: bytes) -> tuple[str | None, Any]:
+    """`(parse(raw).name, parse(raw).json())`, read straight from the bytes when the event is `event: NAME` and
+    one `data: {...}` line, as Messages servers send every event (ValueError when its data is not JSON)."""
+    if raw.startswith(b"event: ") and raw.endswith(b"}\n\n") and raw.count(b"\n") == 3 and b"\r" not in raw:
+        end = raw.find(b"\n")
+        if raw.startswith(b"data: {", end + 1):
+            return raw[7:end].decode("utf-8", "replace"), data_json(raw)
+    event = parse(raw)
+    return event.name, event.json()
 
 
 def _parse_fields(raw: bytes) -> Event:

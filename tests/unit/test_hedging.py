@@ -383,7 +383,9 @@ def test_a_failure_beside_a_running_attempt_waits_for_it_and_the_first_non_retry
     attempts, transport = loop({A: a, B: b, C: Script()}, hedge=SLOW_HEDGE)
     started = time.time()
     outcome = run(attempts)
-    assert time.time() - started < 0.55  # at most one hedge delay after the first non-retryable failure
+    # At most one hedge delay after the first non-retryable failure (about 0.4 s), not the 10 s deadline a wrong
+    # wait would reach; the bound leaves room for a loaded machine (0.55 failed once under `make test`).
+    assert time.time() - started < 2.0
     if answer[0] == "ok":
         assert isinstance(outcome, Accepted) and outcome.token.value == A and outcome.choice.route.model is None
     else:

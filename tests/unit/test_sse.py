@@ -140,3 +140,35 @@ def _json_or_error(read, raw):
 def test_data_json_reads_what_parse_then_json_reads(raw):
     # The shortcut for a one-line `data: {...}` event gives the same value, or fails as json.loads does.
     assert _json_or_error(sse.data_json, raw) == _json_or_error(lambda r: sse.parse(r).json(), raw)
+
+
+def _named_or_error(read, raw):
+    try:
+        return ("value", read(raw))
+    except ValueError as exc:
+        return ("error", type(exc))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta"}\n\n', b'event: a:b\ndata: {"a":1}\n\n',
+        b'event:  spaced\ndata: {"a":1}\n\n', b'event:x\ndata: {"a":1}\n\n', b'event: x\ndata: {"a":\n\n',
+        b'event: x\ndata: {"a":1}\r\n\r\n', b'event: x\ndata: [1]\n\n', b'event: x\nid: 1\ndata: {"a":1}\n\n',
+        b'data: {"a":1}\n\n', b'event: \xff\ndata: {"a":1}\n\n', b"event: ping\n\n", b'event: x\ndata: {"a":1} \n\n',
+        b'event: x\ndata: {"a":1}\ndata: {"b":2}\n\n', b'event: x\nevent: y\ndata: {"a":1}\n\n', b": c\n\n",
+    ],
+)  # fmt: skip
+def test_named_json_reads_what_parse_reads(raw):
+    def general(r):
+        event = sse.parse(r)
+        return event.name, event.json()
+
+    assert _named_or_error(sse.named_json, raw) == _named_or_error(general, raw)
+
+
+def test_compact_json_is_json_dumps_with_compact_separators():
+    import json
+
+    value = {"a": [1, 2.5, None, True], "é": "中 🚀 \ud800", "n": {"x": float("inf")}}
+    assert sse.compact_json(value) == json.dumps(value, separators=(",", ":"))

@@ -1,6 +1,7 @@
 """The chat-stream translators' shortcut for a chunk that only adds text (`chat_events.more_text`): every event
-they write with it is byte for byte what their general path writes, whatever the chunks around it; and a long
-answer's text is kept whole."""
+they write with it is byte for byte what their general path writes, whatever the chunks around it; a long
+answer's text is kept whole; and the translation from Messages writes its text chunks from a template that gives
+the general writer's bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from app.dialects import anthropic_chat_stream, responses_chat_stream
 from app.dialects.anthropic_chat_stream import ChatToMessagesStream
+from app.dialects.chat_anthropic_stream import MessagesToChatStream
 from app.dialects.chat_events import more_text
 from app.dialects.responses_chat_stream import ChatStreamTranslator
 
@@ -106,3 +108,42 @@ def test_a_long_answer_keeps_its_whole_text():
     assert text_done["text"] == "".join(pieces)
     completed = done[-1]["response"]["output"][0]["content"][0]["text"]
     assert completed == "".join(pieces)
+
+
+class GeneralChunks(MessagesToChatStream):
+    """Every text chunk through `_chunk`, as every other chunk is written."""
+
+    def _text_chunk(self, text: str) -> bytes:
+        return self._chunk({"content": text})
+
+
+def messages_events(model: str) -> list[tuple[str, dict]]:
+    def text(t: str, index: int = 0) -> tuple[str, dict]:
+        return ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                        "delta": {"type": "text_delta", "text": t}})  # fmt: skip
+
+    return [
+        ("message_start", {"type": "message_start", "message": {"model": model, "usage": {"input_tokens": 3}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": "a"}}),
+        *[text(t) for t in ("Hel", "lo", ' "quo\\ted"', " é 中文 🚀", "\n\t\x01", "\ud800 lone", "")],
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 2,
+                                 "content_block": {"type": "tool_use", "id": "tu_1", "name": "f", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                 "delta": {"type": "input_json_delta", "partial_json": '{"a": 1}'}}),
+        text("after the call", 3),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 9}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["m", "claude-upstream-name", "é-model"])
+def test_the_text_chunk_template_writes_the_general_chunk(model):
+    request = {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    mine = MessagesToChatStream(request, completion_id="chatcmpl-1", created=7)
+    general = GeneralChunks(request, completion_id="chatcmpl-1", created=7)
+    for name, data in messages_events(model):
+        assert mine.feed(name, data) == general.feed(name, data)
