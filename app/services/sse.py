@@ -55,12 +55,8 @@ def data_json(raw: bytes) -> Any:
     start = raw.find(b"\n") + 1 if raw.startswith(b"event:") else 0
     one_line = raw.endswith(b"}\n\n") and raw.count(b"\n", start) == 2 and b"\r" not in raw
     if one_line and raw.startswith(b"data: {", start):
-        text = raw[start + 6 : -2].decode("utf-8", "replace")
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration as exc:
-            raise json.JSONDecodeError("Expecting value", text, exc.value) from None
-        if end == len(text):
+        value = _object(raw[start + 6 : -2].decode("utf-8", "replace"))
+        if value is not _PARTIAL:
             return value
     return parse(raw).json()  # anything else, and text after the object (json.loads says what is wrong)
 
@@ -71,9 +67,23 @@ def named_json(raw: bytes) -> tuple[str | None, Any]:
     if raw.startswith(b"event: ") and raw.endswith(b"}\n\n") and raw.count(b"\n") == 3 and b"\r" not in raw:
         end = raw.find(b"\n")
         if raw.startswith(b"data: {", end + 1):
-            return raw[7:end].decode("utf-8", "replace"), data_json(raw)
+            value = _object(raw[end + 7 : -2].decode("utf-8", "replace"))
+            if value is not _PARTIAL:
+                return raw[7:end].decode("utf-8", "replace"), value
     event = parse(raw)
     return event.name, event.json()
+
+
+_PARTIAL = object()  # _object's answer for text that goes on after its object
+
+
+def _object(text: str) -> Any:
+    """json.loads(text) for text that starts with "{" (its errors), or _PARTIAL: the general path says why."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    return value if end == len(text) else _PARTIAL
 
 
 def _parse_fields(raw: bytes) -> Event:
