@@ -43,6 +43,7 @@ class ChatFromMessagesRelay:
     def __init__(self, translator: MessagesToChatStream, chat_usage: Any) -> None:
         self.translator, self.chat_usage = translator, chat_usage
         self.usage: Usage | None = None
+        self._read: dict | None = None  # the translator's usage object `usage` was read from
         self.done = False
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
@@ -82,5 +83,8 @@ class ChatFromMessagesRelay:
         return json.dumps(chat).encode()
 
     def _read_usage(self) -> None:
-        if self.translator.usage is not None:
-            self.usage = self.chat_usage({"usage": self.translator.usage})
+        """Usage from the translator's, when that changed (a new object: message_start, then message_delta),
+        not on every event between them."""
+        usage = self.translator.usage
+        if usage is not None and usage is not self._read:
+            self._read, self.usage = usage, self.chat_usage({"usage": usage})

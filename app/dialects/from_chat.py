@@ -21,6 +21,7 @@ class FromChatRelay:
         self.translator = translator
         self.usage: Usage | None = None
         self.done = False
+        self._read: dict | None = None  # the translator's usage object `usage` was read from
 
     def feed(self, raw: bytes) -> Sequence[bytes]:
         if not sse.has_data(raw):
@@ -53,8 +54,9 @@ class FromChatRelay:
         return json.dumps(answer).encode()
 
     def _counted(self, events: list[bytes]) -> list[bytes]:
-        if self.translator.usage is not None:
-            self.usage = self._usage(self.translator.usage)
+        usage = self.translator.usage  # a new object each time it changes
+        if usage is not None and usage is not self._read:
+            self._read, self.usage = usage, self._usage(usage)
         return events
 
     def _fail(self, code: str, message: str) -> list[bytes]:
