@@ -147,3 +147,20 @@ def test_the_text_chunk_template_writes_the_general_chunk(model):
     general = GeneralChunks(request, completion_id="chatcmpl-1", created=7)
     for name, data in messages_events(model):
         assert mine.feed(name, data) == general.feed(name, data)
+
+
+def test_the_relay_reads_usage_when_it_changes_and_only_then():
+    from app.dialects.chat_on_anthropic import ChatFromMessagesRelay
+    from app.dialects.openai_chat import chat_usage
+
+    reads = []
+
+    def counted(data):
+        reads.append(data)
+        return chat_usage(data)
+
+    relay = ChatFromMessagesRelay(MessagesToChatStream({"model": "m"}, completion_id="c", created=1), counted)
+    for name, data in messages_events("m"):
+        relay.feed(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+    assert relay.usage == {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}
+    assert len(reads) == 2  # message_start's usage, then message_delta's: not once per event between them
