@@ -15,7 +15,9 @@ timeout. Bodies have their own deadline: [gateway] body_timeout (app/bodylimit.p
 gunicorn answers malformed requests (bad request line, URI or headers too long, unsupported
 transfer coding) itself, with an HTML page written by `gunicorn.util.write_error`, which its
 worker calls by name with no hook in between; the mixin replaces that function in the worker's
-own process with one writing the OpenAI error shape.
+own process with one writing the OpenAI error shape. A Transfer-Encoding with an empty coding in it
+(`Transfer-Encoding: `) is a malformed header (400: a request whose codings do not end in chunked,
+RFC 9112 6.3), not a coding gunicorn does not know (501). nginx in front answers 501 for it itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import gevent
 from gunicorn import util
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 
 _CODES = {
     400: "bad_request",
@@ -127,6 +130,11 @@ class HeadWaitMixin:
         finally:
             del self._sockets[current]
 
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, UnsupportedTransferCoding) and _empty_coding(exc.hdr):
+            exc = InvalidHeader("TRANSFER-ENCODING", req=req)
+        super().handle_error(req, client, addr, exc)  # type: ignore[misc]
+
     def timeout_ctx(self) -> Any:
         watched = self._sockets.get(gevent.getcurrent())
         if watched is None:
@@ -135,6 +143,11 @@ class HeadWaitMixin:
         watched.waits += 1
         watched.wait = wait
         return wait
+
+
+def _empty_coding(value: object) -> bool:
+    """Whether a Transfer-Encoding value has an empty element (gunicorn's parser calls that an unknown coding)."""
+    return isinstance(value, str) and any(not coding.strip(" \t") for coding in value.split(","))
 
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:

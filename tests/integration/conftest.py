@@ -101,6 +101,13 @@ MALFORMED_REQUESTS = [
     (b"GET / HTTP/1.1\r\nHost: sluice\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large"),
     (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: bogus\r\n\r\n", 501, "not_implemented"),
 ]
+# ... and what gunicorn answers where nginx does not: an empty coding is a malformed header to the gateway (a
+# request whose codings do not end in chunked, RFC 9112 6.3), nginx calls it an unknown coding (501).
+GUNICORN_MALFORMED_REQUESTS = [
+    *MALFORMED_REQUESTS,
+    (b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nTRANSFER-ENCODING: \r\n\r\n", 400, "bad_request"),  # found by fuzzing
+    (b"POST / HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: chunked, \r\n\r\n", 400, "bad_request"),
+]
 
 
 def chat_request_head(host: str, key: str, body_length: int, request_id: str | None = None) -> bytes:

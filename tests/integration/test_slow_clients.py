@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import MALFORMED_REQUESTS, MASTER_KEY, start_gateway, upstream_toml
+from tests.integration.conftest import GUNICORN_MALFORMED_REQUESTS, MASTER_KEY, start_gateway, upstream_toml
 
 pytestmark = pytest.mark.integration
 HEAD_TIMEOUT = 2
@@ -160,7 +160,7 @@ def test_a_chunked_upload_to_the_login_form_is_refused_without_reading_it_all(sm
 
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
-    MALFORMED_REQUESTS,
+    GUNICORN_MALFORMED_REQUESTS,
 )
 def test_gunicorns_own_errors_are_openai_shaped(small, request_bytes, status, code):
     sock = connect(small)

@@ -201,49 +201,49 @@ def _paused(url: str, milliseconds: int):
     return client
 
 
-def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(tmp_path):
-    # redis-py's default pool fails the 101st concurrent command at once ("Too many connections"); a gevent worker
-    # starting a burst of streams runs that many scripts together. Here 3 connections serve 30 admissions that
-    # all start while Redis is paused: 27 wait for a connection, none fails, no fourth connection is opened.
-    url = redis_url()
+@pytest.fixture
+def pooled(tmp_path):
+    """make(max_connections, pause_ms): a limiter with that pool, a key, and Redis paused for everyone; all closed
+    at the end."""
+    url, opened = redis_url(), []
     reset_redis(url)
     db = Database(f"sqlite:///{tmp_path}/pool.db")
     upgrade(db)
-    redis_limiter = RedisLimiter(f"{url}?max_connections=3", db)
-    key, _ = KeyRepo(db).create("k", now=0.0, rpm=1000)
-    pausing = _paused(url, 300)
-    try:
-        results = race(30, lambda: redis_limiter.admit(key, time.time()))
-        assert [type(r).__name__ for r in results] == ["Admission"] * 30
-        own, db_index = pausing.client_id(), pausing.connection_pool.connection_kwargs.get("db", 0)
-        clients = [c for c in pausing.client_list() if int(c["db"]) == db_index and int(c["id"]) != own]
-        assert 1 <= len(clients) <= 3, clients
-    finally:
-        pausing.close()
-        redis_limiter.redis.close()
-        db.dispose()
+
+    def make(max_connections: int, pause_ms: int):
+        redis_limiter = RedisLimiter(f"{url}?max_connections={max_connections}", db)
+        key, _ = KeyRepo(db).create("k", now=0.0, rpm=1000)
+        pausing = _paused(url, pause_ms)
+        opened.extend([pausing, redis_limiter.redis])
+        return redis_limiter, key, pausing
+
+    yield make
+    for client in opened:
+        client.close()
+    db.dispose()
 
 
-def test_a_request_that_waits_past_the_pool_wait_is_a_storage_error(tmp_path, monkeypatch):
+def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(pooled):
+    # redis-py's default pool fails the 101st concurrent command at once ("Too many connections"); a gevent worker
+    # starting a burst of streams runs that many scripts together. Here 3 connections serve 30 admissions that
+    # all start while Redis is paused: 27 wait for a connection, none fails, no fourth connection is opened.
+    redis_limiter, key, pausing = pooled(3, 300)
+    results = race(30, lambda: redis_limiter.admit(key, time.time()))
+    assert [type(r).__name__ for r in results] == ["Admission"] * 30
+    own, db_index = pausing.client_id(), pausing.connection_pool.connection_kwargs.get("db", 0)
+    clients = [c for c in pausing.client_list() if int(c["db"]) == db_index and int(c["id"]) != own]
+    assert 1 <= len(clients) <= 3, clients
+
+
+def test_a_request_that_waits_past_the_pool_wait_is_a_storage_error(pooled, monkeypatch):
     from app.storage import redis_limits
     from app.storage.db import StorageError
 
     monkeypatch.setattr(redis_limits, "POOL_WAIT", 0.2)
-    url = redis_url()
-    reset_redis(url)
-    db = Database(f"sqlite:///{tmp_path}/pool.db")
-    upgrade(db)
-    redis_limiter = RedisLimiter(f"{url}?max_connections=1", db)
-    key, _ = KeyRepo(db).create("k", now=0.0, rpm=1000)
-    pausing = _paused(url, 1500)
-    try:
-        results = race(3, lambda: _admit_or_error(redis_limiter, key))
-        assert sorted(type(r).__name__ for r in results) == ["Admission", "StorageError", "StorageError"]
-        assert all("redis admission failed" in str(r) for r in results if isinstance(r, StorageError))
-    finally:
-        pausing.close()
-        redis_limiter.redis.close()
-        db.dispose()
+    redis_limiter, key, _ = pooled(1, 1500)
+    results = race(3, lambda: _admit_or_error(redis_limiter, key))
+    assert sorted(type(r).__name__ for r in results) == ["Admission", "StorageError", "StorageError"]
+    assert all("redis admission failed" in str(r) for r in results if isinstance(r, StorageError))
 
 
 def _admit_or_error(redis_limiter, key):
