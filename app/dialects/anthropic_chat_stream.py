@@ -139,7 +139,7 @@ class ChatToMessagesStream:
         if block is not None and block.kind == "text":  # the open text block's next text: nearly every chunk
             text = more_text(chunk, self._model is not None)
             if text:
-                return [self._text_event(block, text)]
+                return self._text_delta("text", text)
         if chunk.get("error"):
             return self.fail(*upstream_error(chunk["error"]))
         if isinstance(chunk.get("model"), str) and self._model is None:

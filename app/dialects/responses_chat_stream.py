@@ -182,8 +182,7 @@ class ChatStreamTranslator:
         if item is not None and item.kind == "message":  # the open message's next text: nearly every chunk
             text = more_text(chunk, self._model is not None)
             if text:
-                item.pieces.append(text)
-                return [self._delta_event(item, text)]
+                return self._text_delta("message", text)
         if chunk.get("error"):
             return self.fail(*_upstream_error(chunk["error"]))
         if isinstance(chunk.get("model"), str) and self._model is None:
